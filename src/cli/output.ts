@@ -1,0 +1,27 @@
+/**
+ * Output conventions of the CLI: with `--json`, stdout holds exactly one JSON document; human text,
+ * progress and warnings always go to stderr, so scripts can pipe stdout safely.
+ */
+
+/** Converts bigint values to hex strings ("0x...") so JSON output never loses precision. */
+export function toJson(value: unknown): string {
+  return JSON.stringify(value, (_k, v: unknown) => (typeof v === 'bigint' ? `0x${v.toString(16)}` : v), 2);
+}
+
+export function printJson(value: unknown): void {
+  process.stdout.write(`${toJson(value)}\n`);
+}
+
+/** Human-readable output: to stdout when not in JSON mode, else to stderr. */
+export function say(json: boolean, text: string): void {
+  (json ? process.stderr : process.stdout).write(`${text}\n`);
+}
+
+/** Progress/status line, always on stderr. */
+export function progress(text: string): void {
+  process.stderr.write(`${text}\n`);
+}
+
+export function hex(bytes: Uint8Array): string {
+  return Buffer.from(bytes.buffer, bytes.byteOffset, bytes.byteLength).toString('hex');
+}

@@ -1,0 +1,33 @@
+/**
+ * One error base class for the whole library. Every error carries a stable `code` (scripts and
+ * the CLI rely on it) and a message that tells the user what to do next.
+ */
+export class HotpatchError extends Error {
+  readonly code: string;
+  constructor(code: string, message: string, options?: { cause?: unknown }) {
+    super(message, options);
+    this.code = code;
+    this.name = new.target.name;
+  }
+}
+
+/** Malformed or hostile ELF input. */
+export class ElfError extends HotpatchError {}
+
+/** A process cannot be inspected or controlled (dead, no permission, kernel thread, traced...). */
+export class ProcessError extends HotpatchError {}
+
+/** x86-64 code that cannot be decoded or re-encoded with confidence. */
+export class X86Error extends HotpatchError {}
+
+/** Malformed package, bad signature, untrusted signer. */
+export class PackageError extends HotpatchError {}
+
+/**
+ * A patch (or one of its sites) is refused for a documented reason; nothing was changed.
+ * The CLI maps this to exit code 3.
+ */
+export class RefusedError extends HotpatchError {}
+
+/** Wrong command-line usage (exit code 2). */
+export class UsageError extends HotpatchError {}
