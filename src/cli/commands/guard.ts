@@ -1,0 +1,14 @@
+import type { Command } from 'commander';
+import { HotpatchError } from '../../errors.js';
+import type { SetExitCode } from './index.js';
+
+export function register(program: Command, setExitCode: SetExitCode): void {
+  void setExitCode;
+  program
+    .command('guard')
+    .description('(not yet implemented)')
+    .allowUnknownOption()
+    .action(() => {
+      throw new HotpatchError('NOT_IMPLEMENTED', '`hotpatch guard` is not implemented yet');
+    });
+}
