@@ -1,1 +1,2 @@
-export {};
+export * from './package/index.js';
+export * from './trust/index.js';

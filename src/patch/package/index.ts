@@ -1,0 +1,3 @@
+/** The patch package (`.hpk`): format, encoder/decoder, cold payload. */
+export * from './codec.js';
+export * from './cold.js';

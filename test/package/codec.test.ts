@@ -1,0 +1,135 @@
+import { describe, expect, it } from 'vitest';
+import { PackageError } from '../../src/errors.js';
+import {
+  createPackage,
+  decodePackage,
+  encodePackage,
+  extractColdFile,
+  makeColdPayload,
+  PACKAGE_MAGIC,
+  type PatchPackage,
+} from '../../src/patch/index.js';
+import type { PatchPlan } from '../../src/patch/plan.js';
+import { samplePlan } from './sample-plan.js';
+
+const CREATED = '2026-11-25T12:00:00.000Z';
+
+function expectCode(fn: () => unknown, code: string): void {
+  try {
+    fn();
+  } catch (e) {
+    expect(e).toBeInstanceOf(PackageError);
+    expect((e as PackageError).code).toBe(code);
+    return;
+  }
+  throw new Error(`expected PackageError ${code}, nothing was thrown`);
+}
+
+describe('package codec', () => {
+  it('round-trips a realistic plan exactly (bigints > 2^53, empty arrays, data, cold payload)', () => {
+    const file = new Uint8Array(200_000).map((_, i) => (i * 7) & 0xff);
+    const cold = makeColdPayload(file, { buildId: 'aabbccdd', mode: 0o755, compression: 'brotli' });
+    const pkg = createPackage(samplePlan(), { createdAt: CREATED, description: 'fix the parser', cold });
+    const bytes = encodePackage(pkg);
+    expect(Buffer.from(bytes.subarray(0, 8))).toEqual(Buffer.from(PACKAGE_MAGIC));
+    const back = decodePackage(bytes);
+    expect(back).toEqual(pkg);
+    expect(back.plan.functions[1]!.vaddr).toBe(0xffff_8000_0000_1000n);
+    expect(back.plan.data[1]!.relocations[1]!.addend).toBe(-(1n << 62n));
+    expect(back.plan.functions[0]!.file).toBe('parser.c');
+    expect('file' in back.plan.functions[1]!).toBe(false);
+    expect(back.cold!.data.byteLength).toBeLessThan(file.byteLength);
+    expect(Buffer.from(extractColdFile(back.cold!))).toEqual(Buffer.from(file));
+    // Re-encoding the decoded package gives the same bytes.
+    expect(Buffer.from(encodePackage(back))).toEqual(Buffer.from(bytes));
+  });
+
+  it('round-trips an empty plan and zlib cold payloads', () => {
+    const plan: PatchPlan = { target: { buildId: 'ab', name: 'x', size: 0 }, functions: [], data: [] };
+    const cold = makeColdPayload(new Uint8Array(0), { buildId: 'cd', mode: 0o644 });
+    const pkg = createPackage(plan, { createdAt: CREATED, cold });
+    const back = decodePackage(encodePackage(pkg));
+    expect(back).toEqual(pkg);
+    expect(extractColdFile(back.cold!).byteLength).toBe(0);
+  });
+
+  it('derives a stable id from the content', () => {
+    const a = createPackage(samplePlan(), { createdAt: CREATED });
+    const b = createPackage(samplePlan(), { createdAt: CREATED });
+    expect(a.id).toMatch(/^[0-9a-f]{16}$/);
+    expect(b.id).toBe(a.id);
+    expect(decodePackage(encodePackage(a)).id).toBe(a.id);
+    const changed = samplePlan();
+    changed.functions[0]!.code[0] = 0x90;
+    expect(createPackage(changed, { createdAt: CREATED }).id).not.toBe(a.id);
+    // A stale id in the object is ignored: the encoded package carries the derived one.
+    const stale: PatchPackage = { ...a, id: '0000000000000000' };
+    expect(decodePackage(encodePackage(stale)).id).toBe(a.id);
+  });
+
+  it('refuses to write invalid plans', () => {
+    const bad: Array<(p: PatchPlan) => void> = [
+      (p) => (p.functions[0]!.align = 3),
+      (p) => (p.functions[0]!.align = 8192),
+      (p) => (p.functions[0]!.relocations[0]!.offset = 15),
+      (p) => (p.functions[0]!.entry.expected = new Uint8Array(1)),
+      (p) => (p.functions[0]!.entry.expected = new Uint8Array(33)),
+      (p) => (p.data[1]!.relocations[0]!.target = { kind: 'local', part: 'function', index: 2, offset: 0 }),
+      (p) => (p.data[1]!.relocations[0]!.target = { kind: 'local', part: 'data', index: 0, offset: 99 }),
+      (p) => (p.target.buildId = 'XYZ'),
+      (p) => (p.functions[0]!.oldHash = 'abc'),
+      (p) => ((p.functions[0]!.relocations[0] as { type: string }).type = 'got64'),
+      (p) => (p.functions[1]!.vaddr = p.functions[0]!.vaddr),
+      (p) => (p.functions[0]!.vaddr = -1n),
+      (p) => (p.functions[0]!.name = ''),
+      (p) => (p.functions[1]!.entry.siteVaddr += 100n),
+    ];
+    for (const mutate of bad) {
+      const p = samplePlan();
+      mutate(p);
+      expectCode(() => createPackage(p, { createdAt: CREATED }), 'PACKAGE_INVALID');
+    }
+  });
+
+  it('gives typed errors for bad magic, versions, truncation and oversized declarations', () => {
+    const bytes = encodePackage(createPackage(samplePlan(), { createdAt: CREATED }));
+    expectCode(() => decodePackage(new Uint8Array(0)), 'PACKAGE_BAD_MAGIC');
+    expectCode(() => decodePackage(new TextEncoder().encode('\x7fELF....')), 'PACKAGE_BAD_MAGIC');
+    expectCode(() => decodePackage(bytes.subarray(0, 5)), 'PACKAGE_TRUNCATED');
+    expectCode(() => decodePackage(bytes.subarray(0, 12)), 'PACKAGE_TRUNCATED');
+    expectCode(() => decodePackage(bytes.subarray(0, bytes.byteLength - 1)), 'PACKAGE_TRUNCATED');
+    const v2 = bytes.slice();
+    v2[8] = 2;
+    expectCode(() => decodePackage(v2), 'PACKAGE_UNSUPPORTED_VERSION');
+    // An unknown critical section needs a newer hotpatch; an ancillary one is skipped.
+    const extra = (tag: string): Uint8Array => {
+      const out = new Uint8Array(bytes.byteLength + 10);
+      out.set(bytes);
+      out.set(new TextEncoder().encode(tag), bytes.byteLength);
+      new DataView(out.buffer).setUint32(bytes.byteLength + 4, 2, true);
+      return out;
+    };
+    expectCode(() => decodePackage(extra('XTRA')), 'PACKAGE_UNSUPPORTED_VERSION');
+    expect(decodePackage(extra('note')).id).toBe(decodePackage(bytes).id);
+    // Trailing garbage is a truncated section.
+    expectCode(() => decodePackage(new Uint8Array([...bytes, 1, 2, 3])), 'PACKAGE_TRUNCATED');
+  });
+
+  it('caps cold payload decompression by the declared size', () => {
+    const bomb = makeColdPayload(new Uint8Array(10_000_000), { buildId: 'ab', mode: 0o755 });
+    const lying = { ...bomb, size: 1000 };
+    const bytes = encodePackage(createPackage(samplePlan(), { createdAt: CREATED, cold: lying }));
+    const back = decodePackage(bytes); // decoding does not decompress
+    expectCode(() => extractColdFile(back.cold!), 'PACKAGE_CORRUPT');
+    expectCode(() => extractColdFile({ ...bomb, size: 2 ** 31 }), 'PACKAGE_TOO_LARGE');
+    expectCode(() => extractColdFile({ ...bomb, sha256: '0'.repeat(64) }), 'PACKAGE_CORRUPT');
+    expectCode(() => extractColdFile({ ...bomb, data: new Uint8Array([1, 2, 3]) }), 'PACKAGE_CORRUPT');
+    // A declared size over the ceiling is refused while decoding.
+    const raw = encodePackage(createPackage(samplePlan(), { createdAt: CREATED, cold: bomb }));
+    const contentLen = new DataView(raw.buffer, raw.byteOffset).getUint32(16, true);
+    const sizeAt = 12 + 8 + contentLen + 8 + 1 + 4;
+    const huge = raw.slice();
+    new DataView(huge.buffer).setBigUint64(sizeAt, 1n << 40n, true);
+    expectCode(() => decodePackage(huge), 'PACKAGE_TOO_LARGE');
+  });
+});
