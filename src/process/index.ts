@@ -1,1 +1,1 @@
-export {};
+export * from './inspect/index.js';

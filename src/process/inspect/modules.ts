@@ -1,0 +1,193 @@
+/**
+ * Groups the mappings of a process into ELF modules and computes each module's load bias from
+ * the file's program headers. File headers are read through /proc/PID/map_files so a deleted or
+ * replaced file still resolves to the inode that is really mapped.
+ */
+import { closeSync, fstatSync, openSync, readSync } from 'node:fs';
+import { basename } from 'node:path';
+import { isElfMagic, PT_LOAD, PT_NOTE, summarizeElf, type ElfImageSummary } from './elf-adapter.js';
+import type { Auxv, Mapping } from './procfs.js';
+
+/** What kind of image a module is. */
+export type ModuleKind = 'executable' | 'library' | 'loader' | 'vdso';
+
+/** A mapped ELF image in a process. */
+export interface Module {
+  /** File name (basename of `path`), or "[vdso]". */
+  name: string;
+  /** Path as shown in /proc/PID/maps (without " (deleted)"), or "[vdso]". */
+  path: string;
+  kind: ModuleKind;
+  /** Lowest mapped address of the image (run-time). */
+  base: bigint;
+  /** One past the highest mapped address of the image's file mappings (run-time). */
+  end: bigint;
+  /** Run-time address minus link-time vaddr: runtime = loadBias + vaddr. */
+  loadBias: bigint;
+  /** GNU build-id (lower-case hex) when the image has one. */
+  buildId?: string;
+  /** e_type: 2 ET_EXEC (non-PIE executable), 3 ET_DYN (PIE, shared library, loader, vDSO). */
+  elfType: number;
+  /** Device and inode of the mapped file (0/"" for the vDSO). */
+  dev: string;
+  inode: number;
+  /** The mapped file was deleted or replaced after it was mapped. */
+  deleted: boolean;
+  /**
+   * `/proc/PID/map_files/...` of the module's lowest mapping: opens the really mapped inode even
+   * when `path` was deleted or replaced. Undefined for the vDSO (read it from memory).
+   */
+  mapFilesPath?: string;
+  /** The module's mappings (file-backed ones, in address order). */
+  mappings: Mapping[];
+  /** Program headers and build-id as read from the image. */
+  elf: ElfImageSummary;
+}
+
+/** Cache of ELF summaries by identity of the mapped file (dev:ino:size:mtime). */
+const summaryCache = new Map<string, ElfImageSummary | null>();
+const SUMMARY_CACHE_MAX = 4096;
+
+function readAt(fd: number, offset: number, length: number): Uint8Array {
+  const buf = new Uint8Array(length);
+  let done = 0;
+  while (done < length) {
+    const n = readSync(fd, buf, done, length - done, offset + done);
+    if (n === 0) break;
+    done += n;
+  }
+  return buf.subarray(0, done);
+}
+
+/**
+ * Reads the ELF header, program headers and notes of a mapped file (only the prefix of the file
+ * that holds them, not the whole file: executables such as node are ~100 MB).
+ */
+export function readElfSummaryFromFile(path: string): ElfImageSummary | undefined {
+  let fd: number;
+  try {
+    fd = openSync(path, 'r');
+  } catch {
+    return undefined;
+  }
+  try {
+    const st = fstatSync(fd, { bigint: true });
+    if (!st.isFile()) return undefined;
+    const key = `${st.dev}:${st.ino}:${st.size}:${st.mtimeNs}`;
+    const cached = summaryCache.get(key);
+    if (cached !== undefined) return cached ?? undefined;
+    const size = Number(st.size);
+    let result: ElfImageSummary | undefined;
+    const head = readAt(fd, 0, Math.min(size, 4096));
+    if (isElfMagic(head) && head.byteLength >= 64) {
+      const dv = new DataView(head.buffer, head.byteOffset, head.byteLength);
+      const phoff = Number(dv.getBigUint64(32, true));
+      const phEnd = phoff + dv.getUint16(54, true) * dv.getUint16(56, true);
+      let need = Math.min(size, Math.max(4096, phEnd));
+      let bytes = need > head.byteLength ? readAt(fd, 0, need) : head;
+      const first = summarizeElf(bytes);
+      // Notes usually sit right after the program headers; read further if one lies beyond.
+      if (first) {
+        for (const ph of first.programHeaders) {
+          if (ph.type === PT_NOTE) need = Math.max(need, Math.min(size, Number(ph.fileOffset + ph.fileSize)));
+        }
+        if (need > bytes.byteLength && need <= 64 << 20) bytes = readAt(fd, 0, need);
+        result = bytes === head && first ? first : summarizeElf(bytes);
+      }
+    }
+    if (summaryCache.size >= SUMMARY_CACHE_MAX) summaryCache.clear();
+    summaryCache.set(key, result ?? null);
+    return result;
+  } catch {
+    return undefined;
+  } finally {
+    closeSync(fd);
+  }
+}
+
+/**
+ * Load bias of an image from one of its mappings: the PT_LOAD segment containing the mapping's
+ * file offset gives the vaddr mapped at `mapping.start`.
+ */
+export function computeLoadBias(elf: ElfImageSummary, mapping: Mapping): bigint | undefined {
+  for (const ph of elf.programHeaders) {
+    if (ph.type !== PT_LOAD) continue;
+    const pageOff = ph.fileOffset & ~0xfffn;
+    if (mapping.fileOffset >= pageOff && mapping.fileOffset < ph.fileOffset + (ph.fileSize === 0n ? 1n : ph.fileSize)) {
+      // runtime(start) = bias + vaddr_of(fileOffset), vaddr_of(o) = p_vaddr + (o - p_offset)
+      return mapping.start - (ph.vaddr + mapping.fileOffset - ph.fileOffset);
+    }
+  }
+  return undefined;
+}
+
+/**
+ * Builds the module list from the mappings. `readMemory` reads the vDSO image (it has no file).
+ */
+export function buildModules(
+  pid: number,
+  mappings: Mapping[],
+  auxv: Auxv | undefined,
+  readMemory: (address: bigint, length: number) => Uint8Array,
+): Module[] {
+  void pid;
+  // Group file mappings by (dev, inode, path); a new group starts when an offset-0 mapping of an
+  // already-grouped file appears again (the same file mapped twice, e.g. dlmopen).
+  const groups: Mapping[][] = [];
+  const open = new Map<string, Mapping[]>();
+  for (const m of mappings) {
+    if (m.path === '[vdso]') {
+      groups.push([m]);
+      continue;
+    }
+    if (!m.isFile) continue;
+    const key = `${m.dev}:${m.inode}:${m.path}`;
+    const g = open.get(key);
+    if (g && !(m.fileOffset === 0n && g.some((x) => x.fileOffset === 0n))) {
+      g.push(m);
+    } else {
+      const ng = [m];
+      open.set(key, ng);
+      groups.push(ng);
+    }
+  }
+  const modules: Module[] = [];
+  for (const g of groups) {
+    const lowest = g[0]!;
+    let elf: ElfImageSummary | undefined;
+    if (lowest.path === '[vdso]') {
+      const len = Number(lowest.end - lowest.start);
+      elf = len <= 1 << 20 ? summarizeElf(readMemory(lowest.start, len)) : undefined;
+    } else {
+      // Only a group whose lowest mapping covers the ELF header (offset 0) can be an ELF image.
+      if (lowest.fileOffset !== 0n) continue;
+      elf = (lowest.mapFilesPath && readElfSummaryFromFile(lowest.mapFilesPath)) || (!lowest.deleted ? readElfSummaryFromFile(lowest.path) : undefined);
+    }
+    if (!elf) continue;
+    const bias = computeLoadBias(elf, lowest);
+    if (bias === undefined) continue;
+    let kind: ModuleKind = 'library';
+    if (lowest.path === '[vdso]') kind = 'vdso';
+    else if (auxv?.base !== undefined && auxv.base !== 0n && auxv.base === lowest.start) kind = 'loader';
+    const end = g.reduce((a, m) => (m.end > a ? m.end : a), lowest.end);
+    if (kind === 'library' && auxv?.phdr !== undefined && auxv.phdr >= lowest.start && auxv.phdr < end) kind = 'executable';
+    const mod: Module = {
+      name: lowest.path === '[vdso]' ? '[vdso]' : basename(lowest.path),
+      path: lowest.path,
+      kind,
+      base: lowest.start,
+      end,
+      loadBias: bias,
+      elfType: elf.type,
+      dev: lowest.dev,
+      inode: lowest.inode,
+      deleted: lowest.deleted,
+      mappings: g,
+      elf,
+    };
+    if (elf.buildId !== undefined) mod.buildId = elf.buildId;
+    if (lowest.mapFilesPath !== undefined) mod.mapFilesPath = lowest.mapFilesPath;
+    modules.push(mod);
+  }
+  return modules;
+}
