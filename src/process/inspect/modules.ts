@@ -5,8 +5,66 @@
  */
 import { closeSync, fstatSync, openSync, readSync } from 'node:fs';
 import { basename } from 'node:path';
-import { isElfMagic, PT_LOAD, PT_NOTE, summarizeElf, type ElfImageSummary } from './elf-adapter.js';
+import { ElfError } from '../../errors.js';
+import { PT_LOAD, PT_NOTE, parseElf, type ElfFile, type ElfProgramHeader } from '../../elf/index.js';
 import type { Auxv, Mapping } from './procfs.js';
+
+/** What the inspector keeps of a mapped ELF image: its headers, not its bytes. */
+export interface ElfImageSummary {
+  /** e_type: 2 ET_EXEC, 3 ET_DYN. */
+  type: number;
+  /** e_entry (link-time vaddr). */
+  entry: bigint;
+  programHeaders: readonly ElfProgramHeader[];
+  /** GNU build-id as lower-case hex, if present. */
+  buildId?: string;
+}
+
+function summaryOf(elf: ElfFile): ElfImageSummary {
+  const s: ElfImageSummary = { type: elf.header.type, entry: elf.header.entry, programHeaders: elf.programHeaders };
+  const id = elf.buildId;
+  if (id !== null) s.buildId = id;
+  return s;
+}
+
+function isElfMagic(b: Uint8Array): boolean {
+  return b.byteLength >= 4 && b[0] === 0x7f && b[1] === 0x45 && b[2] === 0x4c && b[3] === 0x46;
+}
+
+/** e_shoff, e_shnum and e_shstrndx offsets in Elf64_Ehdr. */
+const E_SHOFF = 40;
+const E_SHNUM = 60;
+const E_SHSTRNDX = 62;
+
+/**
+ * Parses only the headers of an ELF file from a prefix of it: the section header table lives at
+ * the end of the file, so it is blanked in a copy of the prefix and parseElf sees a file with
+ * program headers and notes only. Returns undefined when the prefix is not a parseable ELF.
+ */
+function parseElfHeaders(prefix: Uint8Array, name: string): ElfFile | undefined {
+  const copy = new Uint8Array(prefix);
+  if (copy.byteLength < 64) return undefined;
+  const dv = new DataView(copy.buffer);
+  dv.setBigUint64(E_SHOFF, 0n, true);
+  dv.setUint16(E_SHNUM, 0, true);
+  dv.setUint16(E_SHSTRNDX, 0, true);
+  try {
+    return parseElf(copy, { name });
+  } catch (e) {
+    if (e instanceof ElfError) return undefined;
+    throw e;
+  }
+}
+
+/** Parses an in-memory ELF image (the vDSO); undefined when it is not parseable. */
+function summarizeImage(bytes: Uint8Array, name: string): ElfImageSummary | undefined {
+  try {
+    return summaryOf(parseElf(bytes, { name }));
+  } catch (e) {
+    if (e instanceof ElfError) return undefined;
+    throw e;
+  }
+}
 
 /** What kind of image a module is. */
 export type ModuleKind = 'executable' | 'library' | 'loader' | 'vdso';
@@ -81,18 +139,26 @@ export function readElfSummaryFromFile(path: string): ElfImageSummary | undefine
     const head = readAt(fd, 0, Math.min(size, 4096));
     if (isElfMagic(head) && head.byteLength >= 64) {
       const dv = new DataView(head.buffer, head.byteOffset, head.byteLength);
-      const phoff = Number(dv.getBigUint64(32, true));
-      const phEnd = phoff + dv.getUint16(54, true) * dv.getUint16(56, true);
-      let need = Math.min(size, Math.max(4096, phEnd));
-      let bytes = need > head.byteLength ? readAt(fd, 0, need) : head;
-      const first = summarizeElf(bytes);
-      // Notes usually sit right after the program headers; read further if one lies beyond.
-      if (first) {
-        for (const ph of first.programHeaders) {
-          if (ph.type === PT_NOTE) need = Math.max(need, Math.min(size, Number(ph.fileOffset + ph.fileSize)));
+      const phEnd = Number(dv.getBigUint64(32, true)) + dv.getUint16(54, true) * dv.getUint16(56, true);
+      // Read only the prefix holding the program headers and the notes (files can be ~100 MB).
+      let prefix = phEnd > head.byteLength && phEnd <= size ? readAt(fd, 0, phEnd) : head;
+      const hdr = parseElfHeaders(prefix, path);
+      if (hdr) {
+        let need = prefix.byteLength;
+        for (const ph of hdr.programHeaders) {
+          if (ph.type === PT_NOTE && ph.offset + ph.filesz <= BigInt(size)) need = Math.max(need, Number(ph.offset + ph.filesz));
         }
-        if (need > bytes.byteLength && need <= 64 << 20) bytes = readAt(fd, 0, need);
-        result = bytes === head && first ? first : summarizeElf(bytes);
+        if (need > prefix.byteLength) prefix = readAt(fd, 0, need);
+        const full = need > hdr.bytes.byteLength ? parseElfHeaders(prefix, path) : hdr;
+        if (full) {
+          try {
+            result = summaryOf(full);
+          } catch (e) {
+            if (!(e instanceof ElfError)) throw e;
+            // Broken notes: keep the headers, without a build-id.
+            result = { type: full.header.type, entry: full.header.entry, programHeaders: full.programHeaders };
+          }
+        }
       }
     }
     if (summaryCache.size >= SUMMARY_CACHE_MAX) summaryCache.clear();
@@ -112,10 +178,10 @@ export function readElfSummaryFromFile(path: string): ElfImageSummary | undefine
 export function computeLoadBias(elf: ElfImageSummary, mapping: Mapping): bigint | undefined {
   for (const ph of elf.programHeaders) {
     if (ph.type !== PT_LOAD) continue;
-    const pageOff = ph.fileOffset & ~0xfffn;
-    if (mapping.fileOffset >= pageOff && mapping.fileOffset < ph.fileOffset + (ph.fileSize === 0n ? 1n : ph.fileSize)) {
+    const pageOff = ph.offset & ~0xfffn;
+    if (mapping.fileOffset >= pageOff && mapping.fileOffset < ph.offset + (ph.filesz === 0n ? 1n : ph.filesz)) {
       // runtime(start) = bias + vaddr_of(fileOffset), vaddr_of(o) = p_vaddr + (o - p_offset)
-      return mapping.start - (ph.vaddr + mapping.fileOffset - ph.fileOffset);
+      return mapping.start - (ph.vaddr + mapping.fileOffset - ph.offset);
     }
   }
   return undefined;
@@ -157,7 +223,7 @@ export function buildModules(
     let elf: ElfImageSummary | undefined;
     if (lowest.path === '[vdso]') {
       const len = Number(lowest.end - lowest.start);
-      elf = len <= 1 << 20 ? summarizeElf(readMemory(lowest.start, len)) : undefined;
+      elf = len <= 1 << 20 ? summarizeImage(readMemory(lowest.start, len), '[vdso]') : undefined;
     } else {
       // Only a group whose lowest mapping covers the ELF header (offset 0) can be an ELF image.
       if (lowest.fileOffset !== 0n) continue;
