@@ -120,7 +120,8 @@ export interface DecodeOptions {
 
 function decoderOver(code: Uint8Array, address: bigint) {
   if (!(code instanceof Uint8Array)) throw new TypeError('code: expected Uint8Array');
-  if (typeof address !== 'bigint' || address < 0n || address > 0xffff_ffff_ffff_ffffn) {
+  if (typeof address !== 'bigint') throw new TypeError('address: expected a bigint');
+  if (address < 0n || address > 0xffff_ffff_ffff_ffffn) {
     throw new RangeError('address: expected a 64-bit unsigned bigint');
   }
   const d = new Decoder(64, code, 0);
@@ -234,7 +235,15 @@ export function* iterateInstructions(code: Uint8Array, address: bigint, options:
       const offset = decoder.position;
       decoder.decodeOut(ins);
       let length = decoder.position - offset;
-      const truncated = ins.code === Code.INVALID && decoder.lastError === 2; // DecoderError.NoMoreBytes
+      const invalid = ins.code === Code.INVALID;
+      const truncated = invalid && decoder.lastError === 2; // DecoderError.NoMoreBytes
+      if (invalid && !truncated) {
+        // Resynchronise one byte later: iced may swallow the following bytes into the invalid
+        // instruction, and the next valid instruction could start at any of them.
+        length = 1;
+        decoder.position = offset + 1;
+        decoder.ip = address + BigInt(offset + 1);
+      }
       if (length <= 0) length = 1;
       const insn = toInsn(ins, decoder, code, offset, length, address + BigInt(offset), withText);
       insn.truncated = truncated;

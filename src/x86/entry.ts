@@ -108,11 +108,11 @@ interface PaddingRun {
   /** Instruction boundaries of that run, as distances back from the entry (descending). */
   boundaries: number[];
   int3Only: boolean;
-  /** Only single-byte 0x90 NOPs. */
-  singleNops: boolean;
+  /** How many whole single-byte `90` NOPs end the run (the -fpatchable-function-entry part). */
+  trailingSingleNops: number;
 }
 
-const NO_PADDING: PaddingRun = { length: 0, boundaries: [], int3Only: false, singleNops: false };
+const NO_PADDING: PaddingRun = { length: 0, boundaries: [], int3Only: false, trailingSingleNops: 0 };
 
 /** Finds the longest run of whole NOP/INT3 instructions in `before` that ends exactly at its end. */
 function findPadding(before: Uint8Array): PaddingRun {
@@ -127,7 +127,6 @@ function findPadding(before: Uint8Array): PaddingRun {
     const boundaries: number[] = [];
     let ok = true;
     let int3Only = true;
-    let singleNops = true;
     let end = s;
     for (const insn of iterateInstructions(before.subarray(s), 0n, { text: false })) {
       if (insn.invalid || !(insn.isNop || insn.isInt3)) {
@@ -136,10 +135,15 @@ function findPadding(before: Uint8Array): PaddingRun {
       }
       boundaries.push(n - end);
       if (!insn.isInt3) int3Only = false;
-      if (!(insn.isNop && insn.length === 1)) singleNops = false;
       end += insn.length;
     }
-    if (ok && end === n) return { length: n - s, boundaries, int3Only, singleNops };
+    if (ok && end === n) {
+      // Alignment NOPs of the previous function may precede the pfe NOPs: count only the tail.
+      let trailingSingleNops = 0;
+      const starts = new Set(boundaries);
+      while (starts.has(trailingSingleNops + 1) && before[n - trailingSingleNops - 1] === 0x90) trailingSingleNops++;
+      return { length: n - s, boundaries, int3Only, trailingSingleNops };
+    }
   }
   return NO_PADDING;
 }
@@ -242,7 +246,7 @@ export function classifyEntry(input: EntryInput): EntryClass {
     }
     // (b) -fpatchable-function-entry=N,M: single-byte NOPs before, >= 2 single-byte NOPs at the switch.
     if (
-      pad.singleNops &&
+      pad.trailingSingleNops >= JMP_REL32_SIZE &&
       head.length >= 2 &&
       head[0]!.bytes.length === 1 &&
       head[0]!.bytes[0] === 0x90 &&
