@@ -68,7 +68,11 @@ export interface EntryClass {
    * (entry, or entry + 4 after endbr64). Undefined for too-small/undecodable.
    */
   siteAddress?: bigint;
-  /** padded → the 2-byte instruction(s) that become `jmp short siteAddress`; plain → = siteAddress. */
+  /**
+   * padded → the 2 bytes that become `jmp short siteAddress` (one instruction, or two 1-byte NOPs
+   * for -fpatchable-function-entry: a thread stopped between them must be waited for like any IP
+   * inside overwritten bytes); plain → = siteAddress.
+   */
   switchAddress?: bigint;
   /** Bytes of padding from siteAddress to the entry (0 for plain). */
   paddingLength: number;
@@ -209,7 +213,8 @@ export function classifyEntry(input: EntryInput): EntryClass {
   const externalInside = (start: bigint, end: bigint): boolean => {
     const ext = input.externalBranchTargets;
     if (ext === undefined) return false;
-    for (const t of ext) if (t > start && t < end) return true;
+    // Probe the few addresses of the site (at most 16 + 6 bytes) rather than walking a module-wide set.
+    for (let a = start + 1n; a < end; a++) if (ext.has(a)) return true;
     return false;
   };
 
