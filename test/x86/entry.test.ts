@@ -194,3 +194,23 @@ describe('classifyEntry on hand-made bytes', () => {
     expect(classifyEntry({ address: at, code, before, paddingFloor: at }).kind).toBe('plain');
   });
 });
+
+describe('classifyEntry with the project ELF reader (src/elf)', () => {
+  it('every function of the pfe=7,5 fixture, read through parseElf, matches the nm/readelf oracle', async () => {
+    const { parseElf } = await import('../../src/elf/index.js');
+    const { readFileSync } = await import('node:fs');
+    const prog = await compile({ file: 'x86/entries.c', flags: [...VARIANTS.pfe75] });
+    const elf = parseElf(new Uint8Array(readFileSync(prog)));
+    const funcs = elf.functionSymbols().filter((s) => s.name.startsWith('f_'));
+    expect(funcs.map((s) => s.name).sort()).toEqual(['f_empty', 'f_hook', 'f_loop', 'f_work']);
+    for (const s of funcs) {
+      const code = elf.readVaddr(s.value, Number(s.size));
+      const before = elf.readVaddr(s.value - 16n, 16);
+      const c = classifyEntry({ address: s.value, code, before });
+      const oracle = classify('pfe75', s.name).c;
+      expect(c.form, s.name).toBe(oracle.form);
+      expect(c.siteAddress).toBe(oracle.siteAddress);
+      expect(hex(c.expected)).toBe(hex(oracle.expected));
+    }
+  });
+});
