@@ -133,3 +133,15 @@ describe('package codec', () => {
     expectCode(() => decodePackage(huge), 'PACKAGE_TOO_LARGE');
   });
 });
+
+describe('package codec with Node Buffers', () => {
+  it('decoded byte arrays are copies, not views of the input Buffer', () => {
+    const buf = Buffer.from(encodePackage(createPackage(samplePlan(), { createdAt: CREATED })));
+    const pkg = decodePackage(buf);
+    const code = pkg.plan.functions[0]!.code;
+    expect(Object.getPrototypeOf(code)).toBe(Uint8Array.prototype);
+    const before = code[0];
+    buf.fill(0);
+    expect(code[0]).toBe(before);
+  });
+});

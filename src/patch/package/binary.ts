@@ -19,17 +19,21 @@ export class ByteReader {
   private pos: number;
 
   /**
-   * @param buf the buffer to read
+   * @param input the buffer to read
    * @param what a label for error messages ("content section", "cold payload"...)
    * @param truncatedCode the code to use when a read runs past the end: PACKAGE_TRUNCATED for the
    *   file itself, PACKAGE_CORRUPT inside a section whose length was declared (and present)
    */
+  private readonly buf: Uint8Array;
+
   constructor(
-    private readonly buf: Uint8Array,
+    input: Uint8Array,
     private readonly what: string,
     private readonly truncatedCode: 'PACKAGE_TRUNCATED' | 'PACKAGE_CORRUPT' = 'PACKAGE_CORRUPT',
   ) {
-    this.view = new DataView(buf.buffer, buf.byteOffset, buf.byteLength);
+    // A plain Uint8Array view: Buffer#slice would alias instead of copy.
+    this.buf = new Uint8Array(input.buffer, input.byteOffset, input.byteLength);
+    this.view = new DataView(input.buffer, input.byteOffset, input.byteLength);
     this.pos = 0;
   }
 

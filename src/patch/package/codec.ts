@@ -83,7 +83,7 @@ export interface PackageMeta {
 }
 
 /** The complete fixed file, compressed, for installing on disk (`apply --cold`). */
-export interface ColdPayload {
+export interface PackageColdPayload {
   compression: 'zlib' | 'brotli';
   /** File mode (permission bits, e.g. 0o755) of the fixed file. */
   mode: number;
@@ -116,7 +116,7 @@ export interface PatchPackage {
   id: string;
   plan: PatchPlan;
   meta: PackageMeta;
-  cold?: ColdPayload;
+  cold?: PackageColdPayload;
   signature?: PackageSignature;
 }
 
@@ -291,7 +291,7 @@ function validateMeta(meta: PackageMeta, fail: Fail): void {
   if (meta.description !== undefined) checkStr(meta.description, 'description', fail);
 }
 
-function validateCold(c: ColdPayload, fail: Fail): void {
+function validateCold(c: PackageColdPayload, fail: Fail): void {
   if (c.compression !== 'zlib' && c.compression !== 'brotli') fail(`cold payload: unknown compression ${String(c.compression)}`);
   if (!Number.isInteger(c.mode) || c.mode < 0 || c.mode > 0o7777) fail(`cold payload: mode ${c.mode} is not a permission mode`);
   if (!Number.isSafeInteger(c.size) || c.size < 0) fail(`cold payload: size ${c.size} out of range`);
@@ -350,7 +350,7 @@ function encodeContent(plan: PatchPlan, meta: PackageMeta): Uint8Array {
   return w.finish();
 }
 
-function encodeCold(c: ColdPayload): Uint8Array {
+function encodeCold(c: PackageColdPayload): Uint8Array {
   const w = new ByteWriter();
   w.u8(c.compression === 'zlib' ? 1 : 2).u32(c.mode).u64(BigInt(c.size)).raw(fromHex(c.sha256)).str(c.buildId);
   w.u32(c.data.byteLength).raw(c.data);
@@ -381,7 +381,7 @@ export function computePackageId(plan: PatchPlan, meta: PackageMeta): string {
  */
 export function createPackage(
   plan: PatchPlan,
-  options: { description?: string; createdAt?: Date | string; toolVersion?: string; cold?: ColdPayload } = {},
+  options: { description?: string; createdAt?: Date | string; toolVersion?: string; cold?: PackageColdPayload } = {},
 ): PatchPackage {
   const created = options.createdAt ?? new Date();
   const meta: PackageMeta = {
@@ -541,7 +541,7 @@ function decodeContent(body: Uint8Array): { plan: PatchPlan; meta: PackageMeta }
   return { plan, meta };
 }
 
-function decodeCold(body: Uint8Array): ColdPayload {
+function decodeCold(body: Uint8Array): PackageColdPayload {
   const r = new ByteReader(body, 'cold payload section');
   const comp = r.u8('compression');
   if (comp !== 1 && comp !== 2) throw new PackageError('PACKAGE_CORRUPT', `package cold payload: unknown compression ${comp}`);
@@ -554,7 +554,7 @@ function decodeCold(body: Uint8Array): ColdPayload {
   const buildId = r.str('build-id');
   const data = readBytes32(r, 'compressed cold payload', MAX_PACKAGE_SIZE);
   if (r.remaining !== 0) throw new PackageError('PACKAGE_CORRUPT', `package cold payload: ${r.remaining} stray bytes`);
-  const cold: ColdPayload = { compression: comp === 1 ? 'zlib' : 'brotli', mode, size: Number(size64), sha256: sha, buildId, data };
+  const cold: PackageColdPayload = { compression: comp === 1 ? 'zlib' : 'brotli', mode, size: Number(size64), sha256: sha, buildId, data };
   validateCold(cold, failWith('PACKAGE_CORRUPT'));
   return cold;
 }

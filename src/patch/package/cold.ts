@@ -6,7 +6,7 @@
 import { createHash } from 'node:crypto';
 import { brotliCompressSync, brotliDecompressSync, constants as zc, deflateSync, inflateSync } from 'node:zlib';
 import { PackageError } from '../../errors.js';
-import { MAX_COLD_SIZE, type ColdPayload } from './codec.js';
+import { MAX_COLD_SIZE, type PackageColdPayload } from './codec.js';
 
 /**
  * Compresses a fixed file into a cold payload.
@@ -17,7 +17,7 @@ import { MAX_COLD_SIZE, type ColdPayload } from './codec.js';
 export function makeColdPayload(
   file: Uint8Array,
   options: { buildId: string; mode: number; compression?: 'zlib' | 'brotli' },
-): ColdPayload {
+): PackageColdPayload {
   if (file.byteLength > MAX_COLD_SIZE) {
     throw new PackageError('PACKAGE_TOO_LARGE', `the fixed file is ${file.byteLength} bytes, more than the ${MAX_COLD_SIZE}-byte cold payload limit`);
   }
@@ -43,7 +43,7 @@ export function makeColdPayload(
  * bomb stops at the cap), and the result must have the declared size and SHA-256.
  * Throws PackageError PACKAGE_TOO_LARGE / PACKAGE_CORRUPT.
  */
-export function extractColdFile(cold: ColdPayload): Uint8Array {
+export function extractColdFile(cold: PackageColdPayload): Uint8Array {
   if (cold.size > MAX_COLD_SIZE) {
     throw new PackageError('PACKAGE_TOO_LARGE', `cold payload declares ${cold.size} bytes, more than the ${MAX_COLD_SIZE}-byte limit`);
   }
