@@ -60,6 +60,7 @@ export class ElfFile {
   #notes: ElfNote[] | undefined;
   #byAddress: ElfSymbol[] | undefined;
   #byName: Map<string, ElfSymbol[]> | undefined;
+  #dynByName: Map<string, ElfSymbol[]> | undefined;
   readonly #loads: ElfProgramHeader[];
 
   /** Use `parseElf`. */
@@ -311,21 +312,33 @@ export class ElfFile {
     return this.#byAddress;
   }
 
-  /** Every symbol called `name` (.symtab first, then .dynsym), in table order. */
-  symbolsNamed(name: string): ElfSymbol[] {
-    if (!this.#byName) {
-      const m = new Map<string, ElfSymbol[]>();
-      for (const table of [this.symbols, this.dynamicSymbols]) {
-        for (const s of table) {
-          if (s.name === '' || s.type === C.STT_FILE || s.type === C.STT_SECTION) continue;
-          const l = m.get(s.name);
-          if (l) l.push(s);
-          else m.set(s.name, [s]);
-        }
+  /**
+   * Every symbol called `name`, in table order: .symtab then .dynsym (`table` 'any', the default),
+   * or one table. The name index of a table is built on first use, so a .dynsym-only lookup never
+   * parses a large .symtab.
+   */
+  symbolsNamed(name: string, table: 'symtab' | 'dynsym' | 'any' = 'any'): ElfSymbol[] {
+    if (table === 'symtab') return this.#nameIndex(false).get(name) ?? [];
+    if (table === 'dynsym') return this.#nameIndex(true).get(name) ?? [];
+    const a = this.#nameIndex(false).get(name);
+    const b = this.#nameIndex(true).get(name);
+    return a && b ? [...a, ...b] : (a ?? b ?? []);
+  }
+
+  #nameIndex(dynamic: boolean): Map<string, ElfSymbol[]> {
+    let m = dynamic ? this.#dynByName : this.#byName;
+    if (!m) {
+      m = new Map<string, ElfSymbol[]>();
+      for (const s of dynamic ? this.dynamicSymbols : this.symbols) {
+        if (s.name === '' || s.type === C.STT_FILE || s.type === C.STT_SECTION) continue;
+        const l = m.get(s.name);
+        if (l) l.push(s);
+        else m.set(s.name, [s]);
       }
-      this.#byName = m;
+      if (dynamic) this.#dynByName = m;
+      else this.#byName = m;
     }
-    return this.#byName.get(name) ?? [];
+    return m;
   }
 
   /**
@@ -335,9 +348,8 @@ export class ElfFile {
   findSymbol(name: string, query: ElfSymbolQuery = {}): ElfSymbol | undefined {
     const table = query.table ?? 'any';
     const definedOnly = query.defined ?? true;
-    const candidates = this.symbolsNamed(name).filter(
+    const candidates = this.symbolsNamed(name, table).filter(
       (s) =>
-        (table === 'any' || (table === 'dynsym') === s.dynamic) &&
         (!definedOnly || s.shndx !== C.SHN_UNDEF) &&
         (query.file === undefined || (s.bind === C.STB_LOCAL && s.file === query.file)) &&
         (query.version === undefined || s.version?.name === query.version),

@@ -79,6 +79,10 @@ export interface ElfSymbolVersion {
 export interface ElfSymbol {
   /** Index in its symbol table. */
   index: number;
+  /**
+   * The name as stored. Note: GNU ld stores undefined references in .symtab as "printf@GLIBC_2.2.5"
+   * literally; .dynsym names never carry a version (see `version`).
+   */
   name: string;
   /** st_value: a vaddr for defined symbols of ET_EXEC/ET_DYN, a section offset in ET_REL. */
   value: bigint;

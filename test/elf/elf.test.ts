@@ -95,6 +95,9 @@ describe('PIE executable with two static helper() functions', () => {
     expect(a.value).not.toBe(b.value);
     expect(a.bind).toBe(STB_LOCAL);
     expect(elf.findSymbol('helper', { file: 'prog.c' })).toBeUndefined();
+    expect(elf.symbolsNamed('helper', 'symtab')).toHaveLength(2);
+    expect(elf.symbolsNamed('helper', 'dynsym')).toHaveLength(0);
+    expect(elf.symbolsNamed('printf', 'dynsym')[0]!.version?.name).toBe('GLIBC_2.2.5');
     expectElfError(() => elf.getSymbol('helper', { file: 'nope.c' }), ElfErrorCode.NOT_FOUND);
     // Sizes agree with readelf, and file_b's helper is the bigger one (it has more code).
     const oracle = (await readelfSymbols(path, false)).filter((r) => r.name === 'helper');
