@@ -10,7 +10,7 @@ import iced from 'iced-x86';
 import type { Formatter as IcedFormatter, Instruction as IcedInstruction } from 'iced-x86';
 
 export type { IcedInstruction };
-export const { Decoder, Formatter, FormatterSyntax, Instruction, Code, FlowControl, OpKind, Register, Mnemonic } = iced;
+export const { BlockEncoder, Decoder, Formatter, FormatterSyntax, Instruction, Code, OpKind, Register, Mnemonic } = iced;
 
 let formatter: IcedFormatter | undefined;
 

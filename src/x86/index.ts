@@ -27,3 +27,5 @@ export { classifyEntry } from './entry.js';
 export type { EntryInput, EntryClass, EntryKind, EntryForm } from './entry.js';
 export { describeHook } from './hook.js';
 export type { HookInfo, HookKind } from './hook.js';
+export { reencodeAt, maskedBytes } from './reencode.js';
+export type { Reencoded, MaskOptions } from './reencode.js';
