@@ -1,14 +1,100 @@
+/** `hotpatch scan (FILE | --pid PID | --all)`: hotpatchable functions per module. */
 import type { Command } from 'commander';
-import { HotpatchError } from '../../errors.js';
+import { UsageError } from '../../errors.js';
+import { scanAllProcesses, scanFile, scanProcess, type ModuleScan } from '../../scan/index.js';
+import { EXIT_PARTIAL } from '../exit-codes.js';
+import { printJson, progress, say } from '../output.js';
 import type { SetExitCode } from './index.js';
 
+interface ScanCliOptions {
+  pid?: string;
+  all?: boolean;
+  json?: boolean;
+  functions?: boolean;
+  checkBranches?: boolean;
+}
+
+function parsePid(text: string): number {
+  if (!/^\d+$/.test(text)) throw new UsageError('USAGE_BAD_PID', `--pid needs a process id (a positive integer), got ${JSON.stringify(text)}`);
+  const pid = Number(text);
+  if (!Number.isSafeInteger(pid) || pid <= 0 || pid > 0x3fffffff) throw new UsageError('USAGE_BAD_PID', `--pid ${text} is not a valid process id`);
+  return pid;
+}
+
+function moduleLine(m: ModuleScan): string {
+  if (m.error) return `  ${m.path}: not scanned: ${m.error.message}`;
+  const pfe = (m.forms['patchable-function-entry'] ?? 0) + (m.forms['ms-hook-prologue'] ?? 0);
+  return (
+    `${m.percent.toFixed(1).padStart(6)}%  ${String(m.hotpatchable).padStart(6)}/${String(m.total).padEnd(6)} hotpatchable ` +
+    `(${m.padded} padded${pfe > 0 ? `, ${pfe} compiled with hotpatch padding` : ''}, ${m.plain} plain, ${m.tooSmall} too-small)  ${m.path}` +
+    (m.buildId ? `  [${m.buildId.slice(0, 12)}]` : '') +
+    (m.symbolTable === 'dynsym' ? '  (exported functions only: no .symtab)' : m.symbolTable === 'none' ? '  (no function symbols)' : '')
+  );
+}
+
+function printFunctions(json: boolean, m: ModuleScan): void {
+  for (const f of m.functions) {
+    const extra = [f.form !== f.entry ? f.form : '', f.reason ?? ''].filter((s) => s !== '').join(': ');
+    say(json, `    0x${f.address.toString(16).padStart(12, '0')} ${String(f.size).padStart(7)} ${f.entry.padEnd(9)} ${f.name}${extra ? `  (${extra})` : ''}`);
+  }
+}
+
 export function register(program: Command, setExitCode: SetExitCode): void {
-  void setExitCode;
   program
     .command('scan')
-    .description('(not yet implemented)')
-    .allowUnknownOption()
-    .action(() => {
-      throw new HotpatchError('NOT_IMPLEMENTED', '`hotpatch scan` is not implemented yet');
+    .description('list the functions of a file or a running process and how each can be hotpatched (padded, plain, too-small)')
+    .argument('[file]', 'ELF executable, shared library or object file to scan')
+    .option('--pid <pid>', 'scan a running process (the code really in its memory, run-time addresses)')
+    .option('--all', 'scan every process of the machine (kernel threads skipped; per-process errors reported)')
+    .option('-v, --functions', 'list every function, not only the per-module summary')
+    .option('--check-branches', 'decode whole functions and refuse entries that a branch lands inside (slower)')
+    .option('--json', 'print one JSON document on stdout')
+    .action((file: string | undefined, opts: ScanCliOptions) => {
+      const chosen = [file !== undefined, opts.pid !== undefined, opts.all === true].filter(Boolean).length;
+      if (chosen !== 1) throw new UsageError('USAGE_SCAN_TARGET', 'scan needs exactly one of FILE, --pid PID or --all (see hotpatch scan --help)');
+      const json = opts.json === true;
+      const options = { checkBranches: opts.checkBranches === true };
+
+      if (opts.all) {
+        const r = scanAllProcesses(options);
+        if (json) {
+          printJson(opts.functions ? r : { ...r, processes: r.processes.map((p) => (p.modules ? { ...p, modules: p.modules.map(summaryOnly) } : p)) });
+        } else {
+          for (const p of r.processes) {
+            if (p.error) {
+              say(false, `pid ${p.pid}: not scanned: ${p.error.message}`);
+              continue;
+            }
+            const mods = p.modules ?? [];
+            const total = mods.reduce((a, m) => a + m.total, 0);
+            const hp = mods.reduce((a, m) => a + m.hotpatchable, 0);
+            say(false, `pid ${p.pid} (${p.name}) ${p.exe}: ${mods.length} modules, ${hp}/${total} functions hotpatchable`);
+            if (opts.functions) for (const m of mods) say(false, `  ${moduleLine(m)}`);
+          }
+        }
+        progress(
+          `scanned ${r.scanned} processes in ${r.seconds.toFixed(2)} s (${r.modulesClassified} distinct modules, ${r.moduleCacheHits} reused); ` +
+            `${r.failed} failed, ${r.kernelThreads} kernel threads skipped, ${r.exited} exited meanwhile`,
+        );
+        if (r.failed > 0) setExitCode(EXIT_PARTIAL);
+        return;
+      }
+
+      const proc = opts.pid !== undefined ? scanProcess(parsePid(opts.pid), options) : undefined;
+      const result = proc ?? scanFile(file!, options);
+      if (json) {
+        printJson(result);
+        return;
+      }
+      if (proc) say(false, `pid ${proc.pid} (${proc.name}) ${proc.exe}`);
+      for (const m of result.modules) {
+        say(false, moduleLine(m));
+        if (opts.functions) printFunctions(false, m);
+      }
     });
+}
+
+/** A module without its function list (for `--all --json` without --functions: keeps the output small). */
+function summaryOnly(m: ModuleScan): Omit<ModuleScan, 'functions'> & { functions: [] } {
+  return { ...m, functions: [] };
 }
