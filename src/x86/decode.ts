@@ -18,7 +18,11 @@ import {
   type IcedInstruction,
 } from './iced.js';
 
-/** Where control goes after an instruction (iced `FlowControl`, named for readers). */
+/**
+ * Where control goes after an instruction (iced `FlowControl`, named for readers). As in iced,
+ * `call` also covers `syscall`/`sysenter` (no `branchTarget` then), `return` covers `iret`/`sysret`,
+ * and `exception` covers `ud2` as well as invalid bytes (check `invalid`).
+ */
 export type FlowKind =
   | 'next'
   | 'branch'

@@ -59,6 +59,13 @@ describe('decodeAt: fields, operands and flow', () => {
     expect(decodeAt(b('cc'), 0n)).toMatchObject({ flow: 'interrupt', isInt3: true });
     expect(decodeAt(b('0f 0b'), 0n)).toMatchObject({ flow: 'exception', mnemonic: 'ud2', invalid: false });
   });
+  it('prefixed branches: bnd jmp, notrack jmp, syscall', () => {
+    expect(decodeAt(b('f2 e9 00 00 00 00'), 0x1000n)).toMatchObject({ branchTarget: 0x1006n, fields: { branch: { offset: 2, size: 4 } } });
+    expect(decodeAt(b('3e ff e0'), 0n)).toMatchObject({ flow: 'indirect-branch', mnemonic: 'jmp' });
+    const sc = decodeAt(b('0f 05'), 0n);
+    expect(sc).toMatchObject({ flow: 'call', mnemonic: 'syscall' });
+    expect(sc.branchTarget).toBeUndefined();
+  });
   it('NOP forms, int3, endbr64', () => {
     for (const n of ['90', '66 90', '0f 1f 00', '0f 1f 40 00', '0f 1f 44 00 00', '66 0f 1f 44 00 00', '0f 1f 80 00 00 00 00', '66 66 2e 0f 1f 84 00 00 00 00 00']) {
       const i = decodeAt(b(n), 0n);
