@@ -1,4 +1,4 @@
-import { mkdtempSync, mkdirSync, statSync, writeFileSync, readFileSync } from 'node:fs';
+import { chmodSync, mkdtempSync, mkdirSync, statSync, writeFileSync, readFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { describe, expect, it } from 'vitest';
@@ -13,6 +13,7 @@ import {
   makeColdPayload,
   parsePublicKey,
   readPrivateKeyFile,
+  readTrustedPackage,
   readPublicKeyFile,
   requireTrusted,
   signPackage,
@@ -41,8 +42,10 @@ describe('keys', () => {
     expect(sk.keyId).toBe(pk.keyId);
     expect(sk.comment).toBe('Alice <alice@example.org>');
     expect(() => writeKeyFiles(key)).toThrow(PackageError);
+    chmodSync(key, 0o644);
     writeKeyFiles(key, { force: true });
     expect(readPrivateKeyFile(key).keyId).not.toBe(pk.keyId);
+    expect(statSync(key).mode & 0o777).toBe(0o600);
   });
 
   it('parses SPKI PEM public keys and rejects garbage', () => {
@@ -162,5 +165,21 @@ describe('trusted key configuration', () => {
     expect(() => loadTrustedKeys({ env: { HOTPATCH_TRUSTED_KEYS: join(dir, 'missing.pub') } })).toThrow(expect.objectContaining({ code: 'KEY_NOT_FOUND' }));
     writeFileSync(join(dir, 'bad.pub'), 'hotpatch-ed25519 Zm9v\n');
     expect(() => loadTrustedKeys({ trustFiles: [join(dir, 'bad.pub')] })).toThrow(expect.objectContaining({ code: 'KEY_INVALID' }));
+  });
+});
+
+describe('readTrustedPackage', () => {
+  it('reads a file and applies the policy with the configured keys', () => {
+    const k = keyFiles('policy', 'Policy');
+    const path = join(dir, 'policy.hpk');
+    writeFileSync(path, encodePackage(createPackage(samplePlan(), { createdAt: CREATED })));
+    expect(() => readTrustedPackage(path, { env: {}, trustDir: join(dir, 'none') })).toThrow(expect.objectContaining({ code: 'PACKAGE_UNSIGNED' }));
+    expect(readTrustedPackage(path, { env: {}, trustDir: join(dir, 'none'), allowUnsigned: true }).verdict.status).toBe('unsigned');
+    writeFileSync(path, signPackage(readFileSync(path), readPrivateKeyFile(k.key)));
+    const r = readTrustedPackage(path, { env: { HOTPATCH_TRUSTED_KEYS: k.pub } });
+    expect(r.verdict).toMatchObject({ status: 'trusted', signer: { name: 'Policy' } });
+    expect(r.trust.source).toBe('env');
+    writeFileSync(path, readFileSync(path).subarray(0, 30));
+    expect(() => readTrustedPackage(path, { env: { HOTPATCH_TRUSTED_KEYS: k.pub } })).toThrow(expect.objectContaining({ code: 'PACKAGE_TRUNCATED' }));
   });
 });

@@ -13,7 +13,7 @@
  *   3. every `*.pub` file in /etc/hotpatch/trusted.d/ (`trustDir` overrides it, for tests)
  */
 import { createPrivateKey, createPublicKey, generateKeyPairSync, type KeyObject } from 'node:crypto';
-import { closeSync, fsyncSync, openSync, readdirSync, readFileSync, writeSync, chmodSync, existsSync } from 'node:fs';
+import { chmodSync, closeSync, existsSync, fsyncSync, openSync, readdirSync, readFileSync, rmSync, writeSync } from 'node:fs';
 import { join } from 'node:path';
 import { PackageError } from '../../errors.js';
 import { keyIdOf } from '../package/codec.js';
@@ -86,7 +86,9 @@ export function generateKeyPair(comment?: string): {
 function writeDurable(path: string, text: string, mode: number, overwrite: boolean): void {
   let fd: number;
   try {
-    fd = openSync(path, overwrite ? 'w' : 'wx', mode);
+    // Never reuse an existing inode: it may be readable by others (and O_EXCL refuses symlinks).
+    if (overwrite) rmSync(path, { force: true });
+    fd = openSync(path, 'wx', mode);
   } catch (e) {
     if ((e as NodeJS.ErrnoException).code === 'EEXIST') {
       throw new PackageError('KEY_EXISTS', `${path} already exists; choose another name or pass --force to overwrite it`);
@@ -99,7 +101,7 @@ function writeDurable(path: string, text: string, mode: number, overwrite: boole
   } finally {
     closeSync(fd);
   }
-  chmodSync(path, mode); // the umask may have narrowed it; an overwritten file keeps its old mode
+  chmodSync(path, mode); // the umask may have narrowed a public key's mode
 }
 
 /**
