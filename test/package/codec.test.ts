@@ -83,6 +83,10 @@ describe('package codec', () => {
       (p) => (p.functions[0]!.vaddr = -1n),
       (p) => (p.functions[0]!.name = ''),
       (p) => (p.functions[1]!.entry.siteVaddr += 100n),
+      (p) => (p.functions[1]!.entry.switchVaddr += 1n),
+      (p) => (p.functions[1]!.entry.expected = new Uint8Array(6)),
+      (p) => (p.functions[0]!.entry = { ...p.functions[0]!.entry, siteVaddr: 0x401134n, expected: new Uint8Array(4) }),
+      (p) => (p.functions[0]!.entry.switchVaddr += 1n),
     ];
     for (const mutate of bad) {
       const p = samplePlan();

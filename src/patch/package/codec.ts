@@ -238,12 +238,14 @@ function checkEntry(f: PatchFunction, where: string, fail: Fail): void {
   const end = f.vaddr + BigInt(f.size);
   if (e.kind === 'padded') {
     // Padding (jmp rel32 goes there) lies before the switch; expected covers padding + 2-byte switch.
-    if (e.siteVaddr >= e.switchVaddr || e.switchVaddr - e.siteVaddr + 2n !== BigInt(n)) {
+    // At least a 5-byte jmp rel32 fits in the padding before the switch.
+    if (e.switchVaddr < e.siteVaddr + 5n || e.switchVaddr - e.siteVaddr + 2n !== BigInt(n)) {
       fail(`${where}: padded entry site 0x${e.siteVaddr.toString(16)} / switch 0x${e.switchVaddr.toString(16)} do not match ${n} original bytes`);
     }
     if (e.switchVaddr < f.vaddr || e.switchVaddr + 2n > end) fail(`${where}: switch instruction lies outside the function`);
   } else {
-    if (n < 5) fail(`${where}: plain entry needs at least 5 original bytes, has ${n}`);
+    if (n !== 5) fail(`${where}: a plain entry covers 5 original bytes (one jmp rel32), has ${n}`);
+    if (e.switchVaddr !== e.siteVaddr) fail(`${where}: a plain entry has no separate switch address`);
     if (e.siteVaddr < f.vaddr || e.siteVaddr + 5n > end) fail(`${where}: 5-byte jump site lies outside the function`);
   }
 }
