@@ -210,11 +210,13 @@ export function classifyEntry(input: EntryInput): EntryClass {
     result.decodeComplete = whole.every((i) => !i.invalid);
     return branchesInto(whole, start, end).map((b) => b.from);
   };
-  const externalInside = (start: bigint, end: bigint): boolean => {
+  // Known branches may land on the site's first byte, the entry and the switch (all still run the
+  // jump chain to the new code), never strictly inside the bytes that get overwritten.
+  const externalInside = (start: bigint, end: bigint, allowed: readonly bigint[]): boolean => {
     const ext = input.externalBranchTargets;
     if (ext === undefined) return false;
     // Probe the few addresses of the site (at most 16 + 6 bytes) rather than walking a module-wide set.
-    for (let a = start + 1n; a < end; a++) if (ext.has(a)) return true;
+    for (let a = start + 1n; a < end; a++) if (ext.has(a) && !allowed.includes(a)) return true;
     return false;
   };
 
@@ -227,7 +229,7 @@ export function classifyEntry(input: EntryInput): EntryClass {
     const site = entry - BigInt(back);
     // jmp short from the switch must reach the site: rel8 >= -128.
     if (site - (switchAt + BigInt(JMP_SHORT_SIZE)) < -128n) return false;
-    if (externalInside(site, switchAt + BigInt(JMP_SHORT_SIZE))) {
+    if (externalInside(site, switchAt + BigInt(JMP_SHORT_SIZE), [entry, switchAt])) {
       result.reason = 'a known branch lands inside the padding site';
       return false;
     }
@@ -279,7 +281,7 @@ export function classifyEntry(input: EntryInput): EntryClass {
     result.reason = `the instruction at 0x${(firstInvalid?.address ?? body).toString(16)} cannot be decoded`;
     return result;
   }
-  if (externalInside(body, body + BigInt(JMP_REL32_SIZE))) {
+  if (externalInside(body, body + BigInt(JMP_REL32_SIZE), [])) {
     result.kind = 'too-small';
     result.form = 'too-small';
     result.reason = 'a known branch lands inside the first 5 bytes';

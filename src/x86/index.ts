@@ -29,3 +29,5 @@ export { describeHook } from './hook.js';
 export type { HookInfo, HookKind } from './hook.js';
 export { reencodeAt, maskedBytes } from './reencode.js';
 export type { Reencoded, MaskOptions } from './reencode.js';
+export { classifyModuleEntries } from './module.js';
+export type { ModuleFunction, ModuleEntryClass, ClassifyModuleOptions } from './module.js';

@@ -69,6 +69,13 @@ export class Image {
     if (!s) throw new Error(`no ${name} in ${this.path}`);
     return s;
   }
+  /** Bytes at link-time `addr` inside one section with file contents, else undefined. */
+  read(addr: bigint, length: number): Uint8Array | undefined {
+    const sec = this.secs.find((s) => addr >= s.addr && addr + BigInt(length) <= s.addr + BigInt(s.size) && s.addr !== 0n);
+    if (!sec) return undefined;
+    const off = sec.offset + Number(addr - sec.addr);
+    return this.file.subarray(off, off + length);
+  }
   bytesOf(sym: FunctionSym): FunctionBytes {
     const sec = this.secs.find((s) => sym.address >= s.addr && sym.address < s.addr + BigInt(s.size));
     if (!sec) throw new Error(`${sym.name} is in no section`);

@@ -5,7 +5,7 @@
  */
 import { existsSync } from 'node:fs';
 import { describe, expect, it } from 'vitest';
-import { classifyEntry, decodeFunction, iterateInstructions, type EntryForm } from '../../src/x86/index.js';
+import { classifyEntry, classifyModuleEntries, decodeFunction, iterateInstructions, type EntryForm } from '../../src/x86/index.js';
 import { Image, functionSymbols, objdumpBoundaries } from './oracle.js';
 
 const LIBC = '/lib/x86_64-linux-gnu/libc.so.6';
@@ -62,6 +62,22 @@ describe.skipIf(!existsSync(LIBC))('libc', () => {
     );
     expect(syms.length / s).toBeGreaterThan(300);
     expect(complete / syms.length).toBeGreaterThan(0.99);
+  });
+
+  it('classifies the module at once with cross references (classifyModuleEntries)', () => {
+    const syms = functionSymbols(LIBC, true).filter((s) => s.size > 0);
+    const t0 = performance.now();
+    const res = classifyModuleEntries(syms, (a, n) => img.read(a, n));
+    const s = (performance.now() - t0) / 1000;
+    const counts: Record<string, number> = {};
+    for (const c of res) counts[c.form] = (counts[c.form] ?? 0) + 1;
+    console.log(`classifyModuleEntries: ${res.length} functions in ${s.toFixed(2)} s = ${Math.round(res.length / s)} functions/s; forms ${JSON.stringify(counts)}`);
+    expect(res.length).toBeGreaterThan(1000);
+    // consistency: every padded site lies inside readable bytes and holds only NOP/INT3 before the entry
+    for (const c of res.filter((r) => r.kind === 'padded')) {
+      const pad = decodeFunction(img.read(c.siteAddress!, c.paddingLength)!, c.siteAddress!);
+      expect(pad.every((i) => i.isNop || i.isInt3), c.name).toBe(true);
+    }
   });
 
   it('instruction boundaries of sampled functions match objdump', () => {
