@@ -113,7 +113,8 @@ function inspectText(pkg: PatchPackage, size: number, verdict: SignatureVerdict,
   if (sig) {
     const name = verdict.signer?.name ?? sig.signer;
     out.push(`  signer   ${name ? `${clip(name, 40)}, ` : ''}key ${sig.keyId}`);
-    out.push(`           ${STATUS_TEXT[verdict.status]}`);
+    const by = verdict.status === 'trusted' && verdict.signer?.source ? ` by ${verdict.signer.source}` : '';
+    out.push(clip(`           ${STATUS_TEXT[verdict.status]}${by}`, 80));
   } else out.push(`  signer   none: ${STATUS_TEXT.unsigned}`);
   if (pkg.cold) {
     const c = pkg.cold;
@@ -160,7 +161,7 @@ export function register(program: Command, setExitCode: SetExitCode): void {
     .option('--code', 'also show the decoded new code of each function (offsets relative to its start)')
     .option('--trust <PUBFILE>', 'trusted public key to check the signer against (repeatable; else HOTPATCH_TRUSTED_KEYS, else /etc/hotpatch/trusted.d)', (v: string, prev: string[]) => [...prev, v], [] as string[])
     .option('--json', 'print one JSON document on stdout')
-    .addHelpText('after', '\nExamples:\n  hotpatch inspect fix.hpk\n  hotpatch inspect fix.hpk --code --trust release.key.pub\n  hotpatch inspect fix.hpk --json | jq .functions')
+    .addHelpText('after', '\nExamples:\n  hotpatch inspect fix.hpk\n  hotpatch inspect fix.hpk --code --trust release.key.pub\n  hotpatch inspect fix.hpk --json | jq .functions\n')
     .action((file: string, opts: { code?: boolean; trust: string[]; json?: boolean }) => {
       const json = opts.json ?? false;
       const { pkg, bytes } = readPackageFile(file);

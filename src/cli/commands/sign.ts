@@ -14,7 +14,7 @@ export function register(program: Command, setExitCode: SetExitCode): void {
     .requiredOption('-k, --key <KEYFILE>', 'private key written by `hotpatch keygen`')
     .option('--signer <NAME>', 'signer name to embed (default: the comment of KEYFILE.pub)')
     .option('--json', 'print one JSON document on stdout')
-    .addHelpText('after', '\nExample:\n  hotpatch sign fix.hpk --key release.key')
+    .addHelpText('after', '\nExample:\n  hotpatch sign fix.hpk --key release.key\n')
     .action((file: string, opts: { key: string; signer?: string; json?: boolean }) => {
       const json = opts.json ?? false;
       const key = readPrivateKeyFile(opts.key);
