@@ -214,3 +214,27 @@ describe('classifyEntry with the project ELF reader (src/elf)', () => {
     }
   });
 });
+
+describe('classifyEntry on random bytes', () => {
+  it('never throws; padded/plain results always point at bytes that exist', () => {
+    let seed = 0xc0ffee;
+    const rnd = () => (seed = (seed * 1103515245 + 12345) >>> 0) >>> 24;
+    const pick = [0x90, 0xcc, 0x66, 0x0f, 0x1f, 0x00, 0xc3, 0xe9, 0xf3];
+    for (let n = 0; n < 2000; n++) {
+      const before = Uint8Array.from({ length: rnd() % 17 }, () => (rnd() & 1 ? pick[rnd() % pick.length]! : rnd()));
+      const code = Uint8Array.from({ length: rnd() % 24 }, () => (rnd() & 1 ? pick[rnd() % pick.length]! : rnd()));
+      const at = 0x10_0000n;
+      const c = classifyEntry({ address: at, code, before });
+      if (c.kind === 'padded') {
+        expect(c.siteAddress! >= at - BigInt(before.length)).toBe(true);
+        expect(c.switchAddress! + 2n <= at + BigInt(code.length)).toBe(true);
+        expect(c.expected!.length).toBe(Number(c.switchAddress! + 2n - c.siteAddress!));
+      } else if (c.kind === 'plain') {
+        expect(code.length).toBeGreaterThanOrEqual(5);
+        expect(c.expected!.length).toBe(5);
+      } else {
+        expect(c.siteAddress).toBeUndefined();
+      }
+    }
+  });
+});
