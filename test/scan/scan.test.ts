@@ -1,5 +1,5 @@
 import { execFile, spawnSync } from 'node:child_process';
-import { closeSync, existsSync, lstatSync, mkdtempSync, openSync, readdirSync, rmSync, statSync, writeSync } from 'node:fs';
+import { closeSync, existsSync, lstatSync, mkdtempSync, openSync, readdirSync, readFileSync, rmSync, statSync, writeFileSync, writeSync } from 'node:fs';
 import { connect } from 'node:net';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
@@ -123,6 +123,44 @@ describe('scanFile', () => {
     expect(malloc.entry).not.toBe('too-small');
     // Each address appears once.
     expect(new Set(libc.functions.map((f) => f.address)).size).toBe(libc.functions.length);
+  });
+
+  it('survives hostile files: truncated and bit-flipped executables give ElfError or a result, nothing else', () => {
+    const good = readFileSync(pie);
+    const dir = mkdtempSync(join(tmpdir(), 'hp-scan-fuzz-'));
+    let seed = 12345;
+    const rnd = (n: number) => {
+      seed = (seed * 1103515245 + 12345) & 0x7fffffff;
+      return seed % n;
+    };
+    let elfErrors = 0;
+    try {
+      const cache = new ScanCache();
+      for (let i = 0; i < 300; i++) {
+        const b = Buffer.from(good);
+        let bytes: Buffer = b;
+        if (i % 3 === 0) bytes = b.subarray(0, rnd(b.length));
+        else {
+          // Flip bytes, favouring the headers and tables at both ends of the file.
+          for (let k = 0; k < 1 + rnd(8); k++) {
+            const at = rnd(2) === 0 ? rnd(Math.min(b.length, 1024)) : b.length - 1 - rnd(Math.min(b.length, 4096));
+            b[at] = rnd(256);
+          }
+        }
+        const f = join(dir, `m${i}`);
+        writeFileSync(f, bytes);
+        try {
+          const m = scanFile(f, { cache }).modules[0]!;
+          expect(m.total).toBe(m.functions.length);
+        } catch (e) {
+          if (!(e instanceof ElfError)) throw e;
+          elfErrors++;
+        }
+      }
+    } finally {
+      rmSync(dir, { recursive: true, force: true });
+    }
+    expect(elfErrors).toBeGreaterThan(50);
   });
 
   it('gives typed errors for missing, non-ELF and directory paths', () => {
