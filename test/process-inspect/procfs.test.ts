@@ -1,6 +1,9 @@
+import { mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
 import { describe, expect, it } from 'vitest';
 import { ProcessError } from '../../src/errors.js';
-import { AT_BASE, AT_SYSINFO_EHDR, parseAuxv, parseMaps, parseSmaps, parseStat, parseStatus } from '../../src/process/index.js';
+import { AT_BASE, AT_SYSINFO_EHDR, parseAuxv, parseMaps, parseSmaps, parseStat, parseStatus, readElfSummaryFromFile } from '../../src/process/index.js';
 
 describe('parseMaps', () => {
   it('parses file, anonymous, pseudo and deleted mappings, and paths with spaces', () => {
@@ -137,5 +140,37 @@ describe('parseSmaps', () => {
   it('rejects fields before any header and bad lines', () => {
     expect(() => parseSmaps('Size: 4 kB')).toThrow(ProcessError);
     expect(() => parseSmaps('00400000-00401000 r-xp 00000000 fd:01 1 /x\nnonsense')).toThrow(ProcessError);
+  });
+});
+
+describe('readElfSummaryFromFile on hostile files', () => {
+  it('returns a summary or undefined for truncated and corrupted ELF headers, never throws', () => {
+    const good = readFileSync('/usr/bin/true');
+    const dir = mkdtempSync(join(tmpdir(), 'hp-elfsum-'));
+    let seed = 7;
+    const rnd = (n: number) => {
+      seed = (seed * 1103515245 + 12345) & 0x7fffffff;
+      return seed % n;
+    };
+    try {
+      const real = readElfSummaryFromFile('/usr/bin/true');
+      expect(real?.programHeaders.some((p) => p.type === 1)).toBe(true);
+      expect(real?.buildId).toMatch(/^[0-9a-f]{40}$/);
+      let undef = 0;
+      for (let i = 0; i < 300; i++) {
+        const b = Buffer.from(good.subarray(0, 8192));
+        for (let k = 0; k < 1 + rnd(6); k++) b[rnd(i % 2 ? 64 : 1024)] = rnd(256);
+        const f = join(dir, `f${i}`);
+        writeFileSync(f, i % 5 === 0 ? b.subarray(0, rnd(200)) : b);
+        const s = readElfSummaryFromFile(f);
+        if (s === undefined) undef++;
+        else expect(Array.isArray(s.programHeaders)).toBe(true);
+      }
+      expect(undef).toBeGreaterThan(10);
+      expect(readElfSummaryFromFile(join(dir, 'missing'))).toBeUndefined();
+      expect(readElfSummaryFromFile(dir)).toBeUndefined();
+    } finally {
+      rmSync(dir, { recursive: true, force: true });
+    }
   });
 });

@@ -270,6 +270,26 @@ describe('scanProcess', () => {
     expect(cache.stats.classifyHits).toBeGreaterThan(3);
   });
 
+  it('scans a process whose executable file was deleted (through map_files)', async () => {
+    const dir = mkdtempSync(join(tmpdir(), 'hp-scan-del-'));
+    try {
+      const copy = join(dir, 'gone');
+      writeFileSync(copy, readFileSync(pie), { mode: 0o755 });
+      const d = await startTarget(copy, [lib]);
+      try {
+        rmSync(copy);
+        const exe = scanProcess(d.pid, { cache: new ScanCache() }).modules.find((m) => m.kind === 'executable')!;
+        expect(exe.error).toBeUndefined();
+        expect(exe.path).toBe(copy);
+        expect(fn(exe, 'padded_add').entry).toBe('padded');
+      } finally {
+        await d.kill();
+      }
+    } finally {
+      rmSync(dir, { recursive: true, force: true });
+    }
+  });
+
   it('gives typed errors for a dead pid and a kernel thread', async () => {
     const dead = await startTarget(pie, [lib]);
     await dead.kill();
