@@ -1,0 +1,122 @@
+/**
+ * The engine's narrow view of process control (src/process/control): freeze, check which threads
+ * use some bytes, write, map/unmap near a module, create the record mapping, thaw. Keeping it in
+ * one module makes the engine's needs explicit and its freeze window easy to audit.
+ */
+import {
+  allocateNear,
+  findThreadsUsing,
+  freezeProcess,
+  MAP_SHARED,
+  PROT_EXEC,
+  PROT_READ,
+  remoteMmap,
+  remoteMprotect,
+  remoteMunmap,
+  RemoteSyscallError,
+  type FrozenProcess,
+} from '../../process/index.js';
+import type { AddressRange } from '../../process/index.js';
+
+// System call numbers (arch/x86/entry/syscalls/syscall_64.tbl) the engine injects itself.
+const SYS_close = 3;
+const SYS_ftruncate = 77;
+const SYS_memfd_create = 319;
+/** include/uapi/linux/memfd.h */
+const MFD_CLOEXEC = 1;
+
+/** A thread found using a range while frozen. */
+export interface ThreadUse {
+  tid: number;
+  /** Index into the ranges passed to threadsUsing(). */
+  rangeIndex: number;
+  /**
+   * `rip`: executing there (or will re-execute an interrupted syscall there); `return-address`: a
+   * word on its stack points there; `unscannable`: its stack could not be read (counts as using all).
+   */
+  how: 'rip' | 'return-address' | 'unscannable';
+  /** The instruction pointer or the stack word's value. */
+  address: bigint;
+}
+
+/** A process with every thread stopped. */
+export interface Frozen {
+  readonly pid: number;
+  readonly threadCount: number;
+  /** Threads whose rip, or any word of whose stack (rsp..end of its mapping), lies in a range. */
+  threadsUsing(ranges: readonly AddressRange[]): ThreadUse[];
+  /** Writes through /proc/PID/mem (works on read-only text). */
+  write(address: bigint, bytes: Uint8Array): void;
+  read(address: bigint, length: number): Uint8Array;
+  /**
+   * Maps `size` bytes of anonymous private memory within ±2 GiB of `near`, then makes it `prot`
+   * at once (it is mapped read-write by the allocator and never written before the mprotect;
+   * hotpatch fills it through /proc/PID/mem afterwards, so it is never writable and executable).
+   * `beforeProtect` may use the still-writable page (scratch for a system call argument).
+   */
+  mapNear(near: bigint, size: number, prot: 'r-x' | 'r--', beforeProtect?: (start: bigint) => void): bigint;
+  /** Unmaps exactly [start, start + size). */
+  unmap(start: bigint, size: number): void;
+  /**
+   * Creates a memfd called `name` in the target (the name string is written at `scratch`, memory
+   * of ours in the target that is writable through /proc/PID/mem), sizes it to `size`, maps it
+   * PROT_READ + MAP_SHARED and closes the fd. Returns the mapping address.
+   */
+  createSharedMemfdMapping(name: string, size: number, scratch: bigint): bigint;
+  /** Resumes every thread; returns the pause (first interrupt → last detach) in microseconds. */
+  thaw(): number;
+}
+
+function syscallOrThrow(fp: FrozenProcess, name: string, nr: number, args: Array<number | bigint>, detail: string): bigint {
+  const r = fp.injectSyscall(nr, args);
+  if (r < 0n && r >= -4095n) throw new RemoteSyscallError(fp.pid, name, Number(-r), detail);
+  return r;
+}
+
+/** Freezes every thread of `pid` (see src/process/control for the protocol and its errors). */
+export function freeze(pid: number): Frozen {
+  const fp = freezeProcess(pid);
+  return {
+    pid,
+    get threadCount() {
+      return fp.threads.length;
+    },
+    threadsUsing(ranges) {
+      return findThreadsUsing(fp, ranges).map((u) => ({
+        tid: u.tid,
+        rangeIndex: u.rangeIndex,
+        how: u.kind === 'stack' ? 'return-address' : u.kind === 'unscannable' ? 'unscannable' : 'rip',
+        address: u.value,
+      }));
+    },
+    write: (address, bytes) => fp.writeMemory(address, bytes),
+    read: (address, length) => fp.readMemory(address, length),
+    mapNear(near, size, prot, beforeProtect) {
+      const a = allocateNear(fp, near, size);
+      try {
+        beforeProtect?.(a.address);
+        remoteMprotect(fp, a.address, a.size, prot === 'r-x' ? PROT_READ | PROT_EXEC : PROT_READ);
+      } catch (e) {
+        try {
+          remoteMunmap(fp, a.address, a.size);
+        } catch {
+          /* report the first error */
+        }
+        throw e;
+      }
+      return a.address;
+    },
+    unmap: (start, size) => remoteMunmap(fp, start, size),
+    createSharedMemfdMapping(name, size, scratch) {
+      fp.writeMemory(scratch, new TextEncoder().encode(`${name}\0`));
+      const fd = syscallOrThrow(fp, 'memfd_create', SYS_memfd_create, [scratch, MFD_CLOEXEC], `"${name}", MFD_CLOEXEC`);
+      try {
+        syscallOrThrow(fp, 'ftruncate', SYS_ftruncate, [fd, size], `${fd}, ${size}`);
+        return remoteMmap(fp, 0n, size, PROT_READ, MAP_SHARED, Number(fd), 0n);
+      } finally {
+        fp.injectSyscall(SYS_close, [fd]);
+      }
+    },
+    thaw: () => fp.thaw(),
+  };
+}

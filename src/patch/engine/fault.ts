@@ -1,0 +1,40 @@
+/**
+ * Fault injection for crash-safety tests: when the environment variable HOTPATCH_FAULT names a
+ * step, the patcher kills itself with SIGKILL when it reaches that step — exactly what an operator's
+ * `kill -9`, the OOM killer or a power-cut of the patcher would do. Nothing else changes behaviour.
+ */
+
+/** Every named step of apply, in order. */
+export const APPLY_FAULT_STEPS = [
+  'apply:locked',
+  'apply:arena-mapped',
+  'apply:code-written',
+  'apply:record-pending',
+  'apply:frozen',
+  'apply:padding-written',
+  'apply:first-site-switched',
+  'apply:sites-written',
+  'apply:thawed',
+  'apply:committed',
+] as const;
+
+/** Every named step of remove, in order. */
+export const REMOVE_FAULT_STEPS = [
+  'remove:locked',
+  'remove:record-removing',
+  'remove:frozen',
+  'remove:first-site-restored',
+  'remove:sites-restored',
+  'remove:thawed',
+  'remove:committed',
+] as const;
+
+export type FaultStep = (typeof APPLY_FAULT_STEPS)[number] | (typeof REMOVE_FAULT_STEPS)[number];
+
+/** Name of the environment variable read by {@link faultPoint}. */
+export const FAULT_ENV = 'HOTPATCH_FAULT';
+
+/** Kills this process with SIGKILL when HOTPATCH_FAULT equals `step`. */
+export function faultPoint(step: FaultStep): void {
+  if (process.env[FAULT_ENV] === step) process.kill(process.pid, 'SIGKILL');
+}

@@ -1,0 +1,122 @@
+/**
+ * removePatch: restore the original bytes of every site of a patch in one freeze; free the
+ * patch's code when no thread executes it or will return into it, else retire it (freed by a later
+ * engine operation). Removal order is enforced: only the top patch of every site can be removed.
+ */
+import { HotpatchError, RefusedError } from '../../errors.js';
+import { freeUnusedRetired, retiredRanges } from './cleanup.js';
+import { faultPoint } from './fault.js';
+import { writeSitesAllOrNothing } from './apply.js';
+import type { RecordPatch, RecordSite } from './record.js';
+import { assertNoTransaction, hex, livePatches, nowMicros, openSession, siteStack } from './session.js';
+import { bytesEqual, hexBytes, siteUnsafeRanges, siteWrites, type SiteGeometry } from './sites.js';
+import { switchWithRetry, type GuardedRange } from './switch.js';
+
+export interface RemoveOptions {
+  /** How long to retry while threads are in the way (default 5000 ms). */
+  timeoutMs?: number;
+}
+
+export interface RemoveResult {
+  pid: number;
+  patchId: string;
+  status: 'removed';
+  pauseMicros: number;
+  totalPauseMicros: number;
+  attempts: number;
+  threads: number;
+  totalMicros: number;
+  /** The patch's code was freed now (false: a thread still used it; it is retired and freed later). */
+  codeFreed: boolean;
+}
+
+/** Geometry of a recorded site (the record holds everything needed). */
+export function recordedGeometry(site: RecordSite): SiteGeometry {
+  return {
+    kind: site.kind,
+    address: site.address,
+    switchAddress: site.switchAddress,
+    length: site.original.length,
+    switchOffset: Number(site.switchAddress - site.address),
+  };
+}
+
+/** Removes patch `patchId` from process `pid`. */
+export async function removePatch(pid: number, patchId: string, options: RemoveOptions = {}): Promise<RemoveResult> {
+  const t0 = nowMicros();
+  const s = openSession(pid);
+  try {
+    faultPoint('remove:locked');
+    assertNoTransaction(s.record, pid);
+    const patch = livePatches(s.record).find((p) => p.id === patchId);
+    if (!patch || !s.store) {
+      throw new HotpatchError('PATCH_NOT_APPLIED', `patch ${patchId} is not applied to process ${pid} (see \`hotpatch list --pid ${pid}\`)`);
+    }
+    const store = s.store;
+    // Order: every site must be the top of its stack.
+    for (const site of patch.sites) {
+      const stack = siteStack(s.record, site.address);
+      const top = stack[stack.length - 1]!;
+      if (top.patch !== patch) {
+        throw new RefusedError(
+          'REMOVAL_ORDER',
+          `patch ${top.patch.id} was applied on top of ${patchId} at ${site.function} (${hex(site.address)}): remove ${top.patch.id} first; nothing was changed`,
+        );
+      }
+    }
+    // The bytes must still be those this patch wrote.
+    const plans = patch.sites.map((site) => {
+      const g = recordedGeometry(site);
+      const actual = s.proc.readMemory(site.address, g.length);
+      if (!bytesEqual(actual, site.written)) {
+        throw new RefusedError(
+          'SITE_MISMATCH',
+          `${site.function} at ${hex(site.address)}: expected the bytes patch ${patchId} wrote (${hexBytes(site.written)}), found ${hexBytes(actual)}; ` +
+            'something else changed this code: nothing was changed (investigate with `hotpatch verify`)',
+        );
+      }
+      return { site, g, writes: siteWrites(g, site.written, site.original, 'restore') };
+    });
+
+    const removing: RecordPatch = { ...patch, state: 'removing', sites: patch.sites.map((x) => ({ ...x, state: 'removing' })) };
+    s.record = store.write({
+      ...s.record,
+      transaction: { op: 'remove', patchId, ownerPid: process.pid, startedAt: Date.now() },
+      patches: s.record.patches.map((p) => (p === patch ? removing : p)),
+    });
+    faultPoint('remove:record-removing');
+
+    const guarded: GuardedRange[] = plans.flatMap((p) =>
+      siteUnsafeRanges(p.g, p.writes).map((range) => ({ range, function: p.site.function, what: p.g.kind === 'plain' ? 'the 5 bytes at the entry' : 'the patched entry bytes' })),
+    );
+    const retired = retiredRanges(s.record);
+    // Observed: this patch's code (freed now if unused), then older retired code.
+    const observed = [patch.code, ...retired.map((r) => r.range)];
+    let outcome;
+    try {
+      outcome = await switchWithRetry({
+        pid, guarded, observed, timeoutMs: options.timeoutMs ?? 5000,
+        write: (frozen) => {
+          faultPoint('remove:frozen');
+          writeSitesAllOrNothing(frozen, plans.map((p) => ({ address: p.site.address, writes: p.writes, before: p.site.written })), 'remove');
+        },
+      });
+    } catch (e) {
+      // Nothing was restored: the patch stays applied.
+      s.record = store.write({ ...s.record, transaction: null, patches: s.record.patches.map((p) => (p === removing ? patch : p)) });
+      throw e;
+    }
+    faultPoint('remove:thawed');
+    const codeInUse = outcome.observedInUse[0] === true;
+    const removed: RecordPatch = { ...removing, state: 'removed', retired: true, sites: removing.sites.map((x) => ({ ...x, state: 'removed' })) };
+    s.record = store.write({ ...s.record, transaction: null, patches: s.record.patches.map((p) => (p === removing ? removed : p)) });
+    faultPoint('remove:committed');
+    freeUnusedRetired(s, [{ patch: removed, range: removed.code }, ...retired], [codeInUse, ...outcome.observedInUse.slice(1)]);
+    return {
+      pid, patchId, status: 'removed', pauseMicros: outcome.pauseMicros, totalPauseMicros: outcome.totalPauseMicros,
+      attempts: outcome.attempts, threads: outcome.threads, totalMicros: nowMicros() - t0, codeFreed: !codeInUse,
+    };
+  } finally {
+    s.close();
+  }
+}

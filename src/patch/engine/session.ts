@@ -1,0 +1,104 @@
+/**
+ * Shared plumbing of the engine operations: open the process, take its lock, find and open the
+ * record, and the small helpers every operation uses.
+ */
+import { HotpatchError } from '../../errors.js';
+import { openProcess, type Mapping, type Process } from '../../process/index.js';
+import { lockProcess, type ProcessLock } from './lock.js';
+import { emptyRecord, type PatchRecord, type RecordPatch, type RecordSite } from './record.js';
+import { findRecordMapping, RecordStore } from './record-store.js';
+
+/** An engine session on one process: process handle, lock, record (store when it exists). */
+export interface Session {
+  pid: number;
+  proc: Process;
+  lock: ProcessLock;
+  store: RecordStore | undefined;
+  record: PatchRecord;
+  close(): void;
+}
+
+/** Opens `pid` and takes its lock. Always call close(). */
+export function openSession(pid: number): Session {
+  const proc = openProcess(pid);
+  let lock: ProcessLock;
+  try {
+    lock = lockProcess(pid, proc.startTime);
+  } catch (e) {
+    proc.close();
+    throw e;
+  }
+  const s: Session = {
+    pid,
+    proc,
+    lock,
+    store: undefined,
+    record: emptyRecord(pid),
+    close() {
+      s.store?.close();
+      s.proc.close();
+      s.lock.release();
+    },
+  };
+  try {
+    const m = findRecordMapping(proc.enumerateMappings());
+    if (m) {
+      s.store = RecordStore.open(pid, m);
+      s.record = s.store.record;
+    }
+  } catch (e) {
+    s.close();
+    throw e;
+  }
+  return s;
+}
+
+/** Opens the record store for a mapping just created at `start` (before /proc/PID/maps is re-read). */
+export function openStoreAt(pid: number, start: bigint, size: number): RecordStore {
+  const m: Mapping = {
+    start,
+    end: start + BigInt(size),
+    perms: 'r--s',
+    protection: { read: true, write: false, execute: false, shared: true },
+    fileOffset: 0n,
+    dev: '00:00',
+    inode: 1,
+    path: '/memfd:hotpatch-record',
+    deleted: true,
+    isFile: true,
+  };
+  return RecordStore.open(pid, m);
+}
+
+/** Refuses to work on a record left mid-transaction by a patcher that died. */
+export function assertNoTransaction(record: PatchRecord, pid: number): void {
+  const t = record.transaction;
+  const unfinished = record.patches.find((p) => p.state === 'pending' || p.state === 'removing');
+  if (t || unfinished) {
+    const what = t ? `${t.op} of patch ${t.patchId} by hotpatch pid ${t.ownerPid}` : `patch ${unfinished!.id} (${unfinished!.state})`;
+    throw new HotpatchError(
+      'RECORD_INCOMPLETE',
+      `process ${pid} has an unfinished ${what} (the patcher was interrupted): run \`hotpatch recover --pid ${pid}\` first`,
+    );
+  }
+}
+
+/** Patches that are in effect (not removed), in application order. */
+export function livePatches(record: PatchRecord): RecordPatch[] {
+  return record.patches.filter((p) => p.state !== 'removed');
+}
+
+/** The live sites at `address`, bottom (first applied) to top. */
+export function siteStack(record: PatchRecord, address: bigint): Array<{ patch: RecordPatch; site: RecordSite }> {
+  const out: Array<{ patch: RecordPatch; site: RecordSite }> = [];
+  for (const p of livePatches(record)) for (const s of p.sites) if (s.address === address) out.push({ patch: p, site: s });
+  return out;
+}
+
+export function hex(v: bigint): string {
+  return `0x${v.toString(16)}`;
+}
+
+export function nowMicros(): number {
+  return Number(process.hrtime.bigint() / 1000n);
+}
