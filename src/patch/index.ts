@@ -1,2 +1,3 @@
 export * from './package/index.js';
 export * from './trust/index.js';
+export * from './engine/index.js';
