@@ -46,7 +46,7 @@ export function register(program: Command, setExitCode: SetExitCode): void {
     .argument('[file]', 'ELF executable, shared library or object file to scan')
     .option('--pid <pid>', 'scan a running process (the code really in its memory, run-time addresses)')
     .option('--all', 'scan every process of the machine (kernel threads skipped; per-process errors reported)')
-    .option('-v, --functions', 'list every function, not only the per-module summary')
+    .option('-v, --functions', 'list every function, not only the per-module summary (with --all: per-module lines, and function lists in --json)')
     .option('--check-branches', 'decode whole functions and refuse entries that a branch lands inside (slower)')
     .option('--json', 'print one JSON document on stdout')
     .action((file: string | undefined, opts: ScanCliOptions) => {
