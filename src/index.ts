@@ -5,4 +5,5 @@ export * from './x86/index.js';
 export * from './process/index.js';
 export * from './patch/index.js';
 export * from './guard/index.js';
+export * from './scan/index.js';
 export type * from './patch/plan.js';
