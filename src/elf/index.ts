@@ -3,3 +3,13 @@ export * from './constants.js';
 export { ElfErrorCode, MAX_STRING_LENGTH } from './bytes.js';
 export { ElfFile, parseElf } from './elf-file.js';
 export type * from './types.js';
+export {
+  readDwarf,
+  DwarfErrorCode,
+  type DwarfInfo,
+  type DwarfStruct,
+  type DwarfMember,
+  type DwarfFunction,
+  type DwarfUnit,
+  type DwarfReadOptions,
+} from './dwarf.js';
