@@ -1,14 +1,67 @@
+/** `hotpatch list [--pid PID]`: the patches recorded in running processes, read from the targets alone. */
 import type { Command } from 'commander';
 import { HotpatchError } from '../../errors.js';
+import { listPatches, RECORD_MAPS_PATH, type ProcessPatches } from '../../patch/engine/index.js';
+import { enumerateProcessIds } from '../../process/index.js';
+import { printJson, progress, say } from '../output.js';
+import { readFileSync } from 'node:fs';
+import { parsePidOption } from './apply.js';
 import type { SetExitCode } from './index.js';
+
+/** PIDs whose /proc/PID/maps shows a hotpatch record (cheap text search, no parsing). */
+function patchedPids(): number[] {
+  const out: number[] = [];
+  for (const pid of enumerateProcessIds()) {
+    if (pid === process.pid) continue;
+    try {
+      if (readFileSync(`/proc/${pid}/maps`, 'latin1').includes(RECORD_MAPS_PATH)) out.push(pid);
+    } catch {
+      /* exited or not ours to read */
+    }
+  }
+  return out;
+}
+
+function toJson(p: ProcessPatches): unknown {
+  return {
+    pid: p.pid,
+    exe: p.exe,
+    patches: p.patches.map((x) => ({ id: x.id, module: x.module, functions: x.functions, signer: x.signer, state: x.state, buildId: x.buildId, packageHash: x.packageHash, appliedAt: new Date(x.appliedAt).toISOString(), sites: x.sites })),
+    transaction: p.transaction,
+  };
+}
 
 export function register(program: Command, setExitCode: SetExitCode): void {
   void setExitCode;
   program
     .command('list')
-    .description('(not yet implemented)')
-    .allowUnknownOption()
-    .action(() => {
-      throw new HotpatchError('NOT_IMPLEMENTED', '`hotpatch list` is not implemented yet');
+    .description('list the patches applied to a running process (or to every patched process)')
+    .option('--pid <PID>', 'only this process')
+    .option('--json', 'print one JSON document on stdout')
+    .addHelpText('after', '\nExamples:\n  hotpatch list\n  hotpatch list --pid 1234 --json\n')
+    .action((opts: { pid?: string; json?: boolean }) => {
+      const json = opts.json ?? false;
+      const pids = opts.pid !== undefined ? [parsePidOption(opts.pid)] : patchedPids();
+      const processes: ProcessPatches[] = [];
+      for (const pid of pids) {
+        try {
+          processes.push(listPatches(pid));
+        } catch (e) {
+          if (opts.pid !== undefined || !(e instanceof HotpatchError)) throw e;
+          progress(`hotpatch: process ${pid}: ${e.message}`);
+        }
+      }
+      if (json) {
+        printJson({ processes: processes.map(toJson) });
+        return;
+      }
+      if (processes.every((p) => p.patches.length === 0)) say(false, opts.pid !== undefined ? `process ${opts.pid} has no patches` : 'no patched processes');
+      for (const p of processes) {
+        if (p.patches.length === 0 && opts.pid === undefined) continue;
+        say(false, `${p.pid} ${p.exe}${p.transaction ? `  (unfinished ${p.transaction.op} of ${p.transaction.patchId}: run hotpatch recover --pid ${p.pid})` : ''}`);
+        for (const x of p.patches) {
+          say(false, `  ${x.id}  ${x.state.padEnd(8)} ${x.module}  ${x.functions.join(', ')}  signer: ${x.signer ?? '(unsigned)'}`);
+        }
+      }
     });
 }

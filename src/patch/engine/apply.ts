@@ -15,7 +15,7 @@ import { arenaSizeFor, findArenaSpace, newArena } from './arena.js';
 import { freeze, type Frozen } from './control.js';
 import { faultPoint } from './fault.js';
 import { memoryWriter } from './memory.js';
-import { RECORD_FILE_SIZE, RECORD_MEMFD_NAME, type PatchRecord, type RecordArena, type RecordPatch, type RecordSite } from './record.js';
+import { RECORD_FILE_SIZE, RECORD_MEMFD_NAME, type PatchRecord, type RecordSigning, type RecordArena, type RecordPatch, type RecordSite } from './record.js';
 import { assertNoTransaction, hex, nowMicros, openSession, openStoreAt, siteStack, type Session } from './session.js';
 import { bytesEqual, hexBytes, siteGeometry, siteUnsafeRanges, siteWrites, siteWrittenBytes, type SiteGeometry, type SiteWrite } from './sites.js';
 import { switchWithRetry, type GuardedRange } from './switch.js';
@@ -29,9 +29,10 @@ export interface ApplyOptions {
   packageHash?: string;
   /** Signer key id (from the package), or null when unsigned. */
   signer?: string | null;
-  /** What the package signature covers (hex) and the signature (hex), stored for the guard. */
-  signedDigest?: string;
-  signature?: string;
+  /** The verified package signature, stored in the record for the guard. */
+  signing?: RecordSigning;
+  /** The package's signed content section (see RecordPatch.content), stored in the record. */
+  content?: Uint8Array;
   /** How long to retry while threads are in the way (default 5000 ms). */
   timeoutMs?: number;
   /** Validate, resolve and link only; change nothing. */
@@ -283,8 +284,8 @@ export async function applyPatch(pid: number, plan: PatchPlan, options: ApplyOpt
         sites: siteRecords,
         relocations: linked.resolved.map((r) => ({ ...r })),
       };
-      if (options.signedDigest !== undefined) entry.signedDigest = options.signedDigest;
-      if (options.signature !== undefined) entry.signature = options.signature;
+      if (options.signing !== undefined) entry.signing = options.signing;
+      if (options.content !== undefined) entry.content = options.content;
       s.record = store.write({
         ...s.record,
         transaction: { op: 'apply', patchId: options.patchId, ownerPid: process.pid, startedAt: Date.now() },

@@ -76,6 +76,20 @@ export interface RecordRelocation {
   addend: bigint;
 }
 
+/** A package signature, as stored in the record. */
+export interface RecordSigning {
+  algorithm: 'ed25519';
+  keyId: string;
+  /** Signer name claimed in the package (covered by the signature). */
+  signer?: string;
+  /** Raw 32-byte public key. */
+  publicKey: Uint8Array;
+  /** Raw 64-byte signature. */
+  signature: Uint8Array;
+  /** The exact signed message (packageSigningMessage of src/patch/package). */
+  message: Uint8Array;
+}
+
 /** One applied (or being applied / removed) patch. */
 export interface RecordPatch {
   id: string;
@@ -84,12 +98,16 @@ export interface RecordPatch {
   /** Signer key id / fingerprint, or null when unsigned. */
   signer: string | null;
   /**
-   * What the signature covers and the signature itself, as the package layer defines them
-   * (src/patch/package), so the guard can check this patch against what was signed from the
-   * target alone. Hex strings; absent when the caller supplied none.
+   * The package's signature as verified at apply time (absent for unsigned packages), so the guard
+   * can re-verify it from the target alone: ed25519 over `message`, which holds sha256(`content`).
    */
-  signedDigest?: string;
-  signature?: string;
+  signing?: RecordSigning;
+  /**
+   * The package's content section (the encoded plan + metadata, "CONT" body in src/patch/package),
+   * i.e. exactly what was signed: a verifier decodes it to recompute every site's bytes and, with
+   * `relocations`, the linked new code, and compares them with memory.
+   */
+  content?: Uint8Array;
   module: { path: string; name: string; buildId: string; loadBias: bigint };
   state: SiteState;
   /** Milliseconds since the epoch. */
@@ -176,8 +194,11 @@ function signedBig(v: unknown, what: string): bigint {
   if (typeof v !== 'string' || !/^-?0x[0-9a-f]{1,16}$/.test(v)) throw fail(`${what} is not an integer`);
   return v.startsWith('-') ? -BigInt(v.slice(1)) : BigInt(v);
 }
-function bytes(v: unknown, what: string): Uint8Array {
-  if (typeof v !== 'string' || !HEX_BYTES_RE.test(v) || v.length > 8192) throw fail(`${what} is not hex bytes`);
+/** Longest hex string accepted for a package content section (the slot bounds it anyway). */
+const MAX_CONTENT_HEX = RECORD_SLOT_SIZE * 2;
+
+function bytes(v: unknown, what: string, maxHex = 8192): Uint8Array {
+  if (typeof v !== 'string' || v.length > maxHex || !HEX_BYTES_RE.test(v)) throw fail(`${what} is not hex bytes`);
   return new Uint8Array(Buffer.from(v, 'hex'));
 }
 function str(v: unknown, what: string): string {
@@ -259,8 +280,18 @@ function decodePatch(v: unknown, where: string): RecordPatch {
       };
     }),
   };
-  if (o.signedDigest !== undefined) p.signedDigest = str(o.signedDigest, `${where}.signedDigest`);
-  if (o.signature !== undefined) p.signature = str(o.signature, `${where}.signature`);
+  if (o.signing !== undefined) {
+    const g = obj(o.signing, `${where}.signing`);
+    p.signing = {
+      algorithm: oneOf(g.algorithm, ['ed25519'] as const, 'signing.algorithm'),
+      keyId: str(g.keyId, 'signing.keyId'),
+      publicKey: bytes(g.publicKey, 'signing.publicKey'),
+      signature: bytes(g.signature, 'signing.signature'),
+      message: bytes(g.message, 'signing.message'),
+    };
+    if (g.signer !== undefined) p.signing.signer = str(g.signer, 'signing.signer');
+  }
+  if (o.content !== undefined) p.content = bytes(o.content, `${where}.content`, MAX_CONTENT_HEX);
   if (o.retired !== undefined) p.retired = o.retired === true;
   return p;
 }
