@@ -1,0 +1,97 @@
+/**
+ * Comparison of a function's two builds after normalisation. Names compare by key; read-only data
+ * compares by content (named read-only objects through their pointer-normalised signature,
+ * anonymous literals byte by byte up to the next boundary); jump tables compare entry by entry.
+ */
+import type { BuildImage, RefTarget } from './image.js';
+import { targetString } from './image.js';
+import type { CodeRef, NormalFunction } from './normalize.js';
+
+/** Why two builds of a function differ (for reports). */
+export interface Difference {
+  reason: string;
+  /** Offset in the new function where the difference was found, when known. */
+  at?: number;
+}
+
+function bytesEqual(a: Uint8Array, b: Uint8Array): boolean {
+  if (a.length !== b.length) return false;
+  return Buffer.compare(a, b) === 0;
+}
+
+/** Compares references and functions across the old and the new build. */
+export class Comparator {
+  constructor(
+    readonly old: BuildImage,
+    readonly neu: BuildImage,
+  ) {}
+
+  /** Same data at two anonymous addresses (string literal or constant). */
+  sameAnon(a: bigint, b: bigint): boolean {
+    const sa = this.old.anonString(a);
+    const sb = this.neu.anonString(b);
+    if ((sa === undefined) !== (sb === undefined)) return false;
+    if (sa && sb && !bytesEqual(sa, sb)) return false;
+    let n = Math.min(this.old.anonExtent(a), this.neu.anonExtent(b));
+    if (sa && sb) n = Math.max(n, sa.length);
+    const ba = this.old.readSome(a, n);
+    const bb = this.neu.readSome(b, n);
+    return bytesEqual(ba, bb);
+  }
+
+  sameTarget(a: RefTarget, b: RefTarget): boolean {
+    if (a.t !== b.t) return false;
+    if (a.t === 'anon' && b.t === 'anon') return this.sameAnon(a.addr, b.addr);
+    if (targetString(a) !== targetString(b)) return false;
+    if (a.t === 'obj') {
+      const oa = this.old.objectsByKey.get(a.key);
+      const ob = this.neu.objectsByKey.get(a.key);
+      if (!oa || !ob) return false;
+      if (oa.kind === 'readonly' || oa.kind === 'relro') {
+        if (oa.size !== ob.size) return false;
+        return this.old.objectSignature(oa) === this.neu.objectSignature(ob);
+      }
+    }
+    return true;
+  }
+
+  #sameRef(a: CodeRef, b: CodeRef, fa: NormalFunction, fb: NormalFunction): boolean {
+    if (a.off !== b.off || a.size !== b.size || a.kind !== b.kind) return false;
+    if ((a.table === undefined) !== (b.table === undefined)) return false;
+    if (a.table !== undefined && b.table !== undefined) {
+      const ta = fa.tables[a.table]!;
+      const tb = fb.tables[b.table]!;
+      if (ta.entrySize !== tb.entrySize || ta.targets.length !== tb.targets.length) return false;
+      for (let i = 0; i < ta.targets.length; i++) {
+        const x = ta.targets[i]! - fa.fn.vaddr;
+        const y = tb.targets[i]! - fb.fn.vaddr;
+        if (x >= 0n && x < BigInt(fa.fn.size)) {
+          if (x !== y) return false;
+        } else if (!this.sameTarget(this.old.symbolize(ta.targets[i]!), this.neu.symbolize(tb.targets[i]!))) return false;
+      }
+      return true;
+    }
+    // A reference to the function itself (non-PIC absolute label addresses): same offset.
+    if (a.target.t === 'func' && a.target.key === fa.fn.key) return b.target.t === 'func' && b.target.key === fb.fn.key && a.target.off === b.target.off;
+    return this.sameTarget(a.target, b.target);
+  }
+
+  /** Undefined when the two builds of the function are the same after normalisation. */
+  difference(a: NormalFunction, b: NormalFunction): Difference | undefined {
+    if (a.bytes.length !== b.bytes.length) return { reason: `size ${a.bytes.length} -> ${b.bytes.length}` };
+    if (!bytesEqual(a.masked, b.masked)) {
+      let i = 0;
+      while (i < a.masked.length && a.masked[i] === b.masked[i]) i++;
+      return { reason: `instructions differ at +0x${i.toString(16)}`, at: i };
+    }
+    if (a.refs.length !== b.refs.length) return { reason: 'different references' };
+    for (let i = 0; i < a.refs.length; i++) {
+      const ra = a.refs[i]!;
+      const rb = b.refs[i]!;
+      if (!this.#sameRef(ra, rb, a, b)) {
+        return { reason: `reference at +0x${rb.off.toString(16)} changed: ${targetString(ra.target)} -> ${targetString(rb.target)}`, at: rb.off };
+      }
+    }
+    return undefined;
+  }
+}
