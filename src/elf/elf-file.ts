@@ -69,7 +69,7 @@ export class ElfFile {
     this.bytes = bytes;
     const r = (this.#r = new ByteReader(bytes, options.name));
     this.header = readHeader(r, options);
-    this.sections = readSections(r, this.header);
+    this.sections = options.sectionHeaders === false ? [] : readSections(r, this.header);
     this.programHeaders = readProgramHeaders(r, this.header);
     this.#loads = this.programHeaders.filter((p) => p.type === C.PT_LOAD);
   }
@@ -890,7 +890,10 @@ function readHeader(r: ByteReader, options: ElfParseOptions): ElfHeader {
     shstrndx: r.u16(62),
   };
   // gABI extended numbering: counts that do not fit live in section header 0.
-  const needSection0 = h.shoff !== 0n && (h.shnum === 0 || h.shstrndx === C.SHN_XINDEX || h.phnum === C.PN_XNUM);
+  const needSection0 =
+    h.shoff !== 0n &&
+    (options.sectionHeaders !== false || h.shoff + BigInt(SHDR_SIZE) <= BigInt(r.length)) &&
+    (h.shnum === 0 || h.shstrndx === C.SHN_XINDEX || h.phnum === C.PN_XNUM);
   if (needSection0) {
     if (h.shentsize < SHDR_SIZE) r.fail(ElfErrorCode.BAD_STRUCTURE, `e_shentsize is ${h.shentsize}, expected ${SHDR_SIZE}`);
     const o = r.range(h.shoff, BigInt(SHDR_SIZE), 'section header 0', ElfErrorCode.TRUNCATED);

@@ -219,6 +219,12 @@ export interface ElfParseOptions {
   name?: string;
   /** Accept ELF64 little-endian files of any e_machine (default: only EM_X86_64). */
   allowAnyMachine?: boolean;
+  /**
+   * false: ignore the section header table (`sections` is empty), as the loader does. For a prefix
+   * of a file holding only the headers and notes, or an image read from memory. Default true.
+   * (Section 0 is still consulted for extended numbering when it lies inside the bytes.)
+   */
+  sectionHeaders?: boolean;
 }
 
 /** Options of a symbol lookup by name. */
