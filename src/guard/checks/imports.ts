@@ -1,0 +1,365 @@
+/**
+ * Structure 3, import tables (GOT/PLT): every slot the dynamic linker fills (GLOB_DAT, JUMP_SLOT,
+ * R_X86_64_64 in RELRO, IRELATIVE) must be unresolved (lazy binding: the file's value, pointing back
+ * into the PLT) or bound to the definition the dynamic linker would choose:
+ * - lookup in link_map order (the global scope: executable, preloads, DT_NEEDED breadth-first,
+ *   then RTLD_GLOBAL libraries); for a library loaded later, also the libraries loaded with it;
+ * - symbol versions (a versioned reference needs that version; an unversioned one a default one);
+ * - copy relocations (the executable's copy comes first in the scope, so it wins naturally);
+ * - IFUNC: the slot holds what the resolver chose — accepted when it equals this verifier's own
+ *   process' choice for the same library build, else when it points into the defining module's code;
+ * - LD_PRELOAD: a preloaded library's definition is legitimate only if the process was started with
+ *   LD_PRELOAD naming it, and is then reported as an info finding ("interposed by LD_PRELOAD").
+ * Also the reserved .got.plt words of lazily bound modules: GOT[1] = the module's own link_map,
+ * GOT[2] = the loader's resolver.
+ */
+import { readFileSync } from 'node:fs';
+import { basename } from 'node:path';
+import {
+  R_X86_64_64,
+  R_X86_64_GLOB_DAT,
+  R_X86_64_IRELATIVE,
+  R_X86_64_JUMP_SLOT,
+  SHN_UNDEF,
+  STB_WEAK,
+  STT_GNU_IFUNC,
+  STV_PROTECTED,
+  parseElf,
+  type ElfRelocation,
+  type ElfSymbol,
+} from '../../elf/index.js';
+import type { Module } from '../../process/index.js';
+import { ProcessContext, type CheckOptions } from '../context.js';
+import { makeFinding, type Finding } from '../finding.js';
+import { ModuleImage } from '../image.js';
+import { modulesInLoadOrder, readLinkMap, type LinkMapEntry } from './linkmap.js';
+
+interface ScopeModule {
+  mod: Module;
+  img: ModuleImage;
+  entry: LinkMapEntry;
+  /** Loaded at start-up (executable, preloads, DT_NEEDED closure, loader, vDSO). */
+  startup: boolean;
+  /** 'env': named by LD_PRELOAD in the process environment; 'file': by /etc/ld.so.preload. */
+  preload?: 'env' | 'file';
+}
+
+interface Scope {
+  modules: ScopeModule[];
+}
+
+function preloadNames(ctx: ProcessContext): { env: string[]; file: string[] } {
+  const env = (ctx.environ.get('LD_PRELOAD') ?? '').split(/[\s:]+/).filter((s) => s !== '');
+  let file: string[] = [];
+  try {
+    file = readFileSync('/etc/ld.so.preload', 'utf8').split(/[\s:]+/).filter((s) => s !== '' && !s.startsWith('#'));
+  } catch {
+    file = [];
+  }
+  return { env, file };
+}
+
+function nameMatches(list: readonly string[], mod: Module, entry: LinkMapEntry): boolean {
+  return list.some((p) => p === entry.name || p === mod.path || (!p.includes('/') && (basename(entry.name) === p || mod.name === p)));
+}
+
+/** The symbol scope of namespace 0, with start-up and preload marks. Memoised per context. */
+function buildScope(ctx: ProcessContext): Scope {
+  return ctx.memo('scope', () => {
+    const ordered = modulesInLoadOrder(ctx).filter((x) => x.entry.namespace === 0);
+    const modules: ScopeModule[] = [];
+    for (const { mod, entry } of ordered) {
+      const img = ctx.image(mod) ?? vdsoImage(ctx, mod);
+      if (img === null) continue;
+      modules.push({ mod, img, entry, startup: false });
+    }
+    const pre = preloadNames(ctx);
+    // Start-up set: the executable, the loader, the vDSO, preloads, and the DT_NEEDED closure.
+    const bySoname = new Map<string, ScopeModule>();
+    for (const m of modules) {
+      const so = m.img.elf.dynamic?.soname;
+      if (so !== undefined && !bySoname.has(so)) bySoname.set(so, m);
+      const b = basename(m.entry.name || m.mod.path);
+      if (!bySoname.has(b)) bySoname.set(b, m);
+    }
+    const queue: ScopeModule[] = [];
+    for (const m of modules) {
+      if (nameMatches(pre.env, m.mod, m.entry)) m.preload = 'env';
+      else if (nameMatches(pre.file, m.mod, m.entry)) m.preload = 'file';
+      if (m.entry.index === 0 || m.mod.kind === 'loader' || m.mod.kind === 'vdso' || m.preload !== undefined) queue.push(m);
+    }
+    while (queue.length > 0) {
+      const m = queue.shift()!;
+      if (m.startup) continue;
+      m.startup = true;
+      for (const n of m.img.elf.dynamic?.needed ?? []) {
+        const d = bySoname.get(n) ?? bySoname.get(basename(n));
+        if (d !== undefined && !d.startup) queue.push(d);
+      }
+    }
+    return { modules };
+  });
+}
+
+/** The vDSO has no file: parse its image from memory. */
+function vdsoImage(ctx: ProcessContext, mod: Module): ModuleImage | null {
+  if (mod.kind !== 'vdso') return null;
+  return ctx.memo(`vdso-image`, () => {
+    try {
+      const len = Number(mod.end - mod.base);
+      return new ModuleImage(parseElf(ctx.proc.readMemory(mod.base, len), { name: '[vdso]' }), 'vdso');
+    } catch {
+      return null;
+    }
+  });
+}
+
+
+/** Whether definition `def` satisfies the version requirement of reference `ref`. */
+function versionMatches(ref: ElfSymbol, def: ElfSymbol): boolean {
+  if (def.version === undefined) return true; // unversioned definitions satisfy any reference
+  if (ref.version !== undefined) return def.version.name === ref.version.name;
+  // Unversioned reference: the default (non-hidden) version.
+  return !def.version.hidden;
+}
+
+interface Candidate {
+  sm: ScopeModule;
+  sym: ElfSymbol;
+  /** Run-time value the slot would hold (undefined for IFUNC: chosen by the resolver at run time). */
+  value?: bigint;
+}
+
+/** Definitions the dynamic linker may bind `ref` (referenced from `from`) to. */
+function allowedDefinitions(scope: Scope, from: ScopeModule, ref: ElfSymbol, addend: bigint): Candidate[] {
+  const defs: Candidate[] = [];
+  for (const sm of scope.modules) {
+    for (const sym of sm.img.exportsNamed(ref.name)) {
+      if (!versionMatches(ref, sym)) continue;
+      const c: Candidate = { sm, sym };
+      if (sym.type !== STT_GNU_IFUNC) c.value = BigInt.asUintN(64, sm.mod.loadBias + sym.value + addend);
+      defs.push(c);
+      break;
+    }
+  }
+  const out: Candidate[] = [];
+  const firstStartup = defs.find((d) => d.sm.startup);
+  if (firstStartup !== undefined) out.push(firstStartup);
+  if (!from.startup || firstStartup === undefined) out.push(...defs.filter((d) => !d.sm.startup));
+  // DT_SYMBOLIC or a protected definition: the module's own definition comes first.
+  const own = defs.find((d) => d.sm === from);
+  if (own !== undefined && (from.img.symbolic || own.sym.visibility === STV_PROTECTED) && !out.includes(own)) out.push(own);
+  return out;
+}
+
+function u64(b: Uint8Array, off: number): bigint {
+  return new DataView(b.buffer, b.byteOffset + off, 8).getBigUint64(0, true);
+}
+
+function le64(v: bigint): Uint8Array {
+  const b = new Uint8Array(8);
+  new DataView(b.buffer).setBigUint64(0, BigInt.asUintN(64, v), true);
+  return b;
+}
+
+/** Slot values of `relocs` read from memory in as few reads as possible. */
+function readSlots(ctx: ProcessContext, bias: bigint, relocs: readonly ElfRelocation[]): Map<bigint, bigint> {
+  const out = new Map<bigint, bigint>();
+  const sorted = [...relocs].sort((a, b) => (a.offset < b.offset ? -1 : 1));
+  let i = 0;
+  while (i < sorted.length) {
+    const start = sorted[i]!.offset;
+    let j = i;
+    while (j + 1 < sorted.length && sorted[j + 1]!.offset - start < 65536n) j++;
+    const len = Number(sorted[j]!.offset - start) + 8;
+    let buf: Uint8Array;
+    try {
+      buf = ctx.proc.readMemoryPartial(bias + start, len);
+    } catch {
+      buf = new Uint8Array(0);
+    }
+    for (let k = i; k <= j; k++) {
+      const off = Number(sorted[k]!.offset - start);
+      if (off + 8 <= buf.length) out.set(sorted[k]!.offset, u64(buf, off));
+    }
+    ctx.bytesVerified += buf.length;
+    i = j + 1;
+  }
+  return out;
+}
+
+/** Key of an IFUNC choice: build-id (or file key) of the defining library and the resolver's vaddr. */
+function ifuncKey(sm: ScopeModule, resolverVaddr: bigint): string {
+  return `${sm.mod.buildId ?? sm.img.key}:${resolverVaddr.toString(16)}`;
+}
+
+/**
+ * The IFUNC implementations this verifier's own process got from the same libraries: resolver
+ * choices depend on the CPU (and tunables), which targets on this machine share.
+ */
+function ownIfuncChoices(options: CheckOptions): Map<string, string> {
+  const caches = options.caches as CheckOptions['caches'] & { ifuncChoices?: Map<string, string> };
+  if (caches.ifuncChoices !== undefined) return caches.ifuncChoices;
+  const choices = new Map<string, string>();
+  caches.ifuncChoices = choices;
+  let ctx: ProcessContext | undefined;
+  try {
+    ctx = new ProcessContext(process.pid, options);
+    const scope = buildScope(ctx);
+    for (const sm of scope.modules) {
+      const relocs = slotRelocations(sm.img);
+      const values = readSlots(ctx, sm.mod.loadBias, relocs);
+      for (const r of relocs) {
+        const v = values.get(r.offset);
+        if (v === undefined) continue;
+        const where = locationOf(ctx, v);
+        if (where === undefined) continue;
+        const at = ctx.moduleAt(v);
+        if (r.type === R_X86_64_IRELATIVE) {
+          if (at === sm.mod || at?.kind === 'vdso') choices.set(ifuncKey(sm, r.addend), where);
+          continue;
+        }
+        if (r.symbol === undefined) continue;
+        for (const c of allowedDefinitions(scope, sm, r.symbol, 0n)) {
+          // Only bound slots: a lazy slot not yet called still points into the caller's PLT.
+          if (c.sym.type === STT_GNU_IFUNC && (at === c.sm.mod || at?.kind === 'vdso')) choices.set(ifuncKey(c.sm, c.sym.value), where);
+        }
+      }
+    }
+  } catch {
+    // Without our own choices, IFUNC slots are judged by the "points into the defining module's code" rule.
+  } finally {
+    ctx?.close();
+  }
+  return choices;
+}
+
+/** Relocations that fill import slots, deduplicated by slot (DT_RELA and DT_JMPREL may overlap). */
+function slotRelocations(img: ModuleImage): ElfRelocation[] {
+  const relocs = img.elf.dynamicRelocations;
+  const bySlot = new Map<bigint, ElfRelocation>();
+  const inRelro = (v: bigint) => img.relro.some((r) => v >= r.start && v < r.end);
+  for (const r of [...relocs.rela, ...relocs.rel, ...relocs.plt]) {
+    if (r.type === R_X86_64_GLOB_DAT || r.type === R_X86_64_JUMP_SLOT || r.type === R_X86_64_IRELATIVE) bySlot.set(r.offset, r);
+    // R_X86_64_64 also lands in writable data, which programs may change: only RELRO ones are protected.
+    else if (r.type === R_X86_64_64 && r.symbol !== undefined && inRelro(r.offset)) bySlot.set(r.offset, r);
+  }
+  return [...bySlot.values()];
+}
+
+/**
+ * Position-independent name of a code address: "BUILDID+0xOFF" inside a module's executable
+ * mapping ("vdso+0xOFF" in the vDSO), so choices compare across processes with different layouts.
+ */
+function locationOf(ctx: ProcessContext, v: bigint): string | undefined {
+  const mod = ctx.moduleAt(v);
+  if (mod === undefined || !inExec(mod, v)) return undefined;
+  const id = mod.kind === 'vdso' ? 'vdso' : (mod.buildId ?? `${mod.dev}:${mod.inode}`);
+  return `${id}+${(v - mod.loadBias).toString(16)}`;
+}
+
+/**
+ * Whether `actual` is an acceptable IFUNC result for the resolver at `resolverVaddr` of `def`:
+ * this process' own choice for the same library build when known, else any code of the defining
+ * module or of the vDSO (glibc's time/gettimeofday resolvers return vDSO functions).
+ */
+function ifuncOk(ctx: ProcessContext, choices: Map<string, string>, def: ScopeModule, resolverVaddr: bigint, actual: bigint): boolean {
+  const where = locationOf(ctx, actual);
+  if (where === undefined) return false;
+  const chosen = choices.get(ifuncKey(def, resolverVaddr));
+  if (chosen !== undefined) return chosen === where;
+  const mod = ctx.moduleAt(actual);
+  return mod === def.mod || mod?.kind === 'vdso';
+}
+
+function inExec(mod: Module, v: bigint): boolean {
+  return mod.mappings.some((m) => m.protection.execute && v >= m.start && v < m.end);
+}
+
+/** Checks every import slot of every module in the main namespace. */
+export function checkImports(ctx: ProcessContext): Finding[] {
+  const { entries, problem } = readLinkMap(ctx);
+  if (entries.length === 0) return problem ? [makeFinding({ pid: ctx.pid, code: 3, kind: 'unverifiable', severity: 'low', detail: problem })] : [];
+  const scope = buildScope(ctx);
+  const choices = ownIfuncChoices(ctx.options);
+  const out: Finding[] = [];
+  for (const sm of scope.modules) {
+    if (sm.mod.kind === 'vdso') continue;
+    const bias = sm.mod.loadBias;
+    const dyn = sm.img.elf.dynamic;
+    const bindNow = dyn?.bindNow === true;
+    const relocs = slotRelocations(sm.img);
+    const values = readSlots(ctx, bias, relocs);
+    for (const r of relocs) {
+      const actual = values.get(r.offset);
+      if (actual === undefined) continue;
+      const slot = bias + r.offset;
+      const finding = (detail: string, expected: bigint | null, severity: 'high' | 'medium' | 'info' = 'high', kind: 'got-hook' | 'ld-preload' | 'preload-file' = 'got-hook'): Finding => {
+        const f = makeFinding({
+          pid: ctx.pid, code: 3, kind, severity, module: sm.mod.path, offset: r.offset, address: slot,
+          symbol: r.symbol?.name ?? null, expected: expected === null ? null : le64(expected), actual: le64(actual), detail,
+        });
+        f.destination = ctx.describeAddress(actual);
+        return f;
+      };
+      if (r.type === R_X86_64_IRELATIVE) {
+        // 0: a slot the loader left unapplied (seen in glibc's own .data.rel.ro); not a redirection.
+        if (actual !== 0n && !ifuncOk(ctx, choices, sm, r.addend, actual)) {
+          const chosen = choices.get(ifuncKey(sm, r.addend));
+          out.push(finding(`IRELATIVE slot does not hold the implementation the resolver at 0x${r.addend.toString(16)} chooses${chosen ? ` (${chosen})` : ''}`, null));
+        }
+        continue;
+      }
+      const ref = r.symbol!;
+      // Lazy binding: a JUMP_SLOT not yet called still holds the file's value (its PLT stub + 6).
+      if (r.type === R_X86_64_JUMP_SLOT && !bindNow) {
+        const off = sm.img.elf.vaddrToOffset(r.offset);
+        if (off !== undefined && actual === BigInt.asUintN(64, u64(sm.img.fileBytes(off, 8), 0) + bias)) continue;
+      }
+      const addend = r.type === R_X86_64_64 ? r.addend : 0n;
+      const allowed = allowedDefinitions(scope, sm, ref, addend);
+      let match: Candidate | undefined;
+      for (const c of allowed) {
+        if (c.value !== undefined ? actual === c.value : ifuncOk(ctx, choices, c.sm, c.sym.value, actual)) {
+          match = c;
+          break;
+        }
+      }
+      if (match === undefined && allowed.length === 0 && (ref.bind === STB_WEAK || ref.shndx !== SHN_UNDEF) && actual === 0n) continue; // unresolved weak
+      if (match === undefined) {
+        const exp = allowed[0];
+        const expDesc = exp === undefined ? 'no loaded module defines it' : `the dynamic linker binds it to ${exp.sm.mod.path}`;
+        out.push(finding(`import slot of ${ref.name}${ref.version ? `@${ref.version.name}` : ''} points to ${ctx.describeAddress(actual)}, but ${expDesc}`, exp?.value ?? null));
+        continue;
+      }
+      if (match.sm.preload === 'env') {
+        out.push(finding(`${ref.name} interposed by LD_PRELOAD library ${match.sm.mod.path}`, match.value ?? null, 'info', 'ld-preload'));
+      } else if (match.sm.preload === 'file') {
+        out.push(finding(`${ref.name} interposed by ${match.sm.mod.path} from /etc/ld.so.preload`, match.value ?? null, 'medium', 'preload-file'));
+      }
+    }
+    // Reserved words of .got.plt for lazy binding: GOT[1] = own link_map, GOT[2] = loader's resolver.
+    const pltgot = dyn?.pltgot;
+    if (!bindNow && pltgot !== undefined && dyn?.jmprel !== undefined) {
+      let got: Uint8Array;
+      try {
+        got = ctx.proc.readMemory(bias + pltgot, 24);
+      } catch {
+        continue;
+      }
+      ctx.bytesVerified += 24;
+      const g1 = u64(got, 8);
+      const g2 = u64(got, 16);
+      const loader = ctx.modules.find((m) => m.kind === 'loader');
+      if (g1 !== 0n && g1 !== sm.entry.self) {
+        out.push(makeFinding({ pid: ctx.pid, code: 3, kind: 'got-hook', severity: 'high', module: sm.mod.path, offset: pltgot + 8n, address: bias + pltgot + 8n, symbol: 'GOT[1]', expected: le64(sm.entry.self), actual: le64(g1), detail: 'GOT[1] does not point to the module\'s own link_map' }));
+      }
+      if (g2 !== 0n && (loader === undefined || !inExec(loader, g2))) {
+        const f = makeFinding({ pid: ctx.pid, code: 3, kind: 'got-hook', severity: 'high', module: sm.mod.path, offset: pltgot + 16n, address: bias + pltgot + 16n, symbol: 'GOT[2]', actual: le64(g2), detail: 'GOT[2] (lazy binding resolver) does not point into the dynamic loader' });
+        f.destination = ctx.describeAddress(g2);
+        out.push(f);
+      }
+    }
+  }
+  return out;
+}
