@@ -157,6 +157,11 @@ export interface DwarfStruct {
   key: string;
   byteSize: number | null;
   members: DwarfMember[];
+  /**
+   * Keys of the struct types its members reach (by value, pointer, typedef or array), sorted:
+   * the edges for a transitive closure (see `reachableStructs`).
+   */
+  memberStructs: string[];
   /** Compile units (DW_AT_name) in which this exact layout appears. */
   units: string[];
 }
@@ -194,6 +199,11 @@ export interface DwarfInfo {
   findStructs(key: string): DwarfStruct[];
   /** The function `name`; `file` (unit base name) picks a static function of one unit. */
   findFunction(name: string, file?: string): DwarfFunction | undefined;
+  /**
+   * `keys` plus every struct reachable from them through members (by value or pointer), over all
+   * layouts with those keys. For callers that want to be conservative about what a function touches.
+   */
+  reachableStructs(keys: Iterable<string>): string[];
 }
 
 /** Options of `readDwarf`. */
@@ -877,67 +887,6 @@ function analyse(dies: Map<number, Die>, units: UnitCtx[]): DwarfInfo {
     return undefined;
   };
 
-  // Struct layouts, flattened through anonymous members.
-  const layouts = new Map<string, DwarfStruct>();
-  const structList: DwarfStruct[] = [];
-  const byKey = new Map<string, DwarfStruct[]>();
-  const collectMembers = (agg: Die, base: number | null, prefix: string, out: DwarfMember[], depth: number): void => {
-    for (const m of agg.children ?? []) {
-      if (m.tag !== DW_TAG_member || m.declaration) continue; // static data members are declarations
-      const rel = m.memberLoc ?? (m.dataBitOffset !== undefined && m.bitSize === undefined ? Math.floor(m.dataBitOffset / 8) : agg.tag === DW_TAG_union_type ? 0 : undefined);
-      const offset = base === null || rel === undefined ? null : base + rel;
-      const t = m.type !== undefined ? dies.get(m.type) : undefined;
-      const anonAgg = t && AGGREGATES[t.tag] && t.name === undefined && !typedefNames.has(t.off);
-      if (anonAgg && depth < MAX_TYPE_DEPTH) {
-        collectMembers(t, offset, m.name !== undefined ? `${prefix}${m.name}.` : prefix, out, depth + 1);
-        continue;
-      }
-      const member: DwarfMember = { name: `${prefix}${m.name ?? '<unnamed>'}`, offset, type: typeName(m.type) };
-      if (m.bitSize !== undefined) {
-        // Bit-fields: position in bits from the start of the outermost struct, whichever DWARF
-        // version described it; `offset` is null so both versions compare alike.
-        member.offset = null;
-        member.bitSize = m.bitSize;
-        if (base !== null && m.dataBitOffset !== undefined) member.bitOffset = base * 8 + m.dataBitOffset;
-        else if (offset !== null && m.oldBitOffset !== undefined) {
-          // DWARF 2–4: counted from the MSB of a storage unit of DW_AT_byte_size (little-endian).
-          const storage = (m.byteSize ?? byteSizeOf(m.type) ?? 0) * 8;
-          member.bitOffset = offset * 8 + storage - m.oldBitOffset - m.bitSize;
-        } else if (offset !== null) member.bitOffset = offset * 8;
-      }
-      out.push(member);
-    }
-  };
-  for (const d of dies.values()) {
-    const kind = AGGREGATES[d.tag];
-    if (!kind || d.declaration) continue;
-    const key = aggregateKey(d);
-    if (key === undefined) continue;
-    const members: DwarfMember[] = [];
-    collectMembers(d, 0, '', members, 0);
-    const st: DwarfStruct = {
-      kind,
-      name: qualifiedName(d) ?? typedefNames.get(d.off)!,
-      anonymous: d.name === undefined,
-      key,
-      byteSize: d.byteSize ?? null,
-      members,
-      units: [],
-    };
-    const sig = JSON.stringify([key, st.byteSize, members]);
-    let known = layouts.get(sig);
-    if (!known) {
-      known = st;
-      layouts.set(sig, st);
-      structList.push(st);
-      const l = byKey.get(key);
-      if (l) l.push(st);
-      else byKey.set(key, [st]);
-    }
-    if (!known.units.includes(d.unit.info.name)) known.units.push(d.unit.info.name);
-  }
-
-  // The aggregate a type reference reaches through wrappers (pointer, typedef, cv, array...).
   // Each wrapper has one DW_AT_type, so a reference leads down one path: walk it once, and memoise
   // the leaf's key for every DIE on the path (linear overall, loops in hostile input end it).
   const leafMemo = new Map<number, string | null>();
@@ -967,6 +916,71 @@ function analyse(dies: Map<number, Die>, units: UnitCtx[]): DwarfInfo {
     return result;
   };
 
+  // Struct layouts, flattened through anonymous members.
+  const layouts = new Map<string, DwarfStruct>();
+  const structList: DwarfStruct[] = [];
+  const byKey = new Map<string, DwarfStruct[]>();
+  const collectMembers = (agg: Die, base: number | null, prefix: string, out: DwarfMember[], depth: number, uses: Set<string>): void => {
+    for (const m of agg.children ?? []) {
+      if (m.tag !== DW_TAG_member || m.declaration) continue; // static data members are declarations
+      const rel = m.memberLoc ?? (m.dataBitOffset !== undefined && m.bitSize === undefined ? Math.floor(m.dataBitOffset / 8) : agg.tag === DW_TAG_union_type ? 0 : undefined);
+      const offset = base === null || rel === undefined ? null : base + rel;
+      const t = m.type !== undefined ? dies.get(m.type) : undefined;
+      const anonAgg = t && AGGREGATES[t.tag] && t.name === undefined && !typedefNames.has(t.off);
+      if (anonAgg && depth < MAX_TYPE_DEPTH) {
+        collectMembers(t, offset, m.name !== undefined ? `${prefix}${m.name}.` : prefix, out, depth + 1, uses);
+        continue;
+      }
+      const used = aggregateOf(m.type);
+      if (used !== null) uses.add(used);
+      const member: DwarfMember = { name: `${prefix}${m.name ?? '<unnamed>'}`, offset, type: typeName(m.type) };
+      if (m.bitSize !== undefined) {
+        // Bit-fields: position in bits from the start of the outermost struct, whichever DWARF
+        // version described it; `offset` is null so both versions compare alike.
+        member.offset = null;
+        member.bitSize = m.bitSize;
+        if (base !== null && m.dataBitOffset !== undefined) member.bitOffset = base * 8 + m.dataBitOffset;
+        else if (offset !== null && m.oldBitOffset !== undefined) {
+          // DWARF 2–4: counted from the MSB of a storage unit of DW_AT_byte_size (little-endian).
+          const storage = (m.byteSize ?? byteSizeOf(m.type) ?? 0) * 8;
+          member.bitOffset = offset * 8 + storage - m.oldBitOffset - m.bitSize;
+        } else if (offset !== null) member.bitOffset = offset * 8;
+      }
+      out.push(member);
+    }
+  };
+  for (const d of dies.values()) {
+    const kind = AGGREGATES[d.tag];
+    if (!kind || d.declaration) continue;
+    const key = aggregateKey(d);
+    if (key === undefined) continue;
+    const members: DwarfMember[] = [];
+    const uses = new Set<string>();
+    collectMembers(d, 0, '', members, 0, uses);
+    const st: DwarfStruct = {
+      kind,
+      name: qualifiedName(d) ?? typedefNames.get(d.off)!,
+      anonymous: d.name === undefined,
+      key,
+      byteSize: d.byteSize ?? null,
+      members,
+      memberStructs: [...uses].sort(),
+      units: [],
+    };
+    const sig = JSON.stringify([key, st.byteSize, members]);
+    let known = layouts.get(sig);
+    if (!known) {
+      known = st;
+      layouts.set(sig, st);
+      structList.push(st);
+      const l = byKey.get(key);
+      if (l) l.push(st);
+      else byKey.set(key, [st]);
+    }
+    if (!known.units.includes(d.unit.info.name)) known.units.push(d.unit.info.name);
+  }
+
+  // The aggregate a type reference reaches through wrappers (pointer, typedef, cv, array...).
   const functions = new Map<string, DwarfFunction & { set: Set<string> }>();
   const originOf = (d: Die): Die => {
     let cur = d;
@@ -1037,6 +1051,17 @@ function analyse(dies: Map<number, Die>, units: UnitCtx[]): DwarfInfo {
     structs: structList,
     functions: fnList,
     findStructs: (key) => byKey.get(key) ?? [],
+    reachableStructs: (keys) => {
+      const seen = new Set<string>();
+      const work = [...keys];
+      while (work.length > 0) {
+        const k = work.pop()!;
+        if (seen.has(k)) continue;
+        seen.add(k);
+        for (const st of byKey.get(k) ?? []) work.push(...st.memberStructs);
+      }
+      return [...seen].sort();
+    },
     findFunction: (name, file) => {
       const l = fnByName.get(name) ?? [];
       if (file !== undefined) return l.find((f) => f.file === file || f.unit === file);

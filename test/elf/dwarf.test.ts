@@ -113,6 +113,16 @@ describe('DWARF layouts and usage (C)', () => {
     expect(norm(v4)).toEqual(norm(v5));
   });
 
+  it('gives member struct edges and their transitive closure', () => {
+    for (const dw of [v5, v4]) {
+      expect(layout(dw, 'struct outer').memberStructs).toEqual(['struct inner', 'typedef anon_t']);
+      expect(layout(dw, 'typedef anon_t').memberStructs).toEqual(['struct inner']);
+      expect(layout(dw, 'struct inner').memberStructs).toEqual([]);
+      expect(dw.reachableStructs(usage(dw, 'use_outer'))).toEqual(['struct inner', 'struct outer', 'typedef anon_t']);
+      expect(dw.reachableStructs(['union number'])).toEqual(['union number']);
+    }
+  });
+
   it('reads object files (relocated debug sections) and zlib-compressed sections alike', async () => {
     const norm = (dw: DwarfInfo) => dw.structs.map((s) => [s.key, s.byteSize, s.members]).sort();
     for (const flags of [['-g', '-O2', '-c'], ['-gdwarf-4', '-O2', '-c'], ['-g', '-O2', '-gz=zlib']]) {
