@@ -1,0 +1,211 @@
+/**
+ * Cold patching: install the package's fixed file on disk so that processes started afterwards run
+ * the fixed code, and roll it back.
+ *
+ * Install (only when the file holds the package's target build, checked by build-id):
+ * 1. the original is kept as a hard link `.NAME.hotpatch-PATCHID.orig` beside it (the very inode
+ *    running processes map, so mode, owner and content are preserved by construction);
+ * 2. a state file `.NAME.hotpatch-PATCHID.json` records both build-ids, so a rollback needs
+ *    neither the package nor guesswork;
+ * 3. the fixed file is written beside (`.NAME.hotpatch-tmp-*`), given the original's mode and
+ *    owner, fsynced, renamed over NAME, and the directory fsynced.
+ * A crash at any point leaves either the original or the fixed file at NAME, never a mix.
+ * Rollback renames the backup over NAME (atomic), only while NAME still holds the fixed build.
+ */
+import { randomBytes } from 'node:crypto';
+import { closeSync, existsSync, fchmodSync, fchownSync, fsyncSync, linkSync, openSync, readFileSync, renameSync, statSync, unlinkSync, writeSync } from 'node:fs';
+import { basename, dirname, join } from 'node:path';
+import { HotpatchError, PackageError, RefusedError } from '../../errors.js';
+import { parseElf } from '../../elf/index.js';
+import { readElfSummaryFromFile } from '../../process/index.js';
+import { extractColdFile, type PatchPackage } from '../package/index.js';
+
+/** What a cold operation did to one file. */
+export type ColdStatus = 'installed' | 'already-installed' | 'would-install' | 'restored' | 'not-installed' | 'would-restore';
+
+/** Result of a cold operation on one file. */
+export interface ColdResult {
+  path: string;
+  status: ColdStatus;
+  /** Where the original file is kept while the cold patch is installed. */
+  backupPath: string;
+  /** The state file beside it (both build-ids, the patch id). */
+  statePath: string;
+}
+
+/** Content of the state file kept beside a cold-patched file. */
+export interface ColdState {
+  patchId: string;
+  path: string;
+  /** Build-id of the original (the package's target build). */
+  targetBuildId: string;
+  /** Build-id of the installed fixed file. */
+  fixedBuildId: string;
+  backupPath: string;
+  installedAt: string;
+}
+
+/** Build-id of the ELF file at `path` (headers and notes only are read), or null. */
+export function readFileBuildId(path: string): string | null {
+  return readElfSummaryFromFile(path)?.buildId ?? null;
+}
+
+/** Backup path of the original of `path` while cold patch `patchId` is installed. */
+export function coldBackupPath(path: string, patchId: string): string {
+  return join(dirname(path), `.${basename(path)}.hotpatch-${patchId}.orig`);
+}
+
+/** State file of cold patch `patchId` on `path`. */
+export function coldStatePath(path: string, patchId: string): string {
+  return join(dirname(path), `.${basename(path)}.hotpatch-${patchId}.json`);
+}
+
+/** Reads the state file of cold patch `patchId` on `path`, or undefined when there is none. */
+export function readColdState(path: string, patchId: string): ColdState | undefined {
+  const p = coldStatePath(path, patchId);
+  if (!existsSync(p)) return undefined;
+  try {
+    const s = JSON.parse(readFileSync(p, 'utf8')) as Partial<ColdState>;
+    if (typeof s.targetBuildId !== 'string' || typeof s.fixedBuildId !== 'string') throw new Error('missing build-ids');
+    return s as ColdState;
+  } catch (e) {
+    throw new HotpatchError('COLD_STATE_INVALID', `${p} is damaged (${(e as Error).message}); pass the package with --package to roll back`, { cause: e });
+  }
+}
+
+function resultFor(path: string, patchId: string, status: ColdStatus): ColdResult {
+  return { path, status, backupPath: coldBackupPath(path, patchId), statePath: coldStatePath(path, patchId) };
+}
+
+/**
+ * Checks that the cold patch of `pkg` can be installed on `path`: returns 'target' (it holds the
+ * target build) or 'fixed' (already installed); throws RefusedError COLD_WRONG_FILE otherwise and
+ * HotpatchError COLD_NO_PAYLOAD when the package carries no fixed file.
+ */
+export function checkColdFile(path: string, pkg: PatchPackage): 'target' | 'fixed' {
+  if (!pkg.cold) {
+    throw new HotpatchError('COLD_NO_PAYLOAD', `package ${pkg.id} carries no fixed file: rebuild it with \`hotpatch build ... --cold\` to use --cold`);
+  }
+  if (!existsSync(path)) throw new RefusedError('COLD_WRONG_FILE', `${path} does not exist; pass the installed file with --file PATH; nothing was changed`);
+  const current = readFileBuildId(path);
+  if (current !== null && current === pkg.cold.buildId.toLowerCase()) return 'fixed';
+  if (current === null || current !== pkg.plan.target.buildId.toLowerCase()) {
+    throw new RefusedError(
+      'COLD_WRONG_FILE',
+      `${path} is not the build this patch was made for (build-id ${current ?? 'none'}, expected ${pkg.plan.target.buildId}); nothing was changed`,
+    );
+  }
+  return 'target';
+}
+
+/**
+ * Installs the fixed file of `pkg` at `path` (see the module comment). Idempotent:
+ * 'already-installed' when `path` holds the fixed build. `dryRun` checks and reports 'would-install'.
+ */
+export function installCold(path: string, pkg: PatchPackage, options: { dryRun?: boolean } = {}): ColdResult {
+  const state = checkColdFile(path, pkg);
+  if (state === 'fixed') return resultFor(path, pkg.id, 'already-installed');
+  const cold = pkg.cold!;
+  const bytes = extractColdFile(cold);
+  let fixedId: string | null | undefined;
+  try {
+    fixedId = parseElf(bytes).buildId;
+  } catch (e) {
+    throw new PackageError('PACKAGE_CORRUPT', `the fixed file in package ${pkg.id} is not a valid ELF file; the package is damaged`, { cause: e });
+  }
+  if (fixedId !== cold.buildId.toLowerCase()) {
+    throw new PackageError('PACKAGE_CORRUPT', `the fixed file in package ${pkg.id} has build-id ${fixedId ?? 'none'}, but the package declares ${cold.buildId}`);
+  }
+  if (options.dryRun) return resultFor(path, pkg.id, 'would-install');
+  const st = statSync(path);
+  const backup = coldBackupPath(path, pkg.id);
+  if (existsSync(backup)) unlinkSync(backup); // left by an interrupted install: re-link the current original
+  linkSync(path, backup);
+  const info: ColdState = {
+    patchId: pkg.id, path, targetBuildId: pkg.plan.target.buildId.toLowerCase(), fixedBuildId: cold.buildId.toLowerCase(),
+    backupPath: backup, installedAt: new Date().toISOString(),
+  };
+  writeAtomically(coldStatePath(path, pkg.id), new TextEncoder().encode(`${JSON.stringify(info, null, 2)}\n`), 0o600, st.uid, st.gid);
+  writeAtomically(path, bytes, st.mode & 0o7777, st.uid, st.gid);
+  return resultFor(path, pkg.id, 'installed');
+}
+
+/**
+ * Rolls cold patch `patchId` back on `path`: the kept original is renamed over it, only while
+ * `path` holds the fixed build. The build-ids come from `pkg` when given, else from the state file.
+ * 'not-installed' when `path` already holds the original (leftovers are cleaned up).
+ */
+export function removeCold(path: string, patchId: string, options: { pkg?: PatchPackage; dryRun?: boolean } = {}): ColdResult {
+  const statePath = coldStatePath(path, patchId);
+  const backup = coldBackupPath(path, patchId);
+  let targetId: string;
+  let fixedId: string;
+  if (options.pkg) {
+    if (!options.pkg.cold) throw new HotpatchError('COLD_NO_PAYLOAD', `package ${options.pkg.id} carries no fixed file, so it never installed one`);
+    targetId = options.pkg.plan.target.buildId.toLowerCase();
+    fixedId = options.pkg.cold.buildId.toLowerCase();
+  } else {
+    const s = readColdState(path, patchId);
+    if (!s) {
+      throw new HotpatchError(
+        'COLD_NOT_FOUND',
+        `no cold patch ${patchId} is recorded for ${path} (no ${statePath}); pass the installed file with --file PATH, or the package with --package PKG`,
+      );
+    }
+    targetId = s.targetBuildId;
+    fixedId = s.fixedBuildId;
+  }
+  const current = existsSync(path) ? readFileBuildId(path) : null;
+  if (current === targetId) {
+    if (!options.dryRun) for (const p of [backup, statePath]) if (existsSync(p)) unlinkSync(p);
+    return resultFor(path, patchId, 'not-installed');
+  }
+  if (current !== fixedId) {
+    throw new RefusedError(
+      'COLD_WRONG_FILE',
+      `${path} holds neither the fixed build ${fixedId} nor the original ${targetId} (build-id ${current ?? 'none'}): it was replaced since; nothing was changed`,
+    );
+  }
+  if (!existsSync(backup) || readFileBuildId(backup) !== targetId) {
+    throw new HotpatchError('COLD_BACKUP_MISSING', `the original of ${path} is gone or changed (expected it at ${backup}); reinstall it from your package manager`);
+  }
+  if (options.dryRun) return resultFor(path, patchId, 'would-restore');
+  renameSync(backup, path);
+  fsyncDirectory(dirname(path));
+  if (existsSync(statePath)) unlinkSync(statePath);
+  return resultFor(path, patchId, 'restored');
+}
+
+function writeAtomically(path: string, bytes: Uint8Array, mode: number, uid: number, gid: number): void {
+  const tmp = join(dirname(path), `.${basename(path)}.hotpatch-tmp-${process.pid}-${randomBytes(4).toString('hex')}`);
+  const fd = openSync(tmp, 'wx', 0o600);
+  try {
+    try {
+      let done = 0;
+      while (done < bytes.length) done += writeSync(fd, bytes, done, bytes.length - done);
+      fchownSync(fd, uid, gid);
+      fchmodSync(fd, mode); // after chown: chown clears set-id bits
+      fsyncSync(fd);
+    } finally {
+      closeSync(fd);
+    }
+    renameSync(tmp, path);
+  } catch (e) {
+    try {
+      unlinkSync(tmp);
+    } catch {
+      /* already renamed or never created */
+    }
+    throw e;
+  }
+  fsyncDirectory(dirname(path));
+}
+
+function fsyncDirectory(dir: string): void {
+  const fd = openSync(dir, 'r');
+  try {
+    fsyncSync(fd);
+  } finally {
+    closeSync(fd);
+  }
+}

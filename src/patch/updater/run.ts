@@ -1,0 +1,71 @@
+/**
+ * Running one engine operation per process, many processes at once, without ever interleaving two
+ * operations on the same process.
+ *
+ * Concurrency model: every ptrace request must come from the thread that attached, and the engine
+ * calls ptrace synchronously from the JavaScript thread; each freeze → check → write → thaw is one
+ * synchronous stretch. Operations on different processes therefore interleave only between
+ * freezes (while one waits for a busy function, reads /proc or backs off), all on this one thread:
+ * correct for ptrace, and a freeze is never lengthened by another process's work. `concurrency`
+ * bounds how many operations are in flight.
+ *
+ * Locking: the engine takes a per-target lock for every operation (src/patch/engine/lock.ts: a
+ * lock file per pid + start time whose owner's liveness is checked, so a SIGKILLed holder never
+ * blocks the next command). The updater does not add a second lock; it only waits (up to
+ * `lockWaitMs`) while another hotpatch process holds it.
+ */
+import { HotpatchError } from '../../errors.js';
+
+/** Error code of the engine's lock when another live hotpatch process holds it. */
+export const PROCESS_LOCKED = 'PROCESS_LOCKED';
+
+/** Default bound of concurrent per-process operations. */
+export const DEFAULT_CONCURRENCY = 4;
+/** Default time to wait for another hotpatch process to release a target (ms). */
+export const DEFAULT_LOCK_WAIT_MS = 10_000;
+
+function sleep(ms: number): Promise<void> {
+  return new Promise((res) => setTimeout(res, ms));
+}
+
+/**
+ * Maps `items` through `fn` with at most `limit` calls in flight; results keep the input order.
+ * `fn` must not throw (turn errors into results).
+ */
+export async function mapBounded<T, R>(items: readonly T[], limit: number, fn: (item: T, index: number) => Promise<R>): Promise<R[]> {
+  if (!Number.isInteger(limit) || limit < 1) throw new RangeError(`concurrency must be a positive integer, got ${limit}`);
+  const out = new Array<R>(items.length);
+  let next = 0;
+  const worker = async (): Promise<void> => {
+    for (let i = next++; i < items.length; i = next++) out[i] = await fn(items[i]!, i);
+  };
+  await Promise.all(Array.from({ length: Math.min(limit, items.length) }, worker));
+  return out;
+}
+
+/**
+ * Runs `op` (one engine call, which takes the target's lock itself); while another hotpatch
+ * process holds that lock, retries every 50–100 ms until `lockWaitMs` has passed, calling
+ * `onWait` once with the holder's message. After the wait the PROCESS_LOCKED error propagates.
+ */
+export async function withLockWait<T>(op: () => Promise<T>, lockWaitMs: number, onWait?: (message: string) => void): Promise<T> {
+  const deadline = Date.now() + Math.max(0, lockWaitMs);
+  let announced = false;
+  for (;;) {
+    try {
+      return await op();
+    } catch (e) {
+      if (!(e instanceof HotpatchError) || e.code !== PROCESS_LOCKED || Date.now() >= deadline) {
+        if (e instanceof HotpatchError && e.code === PROCESS_LOCKED && announced) {
+          throw new HotpatchError(PROCESS_LOCKED, `${e.message} (waited ${(lockWaitMs / 1000).toFixed(1)} s; raise --lock-wait to wait longer)`, { cause: e });
+        }
+        throw e;
+      }
+      if (!announced) {
+        announced = true;
+        onWait?.(e.message);
+      }
+      await sleep(50 + Math.random() * 50);
+    }
+  }
+}
