@@ -1,11 +1,11 @@
-/** `hotpatch apply PKG --pid PID`: apply a patch package to a running process (library: applyPatch). */
-import { createHash } from 'node:crypto';
+/**
+ * `hotpatch apply PKG (--pid PID | --all) [--cold]`: apply a patch package to running processes
+ * (and install the fixed file on disk). Thin: the work is in the library (src/patch/updater).
+ */
 import type { Command } from 'commander';
 import { HotpatchError, RefusedError, UsageError } from '../../errors.js';
-import { applyPatch, type ApplyResult, type RecordSigning } from '../../patch/engine/index.js';
-import { packageSigningMessage, type PatchPackage } from '../../patch/package/index.js';
-import { readTrustedPackage } from '../../patch/trust/index.js';
-import { EXIT_ERROR, EXIT_REFUSED } from '../exit-codes.js';
+import { applyPackageFile, describe, type ApplyReport, type ProcessResult, type RunOutcome } from '../../patch/updater/index.js';
+import { EXIT_ERROR, EXIT_OK, EXIT_PARTIAL, EXIT_REFUSED } from '../exit-codes.js';
 import { printJson, progress, say } from '../output.js';
 import type { SetExitCode } from './index.js';
 
@@ -17,34 +17,22 @@ export function parsePidOption(text: string): number {
 }
 
 /** Parses a --timeout value in seconds into milliseconds. */
-export function parseTimeoutOption(text: string): number {
+export function parseTimeoutOption(text: string, option = '--timeout'): number {
   const s = Number(text);
-  if (!Number.isFinite(s) || s < 0 || s > 3600) throw new UsageError('USAGE_BAD_TIMEOUT', `--timeout ${text} is not a number of seconds between 0 and 3600`);
+  if (!Number.isFinite(s) || s < 0 || s > 3600) throw new UsageError('USAGE_BAD_TIMEOUT', `${option} ${text} is not a number of seconds between 0 and 3600`);
   return Math.round(s * 1000);
 }
 
-/**
- * The package's content section (CONT) body: the exact bytes whose SHA-256 the signature covers.
- * Layout (src/patch/package/codec.ts): 12-byte header, then "CONT" | u32 length | body first.
- */
-export function packageContentSection(bytes: Uint8Array): Uint8Array | undefined {
-  if (bytes.length < 20 || new TextDecoder().decode(bytes.subarray(12, 16)) !== 'CONT') return undefined;
-  const len = new DataView(bytes.buffer, bytes.byteOffset, bytes.byteLength).getUint32(16, true);
-  return 20 + len <= bytes.length ? bytes.slice(20, 20 + len) : undefined;
+/** Parses --concurrency. */
+export function parseConcurrencyOption(text: string): number {
+  const n = /^\d+$/.test(text) ? Number(text) : NaN;
+  if (!Number.isSafeInteger(n) || n < 1 || n > 256) throw new UsageError('USAGE_BAD_CONCURRENCY', `--concurrency ${text} is not a number between 1 and 256`);
+  return n;
 }
 
-function signingOf(pkg: PatchPackage): RecordSigning | undefined {
-  const s = pkg.signature;
-  if (!s) return undefined;
-  const r: RecordSigning = {
-    algorithm: s.algorithm,
-    keyId: s.keyId,
-    publicKey: s.publicKey,
-    signature: s.signature,
-    message: packageSigningMessage(pkg, s.signer),
-  };
-  if (s.signer !== undefined) r.signer = s.signer;
-  return r;
+/** Collects a repeatable option. */
+export function collect(v: string, prev: string[]): string[] {
+  return [...prev, v];
 }
 
 /** JSON result entry (cli.md: `{"pid","status","patchId","pauseMicros","reason"?}` plus extra fields). */
@@ -52,77 +40,102 @@ export function resultJson(pid: number, patchId: string, status: string, pauseMi
   return { pid, status, patchId, pauseMicros, ...(reason !== undefined ? { reason } : {}), ...extra };
 }
 
-/** Runs an engine operation for the CLI: JSON or human output, refusal → 3, error → 1. */
-export async function runForCli<T>(
-  json: boolean,
-  pid: number,
-  patchId: string,
-  setExitCode: SetExitCode,
-  op: () => Promise<T>,
-  describe: (r: T) => { results: Array<Record<string, unknown>>; text: string },
-): Promise<void> {
+/** Exit code of a run: ok 0, error 1, refused (nothing changed) 3, partial 4. */
+export function exitCodeOf(outcome: RunOutcome): number {
+  return outcome === 'ok' ? EXIT_OK : outcome === 'refused' ? EXIT_REFUSED : outcome === 'partial' ? EXIT_PARTIAL : EXIT_ERROR;
+}
+
+/**
+ * Runs a library call for the CLI. With --json, an error that stops the whole command (usage,
+ * signature policy, cold check) still prints one JSON document `{"results":[],"error":{code,message}}`
+ * before the top-level handler reports it and maps it to the exit code.
+ */
+export async function runCommand<T>(json: boolean, op: () => Promise<T>): Promise<T> {
   try {
-    const r = await op();
-    const d = describe(r);
-    if (json) printJson({ results: d.results });
-    else say(false, d.text);
+    return await op();
   } catch (e) {
-    if (!json || !(e instanceof HotpatchError)) throw e;
-    const refused = e instanceof RefusedError;
-    printJson({ results: [resultJson(pid, patchId, refused ? 'refused' : 'failed', 0, { code: e.code }, e.message)] });
-    progress(`hotpatch: ${e.message} [${e.code}]`);
-    setExitCode(refused ? EXIT_REFUSED : EXIT_ERROR);
+    if (json && e instanceof HotpatchError) printJson({ results: [], error: { code: e.code, message: e.message, refused: e instanceof RefusedError } });
+    throw e;
   }
 }
 
-function pause(r: ApplyResult): string {
-  return r.setupPauseMicros > 0 ? `pause ${r.pauseMicros.toFixed(0)} µs (+ ${r.setupPauseMicros.toFixed(0)} µs to map the arena)` : `pause ${r.pauseMicros.toFixed(0)} µs`;
+/** Prints per-process results: JSON as given, else one line each and a summary with what to do next. */
+export function printResults(json: boolean, doc: Record<string, unknown> & { results: ProcessResult[] }, outcome: RunOutcome, hint: string): void {
+  if (json) {
+    printJson(doc);
+  } else {
+    for (const r of doc.results) say(false, describe(r));
+    const counts = new Map<string, number>();
+    for (const r of doc.results) counts.set(r.status, (counts.get(r.status) ?? 0) + 1);
+    if (doc.results.length > 1) say(false, [...counts].map(([s, n]) => `${n} ${s}`).join(', '));
+  }
+  if (outcome === 'partial' || outcome === 'error') progress(`hotpatch: some processes were not changed (see the reasons above); ${hint}`);
+}
+
+function summary(report: ApplyReport, all: boolean): string {
+  if (report.results.length === 0 && all) return `no process maps ${report.package.target.name} (build-id ${report.package.target.buildId}); nothing to patch`;
+  return '';
 }
 
 export function register(program: Command, setExitCode: SetExitCode): void {
   program
     .command('apply')
-    .description('apply a patch package to a running process, switching all its functions in one short freeze')
+    .description('apply a patch package to running processes (one short freeze each) and, with --cold, install the fixed file on disk')
     .argument('<PKG>', 'the .hpk package')
-    .requiredOption('--pid <PID>', 'the process to patch')
+    .option('--pid <PID>', 'a process to patch (repeatable)', collect, [] as string[])
+    .option('--all', 'every process that maps the target image (matched by build-id, whatever path, deleted or not)')
+    .option('--cold', "also install the package's fixed file on disk (atomically; the original is kept beside it)")
+    .option('--file <PATH>', 'with --cold: the file to replace (repeatable; default: the path each found process loaded the target from)', collect, [] as string[])
+    .option('--trust <PUBFILE>', 'trusted public key (repeatable; else HOTPATCH_TRUSTED_KEYS, else /etc/hotpatch/trusted.d/*.pub)', collect, [] as string[])
+    .option('--allow-unsigned', 'accept a package without a trusted signature (never one whose signature does not match)')
     .option('--timeout <SECONDS>', 'how long to retry while a thread is inside the bytes to change', '5')
-    .option('--dry-run', 'check everything (build-id, site bytes, symbols, relocation) and change nothing')
-    .option('--allow-unsigned', 'accept a package without a trusted signature')
-    .option('--trust <PUBFILE>', 'trusted public key (repeatable; else HOTPATCH_TRUSTED_KEYS, else /etc/hotpatch/trusted.d)', (v: string, prev: string[]) => [...prev, v], [] as string[])
+    .option('--lock-wait <SECONDS>', 'how long to wait while another hotpatch command works on a process', '10')
+    .option('--concurrency <N>', 'processes worked on at once with --all', '4')
+    .option('--dry-run', 'check everything (build-id, site bytes, symbols, relocation, cold file) and change nothing')
     .option('--json', 'print one JSON document on stdout')
-    .addHelpText('after', '\nExamples:\n  hotpatch apply fix.hpk --pid 1234\n  hotpatch apply fix.hpk --pid 1234 --dry-run --allow-unsigned --json\n')
-    .action(async (file: string, opts: { pid: string; timeout: string; dryRun?: boolean; allowUnsigned?: boolean; trust: string[]; json?: boolean }) => {
+    .addHelpText(
+      'after',
+      `
+Signature policy: the package must be signed by a trusted key: --trust PUBFILE (repeatable), else the
+files in HOTPATCH_TRUSTED_KEYS (colon-separated), else /etc/hotpatch/trusted.d/*.pub. An unsigned or
+untrusted package is refused (exit 3) unless --allow-unsigned. The signer is recorded in each process.
+
+--cold replaces, for each distinct path the found processes loaded the target from (or each --file),
+the file on disk by the fixed build, only if it holds the target build. The original stays beside it
+as .NAME.hotpatch-PATCHID.orig (with .NAME.hotpatch-PATCHID.json); \`hotpatch remove PATCHID --cold\`
+puts it back. Processes started afterwards run the fixed build and are skipped by later --all runs.
+
+Exit codes: 0 ok, 1 error, 2 usage, 3 refused (nothing changed), 4 partial (some processes not patched).
+
+Examples:
+  hotpatch apply fix.hpk --pid 1234
+  hotpatch apply fix.hpk --all --trust /etc/hotpatch/release.pub
+  hotpatch apply fix.hpk --all --cold --json
+  hotpatch apply fix.hpk --all --dry-run --allow-unsigned
+`,
+    )
+    .action(async (file: string, opts: {
+      pid: string[]; all?: boolean; cold?: boolean; file: string[]; trust: string[]; allowUnsigned?: boolean;
+      timeout: string; lockWait: string; concurrency: string; dryRun?: boolean; json?: boolean;
+    }) => {
       const json = opts.json ?? false;
-      const pid = parsePidOption(opts.pid);
-      const timeoutMs = parseTimeoutOption(opts.timeout);
-      const { pkg, bytes, verdict } = readTrustedPackage(file, { trustFiles: opts.trust, allowUnsigned: opts.allowUnsigned ?? false });
-      const signing = signingOf(pkg);
-      const content = packageContentSection(bytes);
-      const options: Parameters<typeof applyPatch>[2] = {
-        patchId: pkg.id,
-        packageHash: createHash('sha256').update(bytes).digest('hex'),
-        signer: verdict.signer ? (verdict.signer.name ? `${verdict.signer.name} (${verdict.signer.keyId})` : verdict.signer.keyId) : null,
-        timeoutMs,
-        dryRun: opts.dryRun ?? false,
-      };
-      if (signing) options.signing = signing;
-      if (content) options.content = content;
-      await runForCli(json, pid, pkg.id, setExitCode, () => applyPatch(pid, pkg.plan, options), (r) => ({
-        results: [resultJson(pid, r.patchId, r.status === 'dry-run' ? 'skipped' : r.status, r.pauseMicros, {
-          setupPauseMicros: r.setupPauseMicros,
-          totalPauseMicros: r.totalPauseMicros,
-          attempts: r.attempts,
-          threads: r.threads,
-          totalMicros: r.totalMicros,
-          dryRun: r.status === 'dry-run',
-          functions: r.functions,
-        }, r.status === 'dry-run' ? 'dry run: every check passed, nothing was changed' : undefined)],
-        text:
-          r.status === 'patched'
-            ? `patched process ${pid} with ${r.patchId}: ${r.functions.map((f) => f.name).join(', ')} (${r.threads} threads, ${pause(r)})`
-            : r.status === 'already-patched'
-              ? `process ${pid} already has patch ${r.patchId}`
-              : `dry run: patch ${r.patchId} fits process ${pid} (${r.functions.map((f) => `${f.name} ${f.kind}`).join(', ')}); nothing was changed`,
-      }));
+      const report = await runCommand(json, async () => {
+        const pids = opts.pid.map(parsePidOption);
+        if (opts.file.length > 0 && !opts.cold) throw new UsageError('USAGE', '--file only makes sense with --cold');
+        return applyPackageFile(file, {
+          pids, all: opts.all === true, cold: opts.cold === true, coldFiles: opts.file,
+          trustFiles: opts.trust, allowUnsigned: opts.allowUnsigned === true,
+          timeoutMs: parseTimeoutOption(opts.timeout), lockWaitMs: parseTimeoutOption(opts.lockWait, '--lock-wait'),
+          concurrency: parseConcurrencyOption(opts.concurrency), dryRun: opts.dryRun === true,
+          onProgress: progress,
+        });
+      });
+      for (const n of report.notes) progress(`note: ${n}`);
+      const s = summary(report, opts.all === true);
+      if (s) progress(s);
+      printResults(json, { package: report.package, results: report.results, cold: report.cold, notes: report.notes }, report.outcome,
+        'fix the cause and run the same command again (patched processes report already-patched)');
+      if (!json) for (const c of report.cold) say(false, `cold: ${c.path}: ${c.status}${c.status === 'installed' ? ` (original kept as ${c.backupPath}; roll back with \`hotpatch remove ${report.package.id} --cold --file ${c.path}\`)` : ''}`);
+      setExitCode(exitCodeOf(report.outcome));
     });
 }
