@@ -1,31 +1,46 @@
-/** `hotpatch recover --pid PID`: finish or undo an operation a dead patcher left (library: recoverProcess). */
+/**
+ * `hotpatch recover (--pid PID | --all)`: finish or undo an operation a dead patcher left.
+ * Thin: the work is in src/patch/updater (recoverProcesses) and the engine (recoverProcess).
+ */
 import type { Command } from 'commander';
-import { recoverProcess } from '../../patch/engine/index.js';
-import { parsePidOption, parseTimeoutOption, resultJson, runForCli } from './apply.js';
+import { recoverProcesses } from '../../patch/updater/index.js';
+import { collect, exitCodeOf, parseConcurrencyOption, parsePidOption, parseTimeoutOption, printResults, runCommand } from './apply.js';
+import { progress } from '../output.js';
 import type { SetExitCode } from './index.js';
 
 export function register(program: Command, setExitCode: SetExitCode): void {
   program
     .command('recover')
-    .description('bring a process whose patcher was killed mid-way to a consistent state (an unfinished apply is undone, an unfinished remove is finished)')
-    .requiredOption('--pid <PID>', 'the process')
+    .description('bring processes whose patcher was killed mid-way to a consistent state (an unfinished apply is undone, an unfinished remove is finished)')
+    .option('--pid <PID>', 'a process (repeatable)', collect, [] as string[])
+    .option('--all', 'every process that has a patch record')
     .option('--timeout <SECONDS>', 'how long to retry while a thread is inside the bytes to change', '5')
+    .option('--lock-wait <SECONDS>', 'how long to wait while another hotpatch command works on a process', '10')
+    .option('--concurrency <N>', 'processes worked on at once with --all', '4')
     .option('--json', 'print one JSON document on stdout')
-    .addHelpText('after', '\nExamples:\n  hotpatch recover --pid 1234\n')
-    .action(async (opts: { pid: string; timeout: string; json?: boolean }) => {
-      const pid = parsePidOption(opts.pid);
-      const timeoutMs = parseTimeoutOption(opts.timeout);
-      await runForCli(opts.json ?? false, pid, '', setExitCode, () => recoverProcess(pid, { timeoutMs }), (r) => ({
-        results:
-          r.actions.length > 0
-            ? r.actions.map((a) => resultJson(pid, a.patchId, 'removed', r.pauseMicros, { action: a.action, sitesRestored: a.sitesRestored, freed: r.freed }))
-            : [resultJson(pid, '', 'skipped', r.pauseMicros, { freed: r.freed }, 'nothing to recover: the record is consistent')],
-        text:
-          r.actions.length === 0
-            ? `process ${pid}: nothing to recover${r.freed > 0 ? ` (freed ${r.freed} retired patch code range(s))` : ''}`
-            : r.actions
-                .map((a) => `process ${pid}: ${a.action === 'undone' ? 'undid the interrupted apply of' : 'finished the interrupted removal of'} ${a.patchId} (${a.sitesRestored} site(s) restored)`)
-                .join('\n'),
-      }));
+    .addHelpText(
+      'after',
+      `
+Results: "removed" with an action (undone: an interrupted apply was rolled back; finished: an
+interrupted remove was completed), or "skipped" when there was nothing to recover.
+Exit codes: 0 ok, 1 error, 2 usage, 4 partial.
+
+Examples:
+  hotpatch recover --pid 1234
+  hotpatch recover --all --json
+`,
+    )
+    .action(async (opts: { pid: string[]; all?: boolean; timeout: string; lockWait: string; concurrency: string; json?: boolean }) => {
+      const json = opts.json ?? false;
+      const report = await runCommand(json, () =>
+        recoverProcesses({
+          pids: opts.pid.map(parsePidOption), all: opts.all === true,
+          timeoutMs: parseTimeoutOption(opts.timeout), lockWaitMs: parseTimeoutOption(opts.lockWait, '--lock-wait'),
+          concurrency: parseConcurrencyOption(opts.concurrency), onProgress: progress,
+        }),
+      );
+      const results = report.results.map((r) => ({ ...r, ...(r.actions && r.actions[0] ? { action: r.actions[0].action, sitesRestored: r.actions[0].sitesRestored } : {}) }));
+      printResults(json, { results }, report.outcome, 'run `hotpatch recover` again, or restart the process if it keeps failing');
+      setExitCode(exitCodeOf(report.outcome));
     });
 }
