@@ -1,14 +1,20 @@
+/** `hotpatch demo`: the whole system on a real program (see src/demo/demo.ts). */
 import type { Command } from 'commander';
-import { HotpatchError } from '../../errors.js';
+import { runDemo } from '../../demo/demo.js';
+import { EXIT_ERROR } from '../exit-codes.js';
+import { printJson } from '../output.js';
 import type { SetExitCode } from './index.js';
 
 export function register(program: Command, setExitCode: SetExitCode): void {
-  void setExitCode;
   program
     .command('demo')
-    .description('(not yet implemented)')
-    .allowUnknownOption()
-    .action(() => {
-      throw new HotpatchError('NOT_IMPLEMENTED', '`hotpatch demo` is not implemented yet');
+    .description('build a buggy sample service, patch it live under load, remove, re-apply, cold-patch, and guard it')
+    .option('--json', 'print a JSON report on stdout (the narration goes to stderr)')
+    .option('--keep', 'keep the work directory (binaries, keys, package)')
+    .addHelpText('after', '\nExample:\n  hotpatch demo            # about a minute; needs gcc and root (ptrace)\n')
+    .action(async (opts: { json?: boolean; keep?: boolean }) => {
+      const report = await runDemo({ json: opts.json ?? false, keep: opts.keep ?? false });
+      if (opts.json) printJson(report);
+      if (!report.ok) setExitCode(EXIT_ERROR);
     });
 }
