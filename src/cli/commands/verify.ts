@@ -1,14 +1,87 @@
+/**
+ * `hotpatch verify (--pid PID | --all) [--trust PUBFILE]... [--policy FILE] [--json]`: one full
+ * check of every protected structure. Exit code 5 when there are findings, 0 when clean.
+ */
+import { existsSync } from 'node:fs';
 import type { Command } from 'commander';
-import { HotpatchError } from '../../errors.js';
+import { UsageError } from '../../errors.js';
+import {
+  ALL_STRUCTURES,
+  DEFAULT_STATE_DIR,
+  GuardState,
+  allProcessIds,
+  defaultPolicy,
+  findingToJson,
+  formatFinding,
+  loadPolicy,
+  verifyProcesses,
+  type StructureCode,
+} from '../../guard/index.js';
+import { EXIT_FINDINGS, EXIT_OK } from '../exit-codes.js';
+import { printJson, progress, say } from '../output.js';
+import { collect, parsePidOption } from './apply.js';
 import type { SetExitCode } from './index.js';
 
+/** Parses --structures "0,1,3". */
+export function parseStructures(text: string): StructureCode[] {
+  const out: StructureCode[] = [];
+  for (const part of text.split(',')) {
+    const n = /^\d+$/.test(part.trim()) ? Number(part.trim()) : NaN;
+    if (!(ALL_STRUCTURES as readonly number[]).includes(n)) throw new UsageError('USAGE_BAD_STRUCTURE', `--structures: "${part}" is not a structure code 0-10`);
+    out.push(n as StructureCode);
+  }
+  return out;
+}
+
+interface VerifyCliOptions {
+  pid: string[];
+  all?: boolean;
+  trust: string[];
+  policy?: string;
+  json?: boolean;
+  stateDir?: string;
+  structures?: string;
+  ptrace: boolean;
+}
+
 export function register(program: Command, setExitCode: SetExitCode): void {
-  void setExitCode;
   program
     .command('verify')
-    .description('(not yet implemented)')
-    .allowUnknownOption()
-    .action(() => {
-      throw new HotpatchError('NOT_IMPLEMENTED', '`hotpatch verify` is not implemented yet');
+    .description('check running processes for tampering: code, data, import/export tables, injected code, hidden modules, signal handlers, credentials, vDSO, sanctioned patches')
+    .option('--pid <PID>', 'process to check (repeatable)', collect, [])
+    .option('--all', 'check every process')
+    .option('--trust <PUBFILE>', 'trusted patch signer public key (repeatable)', collect, [])
+    .option('--policy <FILE>', 'guard policy file (JSON, see docs/guard.md)')
+    .option('--state-dir <DIR>', `guard state to compare with (first-seen file identities, credential baselines; default ${DEFAULT_STATE_DIR} when it exists)`)
+    .option('--structures <LIST>', 'only these structure codes, comma-separated (default: all 0-10)')
+    .option('--no-ptrace', 'skip structure 7 (signal handlers), the only check that briefly stops the target')
+    .option('--json', 'print one JSON document on stdout')
+    .addHelpText('after', '\nExit codes: 0 clean, 5 findings, 1 error, 2 usage.\n\nExamples:\n  hotpatch verify --pid 1234\n  hotpatch verify --all --json\n')
+    .action(async (opts: VerifyCliOptions) => {
+      const json = opts.json ?? false;
+      if ((opts.pid.length > 0) === (opts.all === true)) throw new UsageError('USAGE_PID_OR_ALL', 'give --pid PID (repeatable) or --all');
+      const pids = opts.all ? allProcessIds() : opts.pid.map(parsePidOption);
+      const policy = opts.policy !== undefined ? loadPolicy(opts.policy) : defaultPolicy();
+      const stateDir = opts.stateDir ?? (existsSync(DEFAULT_STATE_DIR) ? DEFAULT_STATE_DIR : null);
+      const state = new GuardState(stateDir, false);
+      const structures = opts.structures !== undefined ? parseStructures(opts.structures) : [...ALL_STRUCTURES];
+      const results = await verifyProcesses(pids, { policy, state, trustedKeys: opts.trust, structures, allowPtrace: opts.ptrace });
+      const findings = results.flatMap((r) => r.findings);
+      const checked = results.filter((r) => r.checked);
+      if (!opts.all) {
+        for (const r of results) if (!r.checked) progress(`hotpatch: process ${r.pid} not checked: ${r.error ?? 'unknown reason'}`);
+      }
+      const bytes = checked.reduce((a, r) => a + r.bytes, 0);
+      if (json) {
+        printJson({
+          checked: { processes: checked.length, bytes },
+          findings: findings.map(findingToJson),
+          skipped: results.filter((r) => !r.checked).map((r) => ({ pid: r.pid, reason: r.error ?? '' })),
+        });
+      } else {
+        for (const f of findings) say(false, formatFinding(f));
+        say(false, `${checked.length} process(es) checked, ${bytes} bytes compared, ${findings.length} finding(s)`);
+      }
+      setExitCode(findings.length > 0 ? EXIT_FINDINGS : EXIT_OK);
     });
 }

@@ -60,7 +60,10 @@ function isElf(b: Uint8Array): boolean {
 
 function texts(bytes: Uint8Array, address: bigint, max = 4): string[] {
   const out: string[] = [];
-  for (const i of iterateInstructions(bytes, address, { text: true, maxInstructions: max })) out.push(i.invalid ? '(invalid)' : i.text);
+  for (const i of iterateInstructions(bytes, address, { text: true, maxInstructions: max })) {
+    out.push(i.invalid ? '(invalid)' : i.text);
+    if (i.invalid || i.flow === 'return' || i.mnemonic === 'jmp') break; // what follows need not be code
+  }
   return out;
 }
 
