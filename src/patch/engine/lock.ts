@@ -22,6 +22,9 @@ function startTimeOf(pid: number): bigint | undefined {
   }
 }
 
+/** Our own start time, read once (it never changes). */
+let ownStart: bigint | undefined;
+
 /** A held lock; release() it in a finally block. */
 export interface ProcessLock {
   readonly path: string;
@@ -36,7 +39,8 @@ export function lockProcess(pid: number, targetStartTime: bigint): ProcessLock {
   const dir = lockDir();
   mkdirSync(dir, { recursive: true, mode: 0o700 });
   const path = join(dir, `${pid}-${targetStartTime}.lock`);
-  const me = `${process.pid} ${startTimeOf(process.pid) ?? 0n}\n`;
+  ownStart ??= startTimeOf(process.pid) ?? 0n;
+  const me = `${process.pid} ${ownStart}\n`;
   for (let attempt = 0; attempt < 3; attempt++) {
     let fd: number;
     try {
