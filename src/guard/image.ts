@@ -13,6 +13,7 @@ import {
   STB_GLOBAL,
   STB_GNU_UNIQUE,
   STB_WEAK,
+  STT_FUNC,
   STT_TLS,
   STV_DEFAULT,
   STV_PROTECTED,
@@ -40,6 +41,7 @@ export interface RelocationWord {
   vaddr: bigint;
   type: number;
   addend: bigint;
+  symbol?: ElfSymbol;
 }
 
 /** A module file parsed for verification. */
@@ -88,7 +90,9 @@ export class ModuleImage {
     if (!this.#relocWords) {
       const r = this.elf.dynamicRelocations;
       const out: RelocationWord[] = [];
-      for (const x of [r.rela, r.rel, r.plt]) for (const e of x) out.push({ vaddr: e.offset, type: e.type, addend: e.addend });
+      for (const x of [r.rela, r.rel, r.plt]) {
+        for (const e of x) out.push(e.symbol !== undefined ? { vaddr: e.offset, type: e.type, addend: e.addend, symbol: e.symbol } : { vaddr: e.offset, type: e.type, addend: e.addend });
+      }
       for (const v of r.relr) {
         const off = this.elf.vaddrToOffset(v);
         if (off === undefined) continue;
@@ -156,13 +160,16 @@ export class ModuleImage {
 
   /**
    * Exported definitions by name, as the dynamic linker may bind to them: defined .dynsym symbols
-   * with global, weak or unique binding and default or protected visibility.
+   * with global, weak or unique binding and default or protected visibility, and undefined function
+   * symbols with a value (the canonical PLT entry of an executable that takes a function's address:
+   * glibc binds non-PLT references there, for pointer equality). Symbols with value 0 never bind.
    */
   exportsNamed(name: string): ElfSymbol[] {
     if (!this.#exports) {
       const m = new Map<string, ElfSymbol[]>();
       for (const s of this.elf.dynamicSymbols) {
-        if (s.shndx === SHN_UNDEF || s.name === '' || s.type === STT_TLS) continue;
+        if (s.name === '' || s.type === STT_TLS || s.value === 0n) continue;
+        if (s.shndx === SHN_UNDEF && s.type !== STT_FUNC) continue;
         if (s.bind !== STB_GLOBAL && s.bind !== STB_WEAK && s.bind !== STB_GNU_UNIQUE) continue;
         if (s.visibility !== STV_DEFAULT && s.visibility !== STV_PROTECTED) continue;
         const l = m.get(s.name);

@@ -29,6 +29,7 @@ import { describeHook, iterateInstructions } from '../../x86/index.js';
 import type { ProcessContext } from '../context.js';
 import { makeFinding, type Finding, type FindingKind, type Severity, type StructureCode } from '../finding.js';
 import { RELR_WORD, type ModuleImage, type VaddrRange } from '../image.js';
+import { copySource } from './imports.js';
 
 const PAGE = 4096;
 /** Differences closer than this are reported as one finding. */
@@ -51,10 +52,13 @@ function inRanges(ranges: readonly VaddrRange[], v: bigint): boolean {
   return ranges.some((r) => v >= r.start && v < r.end);
 }
 
-/** An expected 8-byte word, or a masked word (checked elsewhere, or written at start-up). */
+/**
+ * An expected 8-byte word, a masked word (checked elsewhere, or written at start-up), or the
+ * bytes a copy relocation copied from a library's object.
+ */
 interface WordOverride {
   vaddr: bigint;
-  value: bigint | 'mask';
+  value: bigint | 'mask' | Uint8Array;
 }
 
 /**
@@ -63,7 +67,7 @@ interface WordOverride {
  * verified by the import-table check (structure 3). `actual` (the mapping's memory, starting at
  * vaddr `start`) supplies the loader-rewritten .dynamic entries.
  */
-function relocationOverrides(mod: Module, img: ModuleImage, start: bigint, end: bigint, actual: Uint8Array): WordOverride[] {
+function relocationOverrides(ctx: ProcessContext, mod: Module, img: ModuleImage, start: bigint, end: bigint, actual: Uint8Array): WordOverride[] {
   const out: WordOverride[] = [];
   const bias = mod.loadBias;
   for (const r of img.relocationWordsIn(start, end)) {
@@ -73,8 +77,22 @@ function relocationOverrides(mod: Module, img: ModuleImage, start: bigint, end: 
         out.push({ vaddr: r.vaddr, value: BigInt.asUintN(64, bias + r.addend) });
         break;
       case R_X86_64_NONE:
-      case R_X86_64_COPY:
         break;
+      case R_X86_64_COPY: {
+        // The loader copied the library's (relocated) object here: expect its current bytes.
+        const sym = r.symbol;
+        if (sym === undefined || sym.size === 0n || sym.size > 1n << 20n) break;
+        const src = copySource(ctx, mod, sym);
+        let bytes: Uint8Array | undefined;
+        try {
+          bytes = src === undefined ? undefined : ctx.proc.readMemory(src, Number(sym.size));
+        } catch {
+          bytes = undefined;
+        }
+        if (bytes !== undefined) out.push({ vaddr: r.vaddr, value: bytes });
+        else for (let v = r.vaddr; v < r.vaddr + sym.size; v += 8n) out.push({ vaddr: v, value: 'mask' });
+        break;
+      }
       case R_X86_64_TLSDESC:
         // Two words: resolver function and argument, both chosen at run time.
         out.push({ vaddr: r.vaddr, value: 'mask' }, { vaddr: r.vaddr + 8n, value: 'mask' });
@@ -304,13 +322,19 @@ function checkMapping(ctx: ProcessContext, mod: Module, img: ModuleImage, mp: Ma
   const loaderRelro = mod.kind === 'loader' && isRelro;
   let expected = loaderRelro ? new Uint8Array(actual) : img.fileBytes(mp.fileOffset, length);
   if (isRelro || textrel) {
-    const overrides = relocationOverrides(mod, img, vStart, vEnd, actual);
+    const overrides = relocationOverrides(ctx, mod, img, vStart, vEnd, actual);
     if (overrides.length > 0) {
       if (!loaderRelro) expected = new Uint8Array(expected);
       const dv = new DataView(expected.buffer);
       const av = new DataView(actual.buffer);
       for (const o of overrides) {
         const off = Number(o.vaddr - vStart);
+        if (o.value instanceof Uint8Array) {
+          const from = Math.max(0, -off);
+          const to = Math.min(o.value.length, length - off);
+          if (to > from) expected.set(o.value.subarray(from, to), off + from);
+          continue;
+        }
         if (off < 0 || off + 8 > length) continue;
         if (o.value === 'mask') {
           if (!loaderRelro) dv.setBigUint64(off, av.getBigUint64(off, true), true);

@@ -17,6 +17,7 @@ import { readFileSync } from 'node:fs';
 import { basename } from 'node:path';
 import {
   R_X86_64_64,
+  R_X86_64_COPY,
   R_X86_64_GLOB_DAT,
   R_X86_64_IRELATIVE,
   R_X86_64_JUMP_SLOT,
@@ -131,11 +132,15 @@ interface Candidate {
 }
 
 /** Definitions the dynamic linker may bind `ref` (referenced from `from`) to. */
-function allowedDefinitions(scope: Scope, from: ScopeModule, ref: ElfSymbol, addend: bigint): Candidate[] {
+function allowedDefinitions(scope: Scope, from: ScopeModule, ref: ElfSymbol, addend: bigint, relocType: number): Candidate[] {
   const defs: Candidate[] = [];
   for (const sm of scope.modules) {
+    // ELF_RTYPE_CLASS_COPY: a copy relocation never binds to the executable's own copy.
+    if (relocType === R_X86_64_COPY && sm === from) continue;
     for (const sym of sm.img.exportsNamed(ref.name)) {
       if (!versionMatches(ref, sym)) continue;
+      // ELF_RTYPE_CLASS_PLT: a PLT slot never binds to another module's canonical PLT entry.
+      if (sym.shndx === SHN_UNDEF && relocType === R_X86_64_JUMP_SLOT) continue;
       const c: Candidate = { sm, sym };
       if (sym.type !== STT_GNU_IFUNC) c.value = BigInt.asUintN(64, sm.mod.loadBias + sym.value + addend);
       defs.push(c);
@@ -220,7 +225,7 @@ function ownIfuncChoices(options: CheckOptions): Map<string, string> {
           continue;
         }
         if (r.symbol === undefined) continue;
-        for (const c of allowedDefinitions(scope, sm, r.symbol, 0n)) {
+        for (const c of allowedDefinitions(scope, sm, r.symbol, 0n, r.type)) {
           // Only bound slots: a lazy slot not yet called still points into the caller's PLT.
           if (c.sym.type === STT_GNU_IFUNC && (at === c.sm.mod || at?.kind === 'vdso')) choices.set(ifuncKey(c.sm, c.sym.value), where);
         }
@@ -317,7 +322,7 @@ export function checkImports(ctx: ProcessContext): Finding[] {
         if (off !== undefined && actual === BigInt.asUintN(64, u64(sm.img.fileBytes(off, 8), 0) + bias)) continue;
       }
       const addend = r.type === R_X86_64_64 ? r.addend : 0n;
-      const allowed = allowedDefinitions(scope, sm, ref, addend);
+      const allowed = allowedDefinitions(scope, sm, ref, addend, r.type);
       let match: Candidate | undefined;
       for (const c of allowed) {
         if (c.value !== undefined ? actual === c.value : ifuncOk(ctx, choices, c.sm, c.sym.value, actual)) {
@@ -362,4 +367,15 @@ export function checkImports(ctx: ProcessContext): Finding[] {
     }
   }
   return out;
+}
+
+/**
+ * Run-time address of the object a copy relocation of `mod` copies from (the first definition in
+ * the scope other than `mod` itself), or undefined when it cannot be told.
+ */
+export function copySource(ctx: ProcessContext, mod: Module, ref: ElfSymbol): bigint | undefined {
+  const scope = buildScope(ctx);
+  const from = scope.modules.find((m) => m.mod === mod);
+  if (from === undefined) return undefined;
+  return allowedDefinitions(scope, from, ref, 0n, R_X86_64_COPY)[0]?.value;
 }
