@@ -5,12 +5,12 @@
  * installing the fixed file so a new process runs fixed code without a hot patch; the signature
  * policy; `recover` after the patcher was killed mid-apply.
  */
-import { existsSync, readFileSync, rmSync, statSync, chmodSync } from 'node:fs';
+import { chmodSync, existsSync, readFileSync, rmSync, statSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { parseElf } from '../../src/elf/index.js';
 import { listPatches } from '../../src/patch/engine/index.js';
-import { killTargetsAfterAll, startTarget, type Target } from '../helpers/native.js';
+import { killTargetsAfterAll, REPO_ROOT, startTarget, type Target } from '../helpers/native.js';
 import { cli, copyLib, makeFixture, textHash, value, type Fixture } from './helpers.js';
 
 killTargetsAfterAll();
@@ -224,5 +224,52 @@ describe('hotpatch recover', () => {
     expect(await value(t)).toBe(12);
     expect((await cli(['remove', f.patchId, '--pid', String(t.pid)])).code).toBe(0);
     expect(textHash(t.pid)).toBe(baseline.get(t.pid));
+  });
+});
+
+describe('one hotpatch command per process at a time', () => {
+  /** A process that takes the engine's lock on `pid` and holds it until killed. */
+  async function holder(pid: number): Promise<Target> {
+    const script = join(f.dir, 'hold-lock.mjs');
+    writeFileSync(
+      script,
+      `import { lockProcess } from ${JSON.stringify(join(REPO_ROOT, 'dist/src/patch/engine/lock.js'))};\n` +
+        `import { readProcStat } from ${JSON.stringify(join(REPO_ROOT, 'dist/src/process/index.js'))};\n` +
+        `const pid = Number(process.argv[2]);\nlockProcess(pid, readProcStat(pid).startTime);\nconsole.log('locked');\nsetInterval(() => {}, 1000);\n`,
+    );
+    return startTarget(process.execPath, [script, String(pid)], { readyText: 'locked' });
+  }
+
+  it('a second command fails clearly after --lock-wait while the lock is held, and proceeds once a SIGKILLed holder is gone', async () => {
+    const t = alphas[1]!;
+    const h = await holder(t.pid);
+    const blocked = await cli(['apply', f.signedPkg, '--pid', String(t.pid), '--trust', f.pub, '--lock-wait', '0.3', '--json']);
+    expect(blocked.code).toBe(1);
+    expect(JSON.parse(blocked.stdout).results[0]).toMatchObject({
+      status: 'failed', code: 'PROCESS_LOCKED', reason: expect.stringMatching(new RegExp(`another hotpatch process \\(pid ${h.pid}\\).*--lock-wait`)),
+    });
+    expect(await value(t)).toBe(11);
+    // A waiting command goes ahead as soon as the holder is killed (its lock file stays behind, stale).
+    const waiting = cli(['apply', f.signedPkg, '--pid', String(t.pid), '--trust', f.pub, '--lock-wait', '30', '--json']);
+    await new Promise((res) => setTimeout(res, 1500));
+    expect(await value(t)).toBe(11);
+    await h.kill();
+    const done = await waiting;
+    expect(done.code).toBe(0);
+    expect(done.stderr).toMatch(/waiting: another hotpatch process/);
+    expect(JSON.parse(done.stdout).results[0].status).toBe('patched');
+    expect(await value(t)).toBe(12);
+  });
+
+  it('two commands started together on one process do not interleave', async () => {
+    const t = alphas[1]!;
+    const [a, b] = await Promise.all([
+      cli(['remove', f.patchId, '--pid', String(t.pid), '--json']),
+      cli(['remove', f.patchId, '--pid', String(t.pid), '--json']),
+    ]);
+    const statuses = [JSON.parse(a.stdout).results[0], JSON.parse(b.stdout).results[0]].map((r: Result) => `${r.status}:${r.code ?? ''}`).sort();
+    expect(statuses).toEqual(['failed:PATCH_NOT_APPLIED', 'removed:']);
+    expect(textHash(t.pid)).toBe(baseline.get(t.pid));
+    expect(await value(t)).toBe(11);
   });
 });
