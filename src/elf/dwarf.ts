@@ -208,7 +208,10 @@ export interface DwarfInfo {
 
 /** Options of `readDwarf`. */
 export interface DwarfReadOptions {
-  /** Stop with DWARF_UNSUPPORTED after this many DIEs (default 50 million). */
+  /**
+   * Stop with DWARF_UNSUPPORTED after this many DIEs (default 10 million, roughly 1–2 GB of memory;
+   * each DIE takes at least one byte, so hostile input cannot exceed what its size allows either).
+   */
   maxDies?: number;
 }
 
@@ -470,7 +473,7 @@ export function readDwarf(elf: ElfFile, options: DwarfReadOptions = {}): DwarfIn
     lineStr: debugSection(elf, '.debug_line_str'),
     strOffsets: debugSection(elf, '.debug_str_offsets'),
   };
-  const { dies, units } = parseAllDies(secs, options.maxDies ?? 50_000_000);
+  const { dies, units } = parseAllDies(secs, options.maxDies ?? 10_000_000);
   return analyse(dies, units);
 }
 
@@ -920,14 +923,20 @@ function analyse(dies: Map<number, Die>, units: UnitCtx[]): DwarfInfo {
   const layouts = new Map<string, DwarfStruct>();
   const structList: DwarfStruct[] = [];
   const byKey = new Map<string, DwarfStruct[]>();
+  // Hostile DWARF can nest anonymous aggregates into a DAG that flattens exponentially: budget it.
+  const MEMBER_BUDGET = 1 << 17;
+  let budget = 0;
+  // Across all structs too: a legitimate anonymous type is flattened once, into its one user.
+  let totalBudget = 4 * dies.size + (1 << 20);
   const collectMembers = (agg: Die, base: number | null, prefix: string, out: DwarfMember[], depth: number, uses: Set<string>): void => {
     for (const m of agg.children ?? []) {
+      if (--budget < 0 || --totalBudget < 0) fail(DwarfErrorCode.BAD_STRUCTURE, `a struct flattens to more than ${MEMBER_BUDGET} members (anonymous members nested at .debug_info offset ${agg.off})`);
       if (m.tag !== DW_TAG_member || m.declaration) continue; // static data members are declarations
       const rel = m.memberLoc ?? (m.dataBitOffset !== undefined && m.bitSize === undefined ? Math.floor(m.dataBitOffset / 8) : agg.tag === DW_TAG_union_type ? 0 : undefined);
       const offset = base === null || rel === undefined ? null : base + rel;
       const t = m.type !== undefined ? dies.get(m.type) : undefined;
       const anonAgg = t && AGGREGATES[t.tag] && t.name === undefined && !typedefNames.has(t.off);
-      if (anonAgg && depth < MAX_TYPE_DEPTH) {
+      if (anonAgg && depth < MAX_TYPE_DEPTH && t !== agg) {
         collectMembers(t, offset, m.name !== undefined ? `${prefix}${m.name}.` : prefix, out, depth + 1, uses);
         continue;
       }
@@ -956,6 +965,7 @@ function analyse(dies: Map<number, Die>, units: UnitCtx[]): DwarfInfo {
     if (key === undefined) continue;
     const members: DwarfMember[] = [];
     const uses = new Set<string>();
+    budget = MEMBER_BUDGET;
     collectMembers(d, 0, '', members, 0, uses);
     const st: DwarfStruct = {
       kind,
@@ -1023,7 +1033,8 @@ function analyse(dies: Map<number, Die>, units: UnitCtx[]): DwarfInfo {
         const k = aggregateOf(typeOfVar(c));
         if (k !== null) fn.set.add(k);
       } else if (c.tag === DW_TAG_lexical_block || c.tag === DW_TAG_inlined_subroutine) {
-        if (c.children) stack.push(...c.children);
+        // No spread: a block may have more children than a call may take arguments.
+        for (const ch of c.children ?? []) stack.push(ch);
       }
     }
   }
@@ -1058,7 +1069,7 @@ function analyse(dies: Map<number, Die>, units: UnitCtx[]): DwarfInfo {
         const k = work.pop()!;
         if (seen.has(k)) continue;
         seen.add(k);
-        for (const st of byKey.get(k) ?? []) work.push(...st.memberStructs);
+        for (const st of byKey.get(k) ?? []) for (const m of st.memberStructs) work.push(m);
       }
       return [...seen].sort();
     },

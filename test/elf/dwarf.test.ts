@@ -263,3 +263,142 @@ describe('hostile DWARF', () => {
     expect([...codes.keys()].every((c) => c.startsWith('DWARF_'))).toBe(true);
   });
 });
+
+/**
+ * Hand-made DWARF 4 units written over the fixture's debug sections (so the ELF stays valid):
+ * cycles and exponential anonymous-struct DAGs that a compiler never emits.
+ */
+describe('synthetic hostile DWARF', () => {
+  type Attr = ['name', string] | ['size', number] | ['type', string] | ['loc', number] | ['ext'];
+  interface D {
+    label?: string;
+    tag: 'cu' | 'struct' | 'member' | 'anon' | 'ptr' | 'typedef' | 'fn' | 'param';
+    attrs: Attr[];
+    children?: D[];
+  }
+  // abbrev codes: one per tag, with a fixed attribute list each (DW_FORM_string, data1, ref4, flag_present)
+  const ABBREV: Record<D['tag'], { code: number; tag: number; children: boolean; attrs: Array<[number, number, Attr[0]]> }> = {
+    cu: { code: 1, tag: 0x11, children: true, attrs: [[0x03, 0x08, 'name']] },
+    struct: { code: 2, tag: 0x13, children: true, attrs: [[0x03, 0x08, 'name'], [0x0b, 0x0b, 'size']] },
+    member: { code: 3, tag: 0x0d, children: false, attrs: [[0x03, 0x08, 'name'], [0x49, 0x13, 'type'], [0x38, 0x0b, 'loc']] },
+    anon: { code: 4, tag: 0x13, children: true, attrs: [[0x0b, 0x0b, 'size']] },
+    ptr: { code: 5, tag: 0x0f, children: false, attrs: [[0x49, 0x13, 'type']] },
+    typedef: { code: 6, tag: 0x16, children: false, attrs: [[0x03, 0x08, 'name'], [0x49, 0x13, 'type']] },
+    fn: { code: 7, tag: 0x2e, children: true, attrs: [[0x03, 0x08, 'name'], [0x3f, 0x19, 'ext']] },
+    param: { code: 8, tag: 0x05, children: false, attrs: [[0x03, 0x08, 'name'], [0x49, 0x13, 'type']] },
+  };
+  function abbrevBytes(): number[] {
+    const out: number[] = [];
+    for (const a of Object.values(ABBREV)) {
+      out.push(a.code, a.tag, a.children ? 1 : 0);
+      for (const [at, form] of a.attrs) out.push(at, form);
+      out.push(0, 0);
+    }
+    out.push(0);
+    return out;
+  }
+  function infoBytes(root: D): number[] {
+    const body: number[] = [];
+    const labels = new Map<string, number>();
+    const fixups: Array<[number, string]> = [];
+    const HEADER = 11; // unit_length(4) version(2) abbrev_offset(4) address_size(1)
+    const emit = (d: D) => {
+      if (d.label) labels.set(d.label, HEADER + body.length);
+      const ab = ABBREV[d.tag];
+      body.push(ab.code);
+      for (const [, , kind] of ab.attrs) {
+        const a = d.attrs.find((x) => x[0] === kind);
+        if (kind === 'name') body.push(...new TextEncoder().encode((a?.[1] as string) ?? 'x'), 0);
+        else if (kind === 'size' || kind === 'loc') body.push(((a?.[1] as number) ?? 0) & 0xff);
+        else if (kind === 'type') {
+          fixups.push([body.length, a![1] as string]);
+          body.push(0, 0, 0, 0);
+        }
+      }
+      if (ab.children) {
+        for (const c of d.children ?? []) emit(c);
+        body.push(0);
+      }
+    };
+    emit(root);
+    for (const [at, label] of fixups) {
+      const v = labels.get(label)!;
+      body[at] = v & 0xff;
+      body[at + 1] = (v >> 8) & 0xff;
+      body[at + 2] = (v >> 16) & 0xff;
+      body[at + 3] = v >>> 24;
+    }
+    const len = body.length + 7;
+    return [len & 0xff, (len >> 8) & 0xff, (len >> 16) & 0xff, len >>> 24, 4, 0, 0, 0, 0, 0, 8, ...body];
+  }
+  let base: Uint8Array;
+  beforeAll(async () => {
+    base = new Uint8Array(readFileSync(await compile({ file: SRC, flags: ['-g', '-O2'], name: 'dw5' })));
+  });
+  function withDwarf(root: D): ElfFile {
+    const u8 = new Uint8Array(base);
+    const elf = parseElf(u8);
+    const dv = new DataView(u8.buffer);
+    for (const [name, bytes] of [['.debug_info', infoBytes(root)], ['.debug_abbrev', abbrevBytes()]] as const) {
+      const s = elf.getSection(name);
+      expect(bytes.length).toBeLessThanOrEqual(Number(s.size));
+      u8.set(bytes, Number(s.offset));
+      dv.setBigUint64(Number(elf.header.shoff) + s.index * 64 + 32, BigInt(bytes.length), true);
+    }
+    return parseElf(u8);
+  }
+
+  it('a typedef loop and a self-referencing pointer terminate', () => {
+    const dw = readDwarf(
+      withDwarf({
+        tag: 'cu',
+        attrs: [['name', 'loop.c']],
+        children: [
+          { label: 'A', tag: 'typedef', attrs: [['name', 'A'], ['type', 'B']] },
+          { label: 'B', tag: 'typedef', attrs: [['name', 'B'], ['type', 'A']] },
+          { label: 'P', tag: 'ptr', attrs: [['type', 'P']] },
+          { label: 'S', tag: 'struct', attrs: [['name', 's'], ['size', 8]], children: [{ tag: 'member', attrs: [['name', 'self'], ['type', 'SP'], ['loc', 0]] }] },
+          { label: 'SP', tag: 'ptr', attrs: [['type', 'S']] },
+          { label: 'ANON', tag: 'anon', attrs: [['size', 4]], children: [{ tag: 'member', attrs: [['name', 'me'], ['type', 'ANON'], ['loc', 0]] }] },
+          { label: 'TA', tag: 'typedef', attrs: [['name', 'anon_loop_t'], ['type', 'ANON']] },
+          { tag: 'fn', attrs: [['name', 'f'], ['ext']], children: [
+            { tag: 'param', attrs: [['name', 'a'], ['type', 'A']] },
+            { tag: 'param', attrs: [['name', 'p'], ['type', 'P']] },
+            { tag: 'param', attrs: [['name', 's'], ['type', 'SP']] },
+            { tag: 'param', attrs: [['name', 'q'], ['type', 'TA']] },
+          ] },
+        ],
+      }),
+    )!;
+    expect(dw.findFunction('f')!.structs).toEqual(['struct s', 'typedef anon_loop_t']);
+    expect(dw.findStructs('struct s')[0]!.members[0]).toMatchObject({ name: 'self', type: 'struct s *' });
+    expect(dw.reachableStructs(['struct s'])).toEqual(['struct s']);
+  });
+
+  it('an exponential DAG of anonymous structs is refused, not expanded', () => {
+    // X0 has two members of anonymous type X1, X1 two of X2, ... 40 levels: 2^40 flattened members.
+    const levels: D[] = [];
+    for (let i = 0; i < 40; i++) {
+      levels.push({
+        label: `X${i}`,
+        tag: i === 0 ? 'struct' : 'anon',
+        attrs: i === 0 ? [['name', 'root'], ['size', 8]] : [['size', 8]],
+        children: i === 39 ? [] : [
+          { tag: 'member', attrs: [['name', 'l'], ['type', `X${i + 1}`], ['loc', 0]] },
+          { tag: 'member', attrs: [['name', 'r'], ['type', `X${i + 1}`], ['loc', 0]] },
+        ],
+      });
+    }
+    const elf = withDwarf({ tag: 'cu', attrs: [['name', 'dag.c']], children: levels });
+    const cpu = process.cpuUsage();
+    try {
+      readDwarf(elf);
+      expect.fail('expected DWARF_BAD_STRUCTURE');
+    } catch (e) {
+      expect(e).toBeInstanceOf(ElfError);
+      expect((e as ElfError).code).toBe('DWARF_BAD_STRUCTURE');
+    }
+    const d = process.cpuUsage(cpu);
+    expect((d.user + d.system) / 1000).toBeLessThan(5000);
+  });
+});
