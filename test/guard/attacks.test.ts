@@ -228,3 +228,25 @@ describe('verify: vDSO (9)', () => {
     await t.kill();
   });
 });
+
+describe('verify: signal handlers (7)', () => {
+  it('finds a handler pointing into injected code (reading handlers briefly stops the target)', async () => {
+    const { t } = await startVictim(fx.victim);
+    const h = BigInt(/at (0x[0-9a-f]+)/.exec(await command(t, 'sighandler'))![1]!);
+    const f = await findingsOf(t.pid, { caches, allowPtrace: true });
+    const sig = f.find((x) => x.code === 7);
+    expect(sig, summary(f)).toMatchObject({ kind: 'handler-outside-module', symbol: 'SIGUSR2', address: h, severity: 'high' });
+    expect(sig!.destination).toMatch(/^anonymous memory/);
+    expect(f.every((x) => x.code === 7 || x.code === 5), summary(f)).toBe(true);
+    // The target still works after the check.
+    expect(await command(t, 'run')).toContain('compute=16');
+    await t.kill();
+  });
+
+  it('accepts handlers in module code (a multi-threaded program with default handlers and node)', async () => {
+    const node = await startTarget('/usr/bin/node', ['-e', 'process.on("SIGUSR1", () => {}); console.log("ready"); setInterval(() => {}, 1000)']);
+    const f = await findingsOf(node.pid, { caches, allowPtrace: true, structures: [7] });
+    expect(f, summary(f)).toEqual([]);
+    await node.kill();
+  });
+});

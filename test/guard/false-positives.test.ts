@@ -106,7 +106,7 @@ afterAll(async () => {
 });
 
 describe('verify: zero false positives on ordinary programs', () => {
-  it('finds nothing in bash, python3, node, sqlite3 and a multi-threaded C program', async () => {
+  it('finds nothing in bash, python3, node, sqlite3 and a multi-threaded C program', { timeout: 300_000 }, async () => {
     const pids = targets.map((t) => t.pid);
     const results = await verifyProcesses(pids, { caches: new VerifierCaches() });
     for (const r of results) expect(r.checked, `${r.pid}: ${r.error}`).toBe(true);
@@ -116,7 +116,7 @@ describe('verify: zero false positives on ordinary programs', () => {
     for (const r of results) expect(r.bytes).toBeGreaterThan(100_000);
   });
 
-  it('finds nothing in a PostgreSQL server and its workers', async (ctx) => {
+  it('finds nothing in a PostgreSQL server and its workers', { timeout: 300_000 }, async (ctx) => {
     if (pg === undefined) {
       process.stderr.write(`skipping PostgreSQL: ${pgSkipReason}\n`);
       ctx.skip();
