@@ -20,7 +20,7 @@ const FIXTURES = resolve(dirname(fileURLToPath(import.meta.url)), '../fixtures')
 /** Flags of a line of the build-flag matrix. */
 export interface PairOptions {
   flags?: string[];
-  /** Extra flags for the new build only (e.g. -lm). */
+  /** Extra flags for the new build only, after the sources (e.g. -lm, -nostdlib). */
   newFlags?: string[];
   /** Build a shared library (then `main` is the program that loads it). */
   shared?: boolean;
@@ -55,8 +55,9 @@ function sources(scenario: string, variant: 'old' | 'new'): { from: string; name
 
 async function buildOne(scenario: string, variant: 'old' | 'new', o: PairOptions): Promise<string> {
   const srcs = sources(scenario, variant);
-  const flags = [...(o.flags ?? RECOMMENDED), ...(variant === 'new' ? (o.newFlags ?? []) : [])];
-  const h = createHash('sha256').update(JSON.stringify({ scenario, flags, shared: o.shared ?? false, cxx: o.cxx ?? false }));
+  const flags = o.flags ?? RECOMMENDED;
+  const libs = variant === 'new' ? (o.newFlags ?? []) : [];
+  const h = createHash('sha256').update(JSON.stringify({ scenario, flags, libs, shared: o.shared ?? false, cxx: o.cxx ?? false }));
   for (const s of srcs) h.update(s.name).update(readFileSync(s.from));
   const digest = h.digest('hex').slice(0, 16);
   // The directory name is the same for old and new: only a parent differs, and gcc records the
@@ -66,7 +67,7 @@ async function buildOne(scenario: string, variant: 'old' | 'new', o: PairOptions
   if (existsSync(out)) return out;
   mkdirSync(dir, { recursive: true });
   for (const s of srcs) copyFileSync(s.from, join(dir, s.name));
-  const args = [...flags, ...(o.shared ? ['-shared', '-fPIC'] : []), '-o', `${out}.tmp`, ...srcs.map((s) => s.name)];
+  const args = [...flags, ...(o.shared ? ['-shared', '-fPIC'] : []), '-o', `${out}.tmp`, ...srcs.map((s) => s.name), ...libs];
   await run(o.cxx ? 'g++' : 'gcc', args, { cwd: dir });
   renameSync(`${out}.tmp`, out);
   return out;

@@ -10,7 +10,7 @@
 import { basename } from 'node:path';
 import { HotpatchError } from '../../errors.js';
 import type { PatchPlan } from '../plan.js';
-import { checkData, checkExports, checkImports } from './checks.js';
+import { checkData, checkExports, checkImports, checkStructs } from './checks.js';
 import { Comparator, type Difference } from './compare.js';
 import { Emitter } from './emit.js';
 import { BuildImage, displayKey, type FunctionInfo } from './image.js';
@@ -187,6 +187,9 @@ export function buildPatch(oldBytes: Uint8Array, newBytes: Uint8Array, options: 
   // Whole-build refusals.
   const refusals: Refusal[] = [...checkExports(old, neu), ...checkImports(old, neu), ...checkData(old, neu)];
   refusals.push(...checkCodeAddressesInData(old, neu, changed));
+  const changedFns = [...changed].map((k) => neu.functionsByKey.get(k)!).map((f) => (f.file !== undefined ? { name: f.name, file: f.file } : { name: f.name }));
+  const structs = checkStructs(old, neu, changedFns);
+  refusals.push(...structs.refusals);
 
   if (changed.size === 0 && refusals.length === 0) {
     throw new HotpatchError(
@@ -217,6 +220,7 @@ export function buildPatch(oldBytes: Uint8Array, newBytes: Uint8Array, options: 
     data: result.data,
   };
   const warnings: string[] = [];
+  if (!structs.checked) warnings.push('no DWARF in both builds (-g): struct layout changes used by changed functions were not checked');
   if (old.isFixedAddress && !old.hasEmitRelocs) {
     warnings.push('non-PIE build without -Wl,--emit-relocs: absolute addresses in code were recognised by value; link with -Wl,--emit-relocs for exact relocations');
   }

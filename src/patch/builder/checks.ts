@@ -3,11 +3,12 @@
  * thread-local data, and code addresses stored in data. A live patch replaces code only; the
  * running process keeps its data, its dynamic linking and its TLS block as they are.
  */
-import { SHN_UNDEF, type ElfSymbol } from '../../elf/index.js';
+import { readDwarf, SHN_UNDEF, STT_FUNC, STT_GNU_IFUNC, type DwarfInfo, type ElfSymbol } from '../../elf/index.js';
 import type { BuildImage, ObjectInfo } from './image.js';
 import { displayKey } from './image.js';
 import { RefusalCode, type Refusal } from './refusal.js';
 
+const BIND_NAMES: Record<number, string> = { 0: 'LOCAL', 1: 'GLOBAL', 2: 'WEAK', 10: 'UNIQUE' };
 const STT_NAMES: Record<number, string> = { 0: 'NOTYPE', 1: 'OBJECT', 2: 'FUNC', 3: 'SECTION', 4: 'FILE', 5: 'COMMON', 6: 'TLS', 10: 'IFUNC' };
 
 function versioned(s: ElfSymbol): string {
@@ -39,7 +40,10 @@ export function checkExports(old: BuildImage, neu: BuildImage): Refusal[] {
       });
       continue;
     }
-    const describe = (s: ElfSymbol) => `${versioned(s)} ${STT_NAMES[s.type] ?? s.type} size ${s.size} bind ${s.bind}`;
+    // A function's size is not part of the ABI (its code is what a patch changes); an object's is
+    // (copy relocations in executables reserve exactly st_size bytes).
+    const describe = (s: ElfSymbol) =>
+      `${versioned(s)} ${STT_NAMES[s.type] ?? s.type}${s.type === STT_FUNC || s.type === STT_GNU_IFUNC ? '' : ` size ${s.size}`} ${BIND_NAMES[s.bind] ?? `bind ${s.bind}`}`;
     const sa = os.map(describe).sort().join(', ');
     const sb = ss.map(describe).sort().join(', ');
     if (sa !== sb) {
@@ -185,4 +189,59 @@ export function checkData(old: BuildImage, neu: BuildImage): Refusal[] {
     });
   }
   return out;
+}
+
+/**
+ * With DWARF in both builds: every struct/union/class used by a changed function must keep its size
+ * and the offsets of its members (the running process's objects, on the heap or on stacks, have the
+ * old layout). Without DWARF in either build the check cannot run; the caller reports that.
+ */
+export function checkStructs(old: BuildImage, neu: BuildImage, functions: readonly { name: string; file?: string }[]): { refusals: Refusal[]; checked: boolean } {
+  const da = readDwarfSafe(old);
+  const db = readDwarfSafe(neu);
+  if (!da || !db) return { refusals: [], checked: false };
+  const out: Refusal[] = [];
+  const seen = new Set<string>();
+  for (const f of functions) {
+    const fa = da.findFunction(f.name, f.file);
+    const fb = db.findFunction(f.name, f.file);
+    const keys = new Set([...(fa?.structs ?? []), ...(fb?.structs ?? [])]);
+    for (const key of keys) {
+      if (seen.has(key)) continue;
+      const la = da.findStructs(key);
+      const lb = db.findStructs(key);
+      if (la.length === 0 || lb.length === 0) continue;
+      const a = la[0]!;
+      const b = lb[0]!;
+      const diffs: string[] = [];
+      if (a.byteSize !== b.byteSize) diffs.push(`size ${a.byteSize ?? '?'} -> ${b.byteSize ?? '?'}`);
+      const ma = new Map(a.members.map((m) => [m.name, m]));
+      const mb = new Map(b.members.map((m) => [m.name, m]));
+      for (const [name, m] of ma) {
+        const n = mb.get(name);
+        if (!n) diffs.push(`member ${name} removed`);
+        else if (m.offset !== n.offset || m.bitOffset !== n.bitOffset || m.bitSize !== n.bitSize) {
+          diffs.push(`member ${name} moves from offset ${m.offset ?? `bit ${m.bitOffset}`} to ${n.offset ?? `bit ${n.bitOffset}`}`);
+        } else if (m.type !== n.type) diffs.push(`member ${name} changes type ${m.type} -> ${n.type}`);
+      }
+      for (const [name, n] of mb) if (!ma.has(name)) diffs.push(`member ${name} added at offset ${n.offset ?? `bit ${n.bitOffset}`}`);
+      if (diffs.length === 0) continue;
+      seen.add(key);
+      const fname = f.file ? `${f.name} (${f.file})` : f.name;
+      out.push({
+        code: RefusalCode.STRUCT_LAYOUT_CHANGED,
+        symbol: key,
+        message: `${key}, used by the changed function ${fname}, changes layout: ${diffs.join('; ')}; objects the running process already holds have the old layout, so the new code would misread them: ship this fix as a cold update or keep the layout`,
+      });
+    }
+  }
+  return { refusals: out, checked: true };
+}
+
+function readDwarfSafe(img: BuildImage): DwarfInfo | null {
+  try {
+    return readDwarf(img.elf);
+  } catch {
+    return null;
+  }
 }

@@ -186,8 +186,10 @@ export class BuildImage {
 
   constructor(bytes: Uint8Array, options: ImageOptions) {
     this.label = options.label;
-    this.bytes = bytes;
-    this.elf = parseElf(bytes, { name: options.label });
+    // A plain Uint8Array view: Node's Buffer.slice() does not copy, and the builder relies on
+    // slice() copies of views into the file.
+    this.bytes = new Uint8Array(bytes.buffer, bytes.byteOffset, bytes.byteLength);
+    this.elf = parseElf(this.bytes, { name: options.label });
     const elf = this.elf;
     if (elf.symbols.length === 0) {
       throw new HotpatchError(
