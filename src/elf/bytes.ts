@@ -82,11 +82,17 @@ export class StringTable {
   readonly #bytes: Uint8Array;
   readonly #what: string;
   readonly #label: string | undefined;
+  /**
+   * Characters this table may still decode. Hostile tables can point thousands of symbols into one
+   * long string at distinct offsets; real ones decode a few times their size at most.
+   */
+  #budget: number;
 
   constructor(bytes: Uint8Array, what: string, label?: string) {
     this.#bytes = bytes;
     this.#what = what;
     this.#label = label;
+    this.#budget = 8 * bytes.length + (1 << 20);
   }
 
   get size(): number {
@@ -106,6 +112,10 @@ export class StringTable {
       elfFail(ElfErrorCode.OUT_OF_RANGE, `string at offset ${offset} in ${this.#what} is not NUL-terminated within the table`, this.#label);
     }
     const len = end - offset;
+    this.#budget -= len;
+    if (this.#budget < 0) {
+      elfFail(ElfErrorCode.BAD_STRUCTURE, `${this.#what}: names decode to far more text than the table holds (overlapping long strings)`, this.#label);
+    }
     if (len <= 48) {
       // Fast path for short ASCII names (most symbols): avoids a TextDecoder call per symbol.
       let s = '';

@@ -310,19 +310,22 @@ function decode(b: Uint8Array): string {
 
 /** Longest string accepted (bounds the scan for hostile sections without NULs). */
 const MAX_DWARF_STRING = 1 << 16;
-const stringCaches = new WeakMap<Uint8Array, Map<number, string>>();
+const stringCaches = new WeakMap<Uint8Array, { map: Map<number, string>; budget: number }>();
 
 function stringAt(sec: Uint8Array | undefined, off: number, what: string): string {
   if (!sec) fail(DwarfErrorCode.BAD_STRUCTURE, `a string refers to ${what}, which the file does not have`);
   let cache = stringCaches.get(sec);
-  if (!cache) stringCaches.set(sec, (cache = new Map()));
-  const hit = cache.get(off);
+  // Budget of decoded characters: distinct offsets into one long string cannot blow up memory.
+  if (!cache) stringCaches.set(sec, (cache = { map: new Map(), budget: 8 * sec.length + (1 << 20) }));
+  const hit = cache.map.get(off);
   if (hit !== undefined) return hit;
   if (!(off >= 0 && off < sec.length)) fail(DwarfErrorCode.OUT_OF_RANGE, `string offset ${off} is outside ${what} (${sec.length} bytes)`);
   const nul = sec.indexOf(0, off);
   if (nul < 0 || nul - off > MAX_DWARF_STRING) fail(DwarfErrorCode.OUT_OF_RANGE, `string at ${off} in ${what} is not NUL-terminated`);
+  cache.budget -= nul - off + 1;
+  if (cache.budget < 0) fail(DwarfErrorCode.BAD_STRUCTURE, `strings of ${what} decode to far more text than the section holds`);
   const str = decode(sec.subarray(off, nul));
-  cache.set(off, str);
+  cache.map.set(off, str);
   return str;
 }
 

@@ -697,6 +697,13 @@ export class ElfFile {
   get relocationSections(): readonly ElfRelocationSection[] {
     if (!this.#relocSections) {
       const out: ElfRelocationSection[] = [];
+      // Relocation sections do not overlap, so together they fit in the file; hostile ones all
+      // pointing at the same bytes would otherwise decode the file thousands of times.
+      let total = 0n;
+      for (const s of this.sections) if (s.type === C.SHT_RELA || s.type === C.SHT_REL) total += s.size;
+      if (total > BigInt(this.bytes.length)) {
+        this.#r.fail(ElfErrorCode.BAD_STRUCTURE, 'relocation sections together are larger than the file (they overlap)');
+      }
       for (const s of this.sections) {
         if (s.type !== C.SHT_RELA && s.type !== C.SHT_REL) continue;
         const rela = s.type === C.SHT_RELA;
@@ -808,11 +815,21 @@ export class ElfFile {
     if (!this.#notes) {
       const out: ElfNote[] = [];
       const seen = new Set<bigint>();
-      const regions: { offset: bigint; size: bigint; align: bigint }[] = [];
-      for (const s of this.sections) if (s.type === C.SHT_NOTE) regions.push({ offset: s.offset, size: s.size, align: s.addralign });
-      for (const p of this.programHeaders) if (p.type === C.PT_NOTE) regions.push({ offset: p.offset, size: p.filesz, align: p.align });
-      for (const reg of regions) {
-        for (const n of this.#readNotes(reg.offset, reg.size, reg.align === 8n ? 8 : 4)) {
+      const regions = new Map<string, { offset: bigint; size: bigint; align: number }>();
+      const add = (offset: bigint, size: bigint, align: bigint) => {
+        const a = align === 8n ? 8 : 4;
+        const key = `${offset}:${size}:${a}`;
+        if (!regions.has(key)) regions.set(key, { offset, size, align: a });
+      };
+      for (const s of this.sections) if (s.type === C.SHT_NOTE) add(s.offset, s.size, s.addralign);
+      for (const p of this.programHeaders) if (p.type === C.PT_NOTE) add(p.offset, p.filesz, p.align);
+      // Sections and segments cover each note about twice; many overlapping regions are hostile.
+      let budget = (this.bytes.length >> 2) + 1024;
+      for (const reg of regions.values()) {
+        const notes = this.#readNotes(reg.offset, reg.size, reg.align);
+        budget -= notes.length + 1;
+        if (budget < 0) this.#r.fail(ElfErrorCode.BAD_STRUCTURE, 'note regions overlap far more than sections and segments do');
+        for (const n of notes) {
           if (seen.has(n.offset)) continue;
           seen.add(n.offset);
           out.push(n);

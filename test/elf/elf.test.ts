@@ -440,5 +440,18 @@ describe('hostile and unsupported input (table)', () => {
       }),
     );
     expectElfError(() => e7.dynamic, ElfErrorCode.OUT_OF_RANGE);
+    // every section turned into a RELA section over the whole file: overlapping, refused before decoding
+    const e10 = parseElf(
+      patch((dv) => {
+        for (let i = 1; i < elf.sections.length; i++) {
+          if (i === elf.header.shstrndx) continue;
+          dv.setUint32(shOff(i) + 4, 4, true);
+          dv.setBigUint64(shOff(i) + 24, 0n, true);
+          dv.setBigUint64(shOff(i) + 32, BigInt(good.length - (good.length % 24)), true);
+          dv.setBigUint64(shOff(i) + 56, 24n, true);
+        }
+      }),
+    );
+    expectElfError(() => e10.relocationSections, ElfErrorCode.BAD_STRUCTURE);
   });
 });
