@@ -2,3 +2,4 @@ export * from './package/index.js';
 export * from './trust/index.js';
 export * from './engine/index.js';
 export * from './updater/index.js';
+export * from './builder/index.js';

@@ -1,14 +1,129 @@
+/**
+ * `hotpatch build --old RUNNING --new FIXED -o PKG [--key KEYFILE] [--cold] [--json]`: diff two
+ * builds into a patch package. A refusal exits 3 and names every reason (with --json, stdout holds
+ * `{"refused":true,"refusals":[...]}`).
+ */
+import { readFileSync, statSync } from 'node:fs';
+import { basename } from 'node:path';
 import type { Command } from 'commander';
-import { HotpatchError } from '../../errors.js';
+import { HotpatchError, UsageError } from '../../errors.js';
+import { buildPatch, BuildRefusedError, type BuildResult } from '../../patch/builder/index.js';
+import { createPackage, encodePackage, makeColdPayload, writeFileAtomic, type PatchPackage } from '../../patch/package/index.js';
+import { readPrivateKeyFile, signPackage } from '../../patch/trust/index.js';
+import { EXIT_REFUSED } from '../exit-codes.js';
+import { printJson, progress, say } from '../output.js';
 import type { SetExitCode } from './index.js';
 
+/** Inputs above this size get progress lines on stderr. */
+const PROGRESS_THRESHOLD = 2 << 20;
+
+interface BuildCliOptions {
+  old: string;
+  new: string;
+  output: string;
+  key?: string;
+  cold?: boolean;
+  description?: string;
+  json?: boolean;
+}
+
+function readInput(path: string, what: string): Uint8Array {
+  try {
+    return new Uint8Array(readFileSync(path));
+  } catch (e) {
+    throw new UsageError('BUILD_INPUT_UNREADABLE', `cannot read the ${what} build ${path}: ${(e as Error).message}`);
+  }
+}
+
+function hexAddr(v: bigint): string {
+  return `0x${v.toString(16)}`;
+}
+
+function summary(r: BuildResult, pkg: PatchPackage, output: string): string {
+  const lines: string[] = [];
+  lines.push(`wrote ${output}: patch ${pkg.id} for ${r.plan.target.name} (build-id ${r.plan.target.buildId})`);
+  lines.push(`${r.report.changed.length} changed function(s):`);
+  for (const c of r.report.changed) {
+    const name = c.file ? `${c.name} (${c.file})` : c.name;
+    const extra = c.appended.length > 0 ? `, carries ${c.appended.join(', ')}` : '';
+    lines.push(
+      `  ${name} at ${hexAddr(c.vaddr)}: ${c.oldSize} -> ${c.newSize} bytes, ${c.codeSize} bytes of new code, ${c.relocations} relocations, entry ${c.entry} (${c.entryForm})${extra}; ${c.reason}`,
+    );
+  }
+  if (r.report.data.length > 0) {
+    lines.push(`${r.report.data.length} data item(s) carried:`);
+    for (const d of r.report.data) lines.push(`  ${d.name}: ${d.size} bytes, ${d.relocations} relocations`);
+  }
+  for (const w of r.report.warnings) lines.push(`warning: ${w}`);
+  lines.push(`signed: ${pkg.signature ? `yes (key ${pkg.signature.keyId})` : 'no'}; cold payload: ${pkg.cold ? 'yes' : 'no'}; built in ${r.report.stats.millis} ms`);
+  return lines.join('\n');
+}
+
 export function register(program: Command, setExitCode: SetExitCode): void {
-  void setExitCode;
   program
     .command('build')
-    .description('(not yet implemented)')
-    .allowUnknownOption()
-    .action(() => {
-      throw new HotpatchError('NOT_IMPLEMENTED', '`hotpatch build` is not implemented yet');
+    .description('diff two builds of a program or library into a patch package holding only the changed functions')
+    .requiredOption('--old <FILE>', 'the running build (exactly the file the processes run)')
+    .requiredOption('--new <FILE>', 'the fixed build (same compiler, flags and link options)')
+    .requiredOption('-o, --output <PKG>', 'package file to write (.hpk)')
+    .option('-k, --key <KEYFILE>', 'sign the package with this private key (from `hotpatch keygen`)')
+    .option('--cold', 'carry the complete fixed file for a cold install (`apply --cold`)')
+    .option('--description <TEXT>', 'a description stored in the package')
+    .option('--json', 'print one JSON document on stdout')
+    .addHelpText(
+      'after',
+      '\nBuild both files with the same flags, ideally:\n  -O2 -fpatchable-function-entry=7,5 -ffunction-sections -Wl,--emit-relocs (-g to check struct layouts)\n' +
+        '\nExample:\n  hotpatch build --old /usr/sbin/server --new build/server -o fix.hpk --key release.key\n',
+    )
+    .action((opts: BuildCliOptions) => {
+      const json = opts.json ?? false;
+      const oldBytes = readInput(opts.old, 'old');
+      const newBytes = readInput(opts.new, 'new');
+      const large = oldBytes.length + newBytes.length > PROGRESS_THRESHOLD;
+      const t0 = Date.now();
+      let result: BuildResult;
+      try {
+        result = buildPatch(oldBytes, newBytes, {
+          oldName: basename(opts.old),
+          newName: basename(opts.new),
+          ...(large ? { progress: (m: string) => progress(`hotpatch build: ${m} (${((Date.now() - t0) / 1000).toFixed(1)} s)`) } : {}),
+        });
+      } catch (e) {
+        if (e instanceof BuildRefusedError && json) {
+          printJson({ refused: true, code: e.code, refusals: e.refusals });
+          progress(`hotpatch: ${e.message} [${e.code}]`);
+          setExitCode(EXIT_REFUSED);
+          return;
+        }
+        throw e;
+      }
+      let cold;
+      if (opts.cold) {
+        if (!result.report.newBuildId) {
+          throw new HotpatchError('BUILD_NO_BUILD_ID', `${opts.new} has no GNU build-id note, which the cold payload records: link with -Wl,--build-id`);
+        }
+        cold = makeColdPayload(newBytes, { buildId: result.report.newBuildId, mode: statSync(opts.new).mode & 0o7777 });
+      }
+      let pkg = createPackage(result.plan, {
+        ...(cold ? { cold } : {}),
+        ...(opts.description !== undefined ? { description: opts.description } : {}),
+      });
+      if (opts.key !== undefined) pkg = signPackage(pkg, readPrivateKeyFile(opts.key));
+      writeFileAtomic(opts.output, encodePackage(pkg));
+      if (json) {
+        printJson({
+          package: opts.output,
+          id: pkg.id,
+          target: result.plan.target,
+          functions: result.report.changed,
+          data: result.report.data,
+          signed: pkg.signature !== undefined,
+          signer: pkg.signature ? { keyId: pkg.signature.keyId, name: pkg.signature.signer ?? null } : null,
+          cold: pkg.cold !== undefined,
+          warnings: result.report.warnings,
+          stats: result.report.stats,
+        });
+      }
+      say(json, summary(result, pkg, opts.output));
     });
 }

@@ -60,6 +60,8 @@ export interface BuildReport {
     millis: number;
   };
   emitRelocs: { old: boolean; new: boolean };
+  /** GNU build-id of the fixed build (for the cold payload), or null. */
+  newBuildId: string | null;
 }
 
 export interface BuildResult {
@@ -258,6 +260,7 @@ export function buildPatch(oldBytes: Uint8Array, newBytes: Uint8Array, options: 
       millis: Math.round(performance.now() - t0),
     },
     emitRelocs: { old: old.hasEmitRelocs, new: neu.hasEmitRelocs },
+    newBuildId: neu.buildId,
   };
   return { plan, report };
 }
