@@ -30,6 +30,7 @@ import type { ProcessContext } from '../context.js';
 import { makeFinding, type Finding, type FindingKind, type Severity, type StructureCode } from '../finding.js';
 import { RELR_WORD, type ModuleImage, type VaddrRange } from '../image.js';
 import { copySource } from './imports.js';
+import { sanctionedState } from './sanctioned.js';
 
 const PAGE = 4096;
 /** Differences closer than this are reported as one finding. */
@@ -340,6 +341,15 @@ function checkMapping(ctx: ProcessContext, mod: Module, img: ModuleImage, mp: Ma
           if (!loaderRelro) dv.setBigUint64(off, av.getBigUint64(off, true), true);
         } else dv.setBigUint64(off, o.value, true);
       }
+    }
+  }
+  // Sites of verified hotpatch patches hold the signed jumps, not the file's bytes.
+  if (mp.protection.execute) {
+    for (const site of sanctionedState(ctx).sites) {
+      const off = Number(site.address - mp.start);
+      if (off < 0 || off + site.bytes.length > length) continue;
+      if (expected.buffer === img.elf.bytes.buffer) expected = new Uint8Array(expected);
+      expected.set(site.bytes, off);
     }
   }
   const runs: Run[] = [];

@@ -11,6 +11,7 @@ import { makeFinding, type Finding, type FindingKind, type Severity } from '../f
 import { ModuleImage } from '../image.js';
 import { matchesAny } from '../policy.js';
 import { linkMapEntryOf, readLinkMap } from './linkmap.js';
+import { sanctionedState } from './sanctioned.js';
 
 /** A JIT runtime recognised in a process (the owner of its anonymous executable regions). */
 export type JitRuntime = 'node' | 'jvm' | 'luajit' | 'libffi';
@@ -36,14 +37,6 @@ function jitAllowed(ctx: ProcessContext): JitRuntime[] {
   if (jit === 'none') return [];
   if (jit !== 'recognised' && !matchesAny(jit, ctx.identity)) return [];
   return recognisedRuntimes(ctx.modules, ctx.identity.exe);
-}
-
-/** Hook for the sanctioned-patch check: arenas (mapping starts) that verified patch records own. */
-export type SanctionedArenas = (ctx: ProcessContext) => Set<bigint>;
-let sanctionedArenas: SanctionedArenas = () => new Set();
-/** Installs the function that lists hotpatch's verified arenas (set by the sanctioned-patch check). */
-export function setSanctionedArenas(fn: SanctionedArenas): void {
-  sanctionedArenas = fn;
 }
 
 function head(ctx: ProcessContext, mp: Mapping, n = 32): Uint8Array {
@@ -98,7 +91,7 @@ export function checkInjected(ctx: ProcessContext): Finding[] {
       kind = 'wx-memory';
       detail = `file mapping ${mp.path} is writable and executable`;
     } else {
-      arenas ??= sanctionedArenas(ctx);
+      arenas ??= sanctionedState(ctx).arenas;
       if (arenas.has(mp.start)) continue; // hotpatch's own arena, verified by structure 10
       if (runtimes.length > 0) continue; // JIT code of a recognised runtime the policy allows
       kind = wx ? 'wx-memory' : 'anonymous-code';

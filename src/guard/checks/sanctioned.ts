@@ -1,8 +1,237 @@
-/** Structure 10: sanctioned patches (placeholder until the engine's record reader lands). */
+/**
+ * Structure 10: sanctioned patches. The engine's in-process record (src/patch/engine/record.ts)
+ * carries, for each applied patch, the signed package content, its signature and the resolved
+ * relocations. From that alone this check re-derives what memory must hold and compares:
+ * - the signature verifies (ed25519 over the signed message, which holds sha256 of the content) and
+ *   the signer is trusted (--trust / HOTPATCH_TRUSTED_KEYS / /etc/hotpatch/trusted.d + policy);
+ * - the plan's target is the module it was applied to (build-id);
+ * - the arena code and data equal the signed code and data linked at the recorded arena addresses,
+ *   with every symbol resolved independently against the loaded modules (not taken from the record);
+ * - each site holds the jump(s) the signed entry plan specifies, on top of the signed original bytes
+ *   (or of the patch below it, for stacked patches).
+ * Verified patches are "sanctioned": their site bytes are expected by structure 0 and their arenas
+ * are not injected memory for structure 5.
+ */
+import { createHash, verify as edVerify } from 'node:crypto';
+import { HotpatchError } from '../../errors.js';
+import type { ElfFile } from '../../elf/index.js';
+import { RECORD_MAPS_PATH, readRecordFromMappings, type PatchRecord, type RecordPatch } from '../../patch/engine/index.js';
+import { siteGeometry, siteWrittenBytes } from '../../patch/engine/sites.js';
+import { createSymbolLookup, layoutPatch, linkPatch, type ResolverModule } from '../../patch/linker/index.js';
+import { decodePackage, PACKAGE_FORMAT_VERSION, PACKAGE_MAGIC } from '../../patch/package/index.js';
+import { loadTrustedKeys, publicKeyObject, type TrustedKey } from '../../patch/trust/index.js';
+import type { PatchPlan } from '../../patch/plan.js';
+import type { Module } from '../../process/index.js';
 import type { ProcessContext } from '../context.js';
-import type { Finding } from '../finding.js';
+import { makeFinding, type Finding } from '../finding.js';
 
+/** A site whose bytes a verified patch sanctions. */
+export interface SanctionedSite {
+  address: bigint;
+  bytes: Uint8Array;
+}
+
+export interface SanctionedState {
+  /** The record as read, or null when the process was never patched. */
+  record: PatchRecord | null;
+  findings: Finding[];
+  /** Top-most verified bytes per site address. */
+  sites: SanctionedSite[];
+  /** Start addresses of arena mappings owned by verified patches. */
+  arenas: Set<bigint>;
+}
+
+function sha256(b: Uint8Array): Buffer {
+  return createHash('sha256').update(b).digest();
+}
+
+function same(a: Uint8Array, b: Uint8Array): boolean {
+  return a.length === b.length && Buffer.compare(a, b) === 0;
+}
+
+/**
+ * The plan inside a package content section. The package module decodes content only as part of a
+ * whole package, so a minimal container (magic, version, one CONT section) is framed around it.
+ * TEMPORARY ADAPTER: replace with an exported content decoder when src/patch/package offers one.
+ */
+function planOfContent(content: Uint8Array): PatchPlan {
+  const head = new Uint8Array(PACKAGE_MAGIC.length + 4 + 4 + 4);
+  head.set(PACKAGE_MAGIC, 0);
+  const dv = new DataView(head.buffer);
+  let o = PACKAGE_MAGIC.length;
+  dv.setUint16(o, PACKAGE_FORMAT_VERSION, true);
+  dv.setUint16(o + 2, 0, true);
+  o += 4;
+  head.set(new TextEncoder().encode('CONT'), o);
+  dv.setUint32(o + 4, content.length, true);
+  const bytes = new Uint8Array(head.length + content.length);
+  bytes.set(head, 0);
+  bytes.set(content, head.length);
+  return decodePackage(bytes).plan;
+}
+
+/** Offset of sha256(content) in the signed message: domain string, then u16 format version. */
+const DOMAIN_LENGTH = new TextEncoder().encode('hotpatch-package-signature-v1\0').length;
+
+function trustedKeys(ctx: ProcessContext): TrustedKey[] {
+  return ctx.memo('trusted-keys', () => {
+    const files = ctx.options.trustedKeys;
+    try {
+      return loadTrustedKeys(files.length > 0 ? { trustFiles: files } : {});
+    } catch {
+      return [];
+    }
+  });
+}
+
+function resolverModule(ctx: ProcessContext, m: Module): ResolverModule {
+  return { name: m.name, path: m.path, loadBias: m.loadBias, elf: (): ElfFile | undefined => ctx.image(m)?.elf };
+}
+
+/** Verifies one patch; returns problems (empty when it verifies) and what it sanctions. */
+function verifyPatch(ctx: ProcessContext, p: RecordPatch, below: Map<bigint, Uint8Array>): { problems: Finding[]; sites: SanctionedSite[] } {
+  const problems: Finding[] = [];
+  const f = (kind: Finding['kind'], severity: Finding['severity'], detail: string, extra: Partial<Finding> = {}) =>
+    problems.push(makeFinding({ pid: ctx.pid, code: 10, kind, severity, module: p.module.path, detail: `patch ${p.id}: ${detail}`, ...extra }));
+  // 1. Signature and signer.
+  if (p.signing === undefined || p.content === undefined) {
+    f('patch-signature', 'high', 'unsigned patch (applied with --allow-unsigned): its provenance cannot be verified');
+    return { problems, sites: [] };
+  }
+  const s = p.signing;
+  let sigOk = false;
+  try {
+    sigOk = s.algorithm === 'ed25519' && edVerify(null, s.message, publicKeyObject(s.publicKey), s.signature);
+  } catch {
+    sigOk = false;
+  }
+  const contentHash = s.message.subarray(DOMAIN_LENGTH + 2, DOMAIN_LENGTH + 2 + 32);
+  if (!sigOk || !same(contentHash, sha256(p.content))) {
+    f('patch-signature', 'critical', !sigOk ? 'the recorded signature does not verify' : 'the recorded package content is not what was signed');
+    return { problems, sites: [] };
+  }
+  if (!trustedKeys(ctx).some((k) => same(k.publicKey, s.publicKey))) {
+    f('patch-signature', 'high', `signed by key ${s.keyId}${s.signer ? ` (${s.signer})` : ''}, which is not a trusted signer`);
+    return { problems, sites: [] };
+  }
+  // 2. The plan, the module it targets and the signed code linked where the record says it lives.
+  let plan: PatchPlan;
+  try {
+    plan = planOfContent(p.content);
+  } catch (e) {
+    f('patch-record', 'critical', `the signed content cannot be decoded: ${(e as Error).message}`);
+    return { problems, sites: [] };
+  }
+  const mod = ctx.modules.find((m) => m.buildId === plan.target.buildId && m.loadBias === p.module.loadBias);
+  if (mod === undefined) {
+    f('patch-record', 'critical', `no module with build-id ${plan.target.buildId} at load bias 0x${p.module.loadBias.toString(16)}: the record does not describe this process`);
+    return { problems, sites: [] };
+  }
+  let linked;
+  try {
+    const others = ctx.modules.filter((m) => m !== mod && m.kind !== 'vdso').map((m) => resolverModule(ctx, m));
+    linked = linkPatch(plan, layoutPatch(plan), p.code.start, p.data?.start ?? 0n, { loadBias: mod.loadBias, lookupSymbol: createSymbolLookup(resolverModule(ctx, mod), others) });
+  } catch (e) {
+    f('patch-record', 'critical', `the signed code cannot be linked at the recorded arena: ${(e as Error).message}`);
+    return { problems, sites: [] };
+  }
+  for (const [what, base, bytes] of [['code', linked.codeBase, linked.code], ['data', linked.dataBase, linked.data]] as const) {
+    if (bytes.length === 0) continue;
+    let mem: Uint8Array;
+    try {
+      mem = ctx.proc.readMemory(base, bytes.length);
+    } catch {
+      f('patch-modified', 'critical', `arena ${what} at 0x${base.toString(16)} is not mapped`);
+      continue;
+    }
+    ctx.bytesVerified += bytes.length;
+    if (!same(mem, bytes)) {
+      let i = 0;
+      while (mem[i] === bytes[i]) i++;
+      f('patch-modified', 'critical', `arena ${what} differs from the signed ${what} linked at 0x${base.toString(16)} (first difference at +0x${i.toString(16)})`, {
+        address: base + BigInt(i), expected: bytes.slice(i, i + 16), actual: mem.slice(i, i + 16),
+        destination: ctx.describeAddress(base + BigInt(i)),
+      });
+    }
+  }
+  // 3. Sites: the signed entry plan's jumps on top of the signed original (or the patch below).
+  const sites: SanctionedSite[] = [];
+  plan.functions.forEach((fn, i) => {
+    const g = siteGeometry(fn.entry, mod.loadBias, fn.name);
+    const rec = p.sites.find((x) => x.address === g.address);
+    if (rec === undefined) {
+      f('patch-record', 'critical', `no record of the site of ${fn.name} at 0x${g.address.toString(16)}`);
+      return;
+    }
+    const under = below.get(g.address) ?? fn.entry.expected;
+    if (!same(rec.original, under)) {
+      f('patch-modified', 'critical', `the recorded original bytes of ${fn.name} are not the signed ones`, { address: g.address, expected: under, actual: rec.original });
+      return;
+    }
+    const expected = siteWrittenBytes(g, under, linked.functionAddresses[i]!);
+    if (!same(rec.written, expected)) {
+      f('patch-modified', 'critical', `the recorded site bytes of ${fn.name} are not the jump the signed plan specifies`, { address: g.address, expected, actual: rec.written });
+      return;
+    }
+    sites.push({ address: g.address, bytes: expected });
+  });
+  return { problems, sites };
+}
+
+/** Reads and verifies the record of a process. Memoised per context. */
+export function sanctionedState(ctx: ProcessContext): SanctionedState {
+  return ctx.memo('sanctioned', () => {
+    const st: SanctionedState = { record: null, findings: [], sites: [], arenas: new Set() };
+    if (!ctx.mappings.some((m) => m.path === RECORD_MAPS_PATH)) return st;
+    let record: PatchRecord | null;
+    try {
+      record = readRecordFromMappings(ctx.pid, ctx.mappings);
+    } catch (e) {
+      st.findings.push(makeFinding({ pid: ctx.pid, code: 10, kind: 'patch-record', severity: 'critical', module: RECORD_MAPS_PATH, detail: `the hotpatch record cannot be read: ${(e as HotpatchError).message}` }));
+      return st;
+    }
+    st.record = record;
+    if (record === null) return st;
+    // An apply/remove in progress: its sites are in flux; verify on the next cycle.
+    if (record.transaction !== null) return st;
+    const top = new Map<bigint, Uint8Array>();
+    const verifiedArenas: { start: bigint; end: bigint }[] = [];
+    for (const p of record.patches) {
+      if (p.state !== 'applied') continue;
+      const { problems, sites } = verifyPatch(ctx, p, top);
+      st.findings.push(...problems);
+      if (problems.length === 0) {
+        for (const s of sites) top.set(s.address, s.bytes);
+        verifiedArenas.push(p.code);
+        if (p.data !== null) verifiedArenas.push(p.data);
+      }
+    }
+    // Memory at each site must hold the top-most verified patch's bytes.
+    for (const [address, bytes] of top) {
+      let mem: Uint8Array;
+      try {
+        mem = ctx.proc.readMemory(address, bytes.length);
+      } catch {
+        continue;
+      }
+      ctx.bytesVerified += bytes.length;
+      if (!same(mem, bytes)) {
+        st.findings.push(makeFinding({
+          pid: ctx.pid, code: 10, kind: 'patch-modified', severity: 'critical', module: ctx.moduleAt(address)?.path ?? null, address,
+          expected: bytes, actual: mem, detail: 'a patched site does not hold the bytes its signed patch specifies', destination: ctx.describeAddress(address),
+        }));
+      } else st.sites.push({ address, bytes });
+    }
+    for (const a of record.arenas) {
+      if (verifiedArenas.some((v) => v.start >= a.start && v.end <= a.end)) {
+        for (const m of ctx.mappings) if (m.start >= a.start && m.end <= a.end) st.arenas.add(m.start);
+      }
+    }
+    return st;
+  });
+}
+
+/** Checks structure 10 for one process. */
 export function checkSanctioned(ctx: ProcessContext): Finding[] {
-  void ctx;
-  return [];
+  return sanctionedState(ctx).findings;
 }

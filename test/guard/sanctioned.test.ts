@@ -1,0 +1,119 @@
+/**
+ * Structure 10, sanctioned patches: a signed patch applied by the engine verifies clean (its site
+ * is not an inline hook, its arena is not injected code); an untrusted signer, a tampered arena
+ * and a tampered site are findings.
+ */
+import { createHash } from 'node:crypto';
+import { mkdtempSync, readFileSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { basename, join } from 'node:path';
+import { beforeAll, describe, expect, it } from 'vitest';
+import { parseElf } from '../../src/elf/index.js';
+import { VerifierCaches } from '../../src/guard/index.js';
+import { readRecordFromMappings } from '../../src/patch/engine/index.js';
+import { createPackage, encodePackage } from '../../src/patch/package/index.js';
+import type { PatchPlan } from '../../src/patch/plan.js';
+import { signPackage, writeKeyFiles } from '../../src/patch/trust/index.js';
+import { applyPackageFile } from '../../src/patch/updater/index.js';
+import { openProcess } from '../../src/process/index.js';
+import { killTargetsAfterAll } from '../helpers/native.js';
+import { buildFixtures, command, findingsOf, pokeMemory, startVictim, summary, type Fixtures } from './helpers.js';
+
+killTargetsAfterAll();
+
+let fx: Fixtures;
+let pkgPath: string;
+let pubKey: string;
+let otherPub: string;
+
+/** mov eax, 42; ret */
+const RETURN_42 = Uint8Array.of(0xb8, 0x2a, 0x00, 0x00, 0x00, 0xc3);
+
+/** A plan replacing `compute` of the victim by `return 42` (plain 5-byte entry). */
+function plan(exe: string): PatchPlan {
+  const bytes = new Uint8Array(readFileSync(exe));
+  const elf = parseElf(bytes);
+  const sym = elf.getSymbol('compute');
+  return {
+    target: { buildId: elf.buildId!, name: basename(exe), size: bytes.length },
+    functions: [{
+      name: 'compute', vaddr: sym.value, size: Number(sym.size),
+      oldHash: createHash('sha256').update(elf.readVaddr(sym.value, Number(sym.size))).digest('hex'),
+      entry: { kind: 'plain', siteVaddr: sym.value, switchVaddr: sym.value, expected: elf.readVaddr(sym.value, 5).slice() },
+      code: RETURN_42, align: 16, relocations: [],
+    }],
+    data: [],
+  };
+}
+
+beforeAll(async () => {
+  fx = await buildFixtures();
+  const dir = mkdtempSync(join(tmpdir(), 'guard-sanctioned-'));
+  const key = writeKeyFiles(join(dir, 'ops.key'), { comment: 'ops' });
+  pubKey = key.publicKeyFile;
+  otherPub = writeKeyFiles(join(dir, 'other.key'), { comment: 'other' }).publicKeyFile;
+  pkgPath = join(dir, 'compute.hpk');
+  writeFileSync(pkgPath, encodePackage(signPackage(createPackage(plan(fx.victim)), readFileSync(join(dir, 'ops.key'), 'utf8'))));
+});
+
+async function patchedVictim() {
+  const v = await startVictim(fx.victim);
+  const report = await applyPackageFile(pkgPath, { pids: [v.t.pid], trustFiles: [pubKey] });
+  expect(report.results[0]?.status, JSON.stringify(report.results)).toBe('patched');
+  expect(await command(v.t, 'run')).toContain('compute=42');
+  return v;
+}
+
+function arenaCode(pid: number): bigint {
+  const p = openProcess(pid);
+  try {
+    const rec = readRecordFromMappings(pid, p.enumerateMappings())!;
+    return rec.patches[0]!.code.start;
+  } finally {
+    p.close();
+  }
+}
+
+describe('verify: sanctioned patches (10)', () => {
+  it('a signed patch from a trusted signer verifies clean in every structure', async () => {
+    const { t } = await patchedVictim();
+    const f = await findingsOf(t.pid, { caches: new VerifierCaches(), trustedKeys: [pubKey] });
+    expect(f, summary(f)).toEqual([]);
+    await t.kill();
+  });
+
+  it('a patch by a signer that is not trusted is a finding, and its site an inline hook', async () => {
+    const { t } = await patchedVictim();
+    const f = await findingsOf(t.pid, { caches: new VerifierCaches(), trustedKeys: [otherPub] });
+    expect(f.some((x) => x.code === 10 && x.kind === 'patch-signature' && /not a trusted signer/.test(x.detail)), summary(f)).toBe(true);
+    expect(f.some((x) => x.code === 0 && x.kind === 'inline-hook' && x.symbol === 'compute'), summary(f)).toBe(true);
+    expect(f.some((x) => x.code === 5 && x.kind === 'anonymous-code'), summary(f)).toBe(true);
+    await t.kill();
+  });
+
+  it('arena code changed after the patch was applied is a finding', async () => {
+    const { t } = await patchedVictim();
+    const code = arenaCode(t.pid);
+    pokeMemory(t.pid, code + 1n, Uint8Array.of(0x2b)); // mov eax, 43
+    expect(await command(t, 'run')).toContain('compute=43');
+    const f = await findingsOf(t.pid, { caches: new VerifierCaches(), trustedKeys: [pubKey] });
+    const bad = f.find((x) => x.code === 10 && x.kind === 'patch-modified');
+    expect(bad, summary(f)).toBeDefined();
+    expect(bad!.address).toBe(code + 1n);
+    await t.kill();
+  });
+
+  it('a patched site redirected elsewhere is a finding', async () => {
+    const { t, a } = await patchedVictim();
+    // Keep a jmp rel32 but aim it at evil().
+    const rel = Number(a.evil - (a.compute + 5n));
+    const b = new Uint8Array(5);
+    b[0] = 0xe9;
+    new DataView(b.buffer).setInt32(1, rel, true);
+    pokeMemory(t.pid, a.compute, b);
+    const f = await findingsOf(t.pid, { caches: new VerifierCaches(), trustedKeys: [pubKey] });
+    expect(f.some((x) => x.code === 10 && x.kind === 'patch-modified' && x.address === a.compute), summary(f)).toBe(true);
+    expect(f.some((x) => x.code === 0 && x.kind === 'inline-hook' && (x.destination ?? '').includes('(evil)')), summary(f)).toBe(true);
+    await t.kill();
+  });
+});
