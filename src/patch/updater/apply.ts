@@ -11,7 +11,7 @@ import { checkColdFile, installCold, type ColdResult } from './cold.js';
 import { findImageProcesses, type ImageProcess } from './discover.js';
 import { loadPackage, type LoadedPackage } from './package.js';
 import { outcomeOf, resultFromError, type ProcessResult, type RunOutcome } from './result.js';
-import { DEFAULT_CONCURRENCY, DEFAULT_LOCK_WAIT_MS, mapBounded, withLockWait } from './run.js';
+import { DEFAULT_CONCURRENCY, mapBounded, runEngineOp } from './run.js';
 
 /** Which processes an operation works on: explicit pids, or every process (`all`). */
 export interface ProcessSelection {
@@ -198,18 +198,14 @@ async function applyOne(loaded: LoadedPackage, t: ImageProcess, options: ApplyPa
   const { pkg } = loaded;
   const base = { exe: t.exe, module: t.module.path, ...(t.module.buildId ? { buildId: t.module.buildId } : {}) };
   try {
-    const r = await withLockWait(
-      () =>
+    const r = await runEngineOp(t.pid, () =>
         applyPatch(t.pid, pkg.plan, {
           patchId: pkg.id, packageHash: loaded.packageHash, signer: loaded.signer,
           ...(loaded.signing ? { signing: loaded.signing } : {}),
           ...(loaded.content ? { content: loaded.content } : {}),
           ...(options.timeoutMs !== undefined ? { timeoutMs: options.timeoutMs } : {}),
           ...(options.dryRun ? { dryRun: true } : {}),
-        }),
-      options.lockWaitMs ?? DEFAULT_LOCK_WAIT_MS,
-      (msg) => options.onProgress?.(`pid ${t.pid}: waiting: ${msg}`),
-    );
+        }), options);
     const dry = r.status === 'dry-run';
     return {
       pid: t.pid, status: r.status === 'dry-run' ? 'skipped' : r.status, patchId: pkg.id, pauseMicros: r.pauseMicros, ...base,

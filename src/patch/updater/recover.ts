@@ -3,7 +3,7 @@ import { recoverProcess } from '../engine/index.js';
 import { describe, type RunOptions } from './apply.js';
 import { findPatchedProcesses } from './discover.js';
 import { outcomeOf, resultFromError, type ProcessResult, type RunOutcome } from './result.js';
-import { DEFAULT_CONCURRENCY, DEFAULT_LOCK_WAIT_MS, mapBounded, withLockWait } from './run.js';
+import { DEFAULT_CONCURRENCY, mapBounded, runEngineOp } from './run.js';
 import { UsageError } from '../../errors.js';
 
 /** What `recover` did. */
@@ -33,11 +33,7 @@ export async function recoverProcesses(options: RunOptions): Promise<RecoverRepo
   const results = await mapBounded(targets, options.concurrency ?? DEFAULT_CONCURRENCY, async (t): Promise<ProcessResult> => {
     let r: ProcessResult;
     try {
-      const x = await withLockWait(
-        () => recoverProcess(t.pid, options.timeoutMs !== undefined ? { timeoutMs: options.timeoutMs } : {}),
-        options.lockWaitMs ?? DEFAULT_LOCK_WAIT_MS,
-        (msg) => progress(`pid ${t.pid}: waiting: ${msg}`),
-      );
+      const x = await runEngineOp(t.pid, () => recoverProcess(t.pid, options.timeoutMs !== undefined ? { timeoutMs: options.timeoutMs } : {}), options);
       r = {
         pid: t.pid, status: x.status === 'recovered' ? 'removed' : 'skipped', patchId: x.actions[0]?.patchId ?? null, pauseMicros: x.pauseMicros,
         totalMicros: x.totalMicros, actions: x.actions, ...(t.exe ? { exe: t.exe } : {}),

@@ -9,7 +9,7 @@ import { describe, type RunOptions } from './apply.js';
 import { coldStatePath, removeCold, type ColdResult } from './cold.js';
 import { findPatchedProcesses } from './discover.js';
 import { outcomeOf, resultFromError, type ProcessResult, type RunOutcome } from './result.js';
-import { DEFAULT_CONCURRENCY, DEFAULT_LOCK_WAIT_MS, mapBounded, withLockWait } from './run.js';
+import { DEFAULT_CONCURRENCY, mapBounded, runEngineOp } from './run.js';
 import { existsSync } from 'node:fs';
 
 /** Options of {@link removeFromProcesses}. */
@@ -89,11 +89,7 @@ export async function removeFromProcesses(patchId: string, options: RemovePatchO
         : { pid: t.pid, status: 'failed', patchId, pauseMicros: 0, reason: `patch ${patchId} is not applied to process ${t.pid} (see \`hotpatch list --pid ${t.pid}\`)`, code: 'PATCH_NOT_APPLIED', ...base };
     } else {
       try {
-        const x = await withLockWait(
-          () => removePatch(t.pid, patchId, options.timeoutMs !== undefined ? { timeoutMs: options.timeoutMs } : {}),
-          options.lockWaitMs ?? DEFAULT_LOCK_WAIT_MS,
-          (msg) => progress(`pid ${t.pid}: waiting: ${msg}`),
-        );
+        const x = await runEngineOp(t.pid, () => removePatch(t.pid, patchId, options.timeoutMs !== undefined ? { timeoutMs: options.timeoutMs } : {}), options);
         r = {
           pid: t.pid, status: 'removed', patchId, pauseMicros: x.pauseMicros, ...base,
           totalPauseMicros: x.totalPauseMicros, attempts: x.attempts, threads: x.threads, totalMicros: x.totalMicros,

@@ -69,3 +69,34 @@ export async function withLockWait<T>(op: () => Promise<T>, lockWaitMs: number, 
     }
   }
 }
+
+/**
+ * Awaits `p`, calling `tick` every `everyMs` while it is pending (for progress lines during long
+ * waits: a busy function being retried, a lock being waited for). The timer never keeps Node alive.
+ */
+export async function withTicker<T>(p: Promise<T>, everyMs: number, tick: (elapsedMs: number) => void): Promise<T> {
+  const t0 = Date.now();
+  const timer = setInterval(() => tick(Date.now() - t0), everyMs);
+  timer.unref();
+  try {
+    return await p;
+  } finally {
+    clearInterval(timer);
+  }
+}
+
+/** Interval of "still working" progress lines (ms). */
+export const TICK_MS = 2000;
+
+/**
+ * One engine operation on `pid` as the updater runs it: waits for the target's lock (see
+ * {@link withLockWait}) and prints a "still working" line every {@link TICK_MS} during long waits.
+ */
+export function runEngineOp<T>(pid: number, op: () => Promise<T>, options: { lockWaitMs?: number; onProgress?: (line: string) => void }): Promise<T> {
+  const progress = options.onProgress ?? (() => {});
+  return withTicker(
+    withLockWait(op, options.lockWaitMs ?? DEFAULT_LOCK_WAIT_MS, (msg) => progress(`pid ${pid}: waiting: ${msg}`)),
+    TICK_MS,
+    (ms) => progress(`pid ${pid}: still working after ${(ms / 1000).toFixed(0)} s (a thread may be inside the code to switch: retrying up to --timeout)`),
+  );
+}
