@@ -273,3 +273,43 @@ describe('one hotpatch command per process at a time', () => {
     expect(await value(t)).toBe(11);
   });
 });
+
+describe('CLI conventions', () => {
+  it('usage errors exit 2; --help shows examples; another build named with --pid is refused', async () => {
+    expect((await cli(['apply', f.signedPkg, '--trust', f.pub])).code).toBe(2);
+    expect((await cli(['apply', f.signedPkg, '--pid', '1', '--all', '--trust', f.pub])).code).toBe(2);
+    expect((await cli(['apply', f.signedPkg, '--pid', 'x'])).code).toBe(2);
+    expect((await cli(['apply', f.signedPkg, '--all', '--file', f.lib, '--trust', f.pub])).code).toBe(2);
+    expect((await cli(['remove', 'nothex', '--all'])).code).toBe(2);
+    expect((await cli(['recover'])).code).toBe(2);
+    for (const c of ['apply', 'remove', 'recover', 'list']) {
+      const h = await cli([c, '--help']);
+      expect(h.code).toBe(0);
+      expect(h.stdout).toMatch(/Examples:\n {2}hotpatch /);
+    }
+    // A process of another build named with --pid is refused (exit 3), not skipped.
+    const none = await cli(['apply', f.signedPkg, '--pid', String(other.pid), '--trust', f.pub, '--json']);
+    expect(none.code).toBe(3);
+    expect(JSON.parse(none.stdout).results[0]).toMatchObject({ status: 'refused', code: 'BUILD_ID_MISMATCH' });
+  });
+
+  it('cold only (--cold --file, no process): dry run, install, roll back by file', async () => {
+    const d = copyLib(f, 'cold-only');
+    const p = join(d, 'libfix.so');
+    const dry = await cli(['apply', f.signedPkg, '--cold', '--file', p, '--trust', f.pub, '--dry-run', '--json']);
+    expect(dry.code).toBe(0);
+    expect(JSON.parse(dry.stdout)).toMatchObject({ results: [], cold: [{ path: p, status: 'would-install' }] });
+    expect(parseElf(new Uint8Array(readFileSync(p))).buildId).toBe(f.oldBuildId);
+    const inst = await cli(['apply', f.signedPkg, '--cold', '--file', p, '--trust', f.pub]);
+    expect(inst.code).toBe(0);
+    expect(inst.stdout).toMatch(/installed.*hotpatch remove [0-9a-f]{16} --cold --file/);
+    expect(parseElf(new Uint8Array(readFileSync(p))).buildId).toBe(f.fixedBuildId);
+    const noFile = await cli(['remove', f.patchId, '--cold', '--json']);
+    expect(noFile.code).toBe(1);
+    expect(JSON.parse(noFile.stdout).error.code).toBe('COLD_NOT_FOUND');
+    const back = await cli(['remove', f.patchId, '--cold', '--file', p, '--json']);
+    expect(back.code).toBe(0);
+    expect(JSON.parse(back.stdout).cold).toEqual([expect.objectContaining({ path: p, status: 'restored' })]);
+    expect(parseElf(new Uint8Array(readFileSync(p))).buildId).toBe(f.oldBuildId);
+  });
+});
