@@ -139,7 +139,7 @@ export async function applyPackage(loaded: LoadedPackage, options: ApplyPackageO
   const hot = await mapBounded(targets, concurrency, async (t) => {
     const r = await applyOne(loaded, t, options);
     done++;
-    if (options.all || targets.length > 1) progress(`[${done}/${targets.length}] ${describe(r)}`);
+    if (options.all || targets.length > 1) progress(progressLine(done, targets.length, r));
     return r;
   });
   results.push(...hot);
@@ -179,16 +179,21 @@ function refusalFor(pid: number, patchId: string, f: () => unknown, exe: string,
   }
 }
 
-/** One line for the progress output. */
+/** One short line per finished process for the progress output on stderr. */
+export function progressLine(done: number, total: number, r: ProcessResult): string {
+  return `[${done}/${total}] pid ${r.pid}: ${r.status}${r.code && r.status !== 'patched' && r.status !== 'removed' ? ` (${r.code})` : ''}`;
+}
+
+/** One line describing a result (the CLI's human output). */
 export function describe(r: ProcessResult): string {
   const who = `pid ${r.pid}${r.exe ? ` (${r.exe})` : ''}`;
   switch (r.status) {
     case 'patched':
-      return `${who}: patched ${r.patchId}, pause ${r.pauseMicros} µs`;
+      return `${who}: patched ${r.patchId}, pause ${Math.round(r.pauseMicros)} µs`;
     case 'removed':
       return r.actions && r.actions.length > 0
         ? `${who}: recovered (${r.actions.map((a) => `${a.action === 'undone' ? 'undid the interrupted apply of' : 'finished the interrupted removal of'} ${a.patchId}`).join(', ')})`
-        : `${who}: removed ${r.patchId}, pause ${r.pauseMicros} µs`;
+        : `${who}: removed ${r.patchId}, pause ${Math.round(r.pauseMicros)} µs`;
     default:
       return `${who}: ${r.status}${r.reason ? `: ${r.reason}` : ''}`;
   }

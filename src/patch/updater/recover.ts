@@ -1,6 +1,6 @@
 /** `recover` over one or many processes: finish or undo what an interrupted apply or remove left. */
 import { recoverProcess } from '../engine/index.js';
-import { describe, type RunOptions } from './apply.js';
+import { progressLine, type RunOptions } from './apply.js';
 import { findPatchedProcesses } from './discover.js';
 import { outcomeOf, resultFromError, type ProcessResult, type RunOutcome } from './result.js';
 import { DEFAULT_CONCURRENCY, mapBounded, runEngineOp } from './run.js';
@@ -43,7 +43,7 @@ export async function recoverProcesses(options: RunOptions): Promise<RecoverRepo
       r = { ...resultFromError(t.pid, null, e, options.all === true), ...(t.exe ? { exe: t.exe } : {}) };
     }
     done++;
-    if (options.all || targets.length > 1) progress(`[${done}/${targets.length}] ${describe(r)}`);
+    if (options.all || targets.length > 1) progress(progressLine(done, targets.length, r));
     return r;
   });
   return { results, outcome: outcomeOf(results) };

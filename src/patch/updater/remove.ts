@@ -5,7 +5,7 @@
 import { HotpatchError, UsageError } from '../../errors.js';
 import { removePatch } from '../engine/index.js';
 import type { PatchPackage } from '../package/index.js';
-import { describe, type RunOptions } from './apply.js';
+import { progressLine, type RunOptions } from './apply.js';
 import { coldStatePath, removeCold, type ColdResult } from './cold.js';
 import { findPatchedProcesses } from './discover.js';
 import { outcomeOf, resultFromError, type ProcessResult, type RunOutcome } from './result.js';
@@ -99,7 +99,7 @@ export async function removeFromProcesses(patchId: string, options: RemovePatchO
       }
     }
     done++;
-    if (options.all || targets.length > 1) progress(`[${done}/${targets.length}] ${describe(r)}`);
+    if (options.all || targets.length > 1) progress(progressLine(done, targets.length, r));
     return r;
   });
   results.push(...hot);
