@@ -162,7 +162,7 @@ export interface DwarfStruct {
    * the edges for a transitive closure (see `reachableStructs`).
    */
   memberStructs: string[];
-  /** Compile units (DW_AT_name) in which this exact layout appears. */
+  /** Compile units (DW_AT_name) in which this exact layout appears (empty when only in type units). */
   units: string[];
 }
 
@@ -384,21 +384,27 @@ interface Die {
   external?: boolean;
   spec?: number;
   origin?: number;
+  /** DW_AT_signature: this declaration stands for the type unit's type (resolved to an offset). */
+  alias?: number;
   unit: UnitCtx;
 }
 
 interface UnitCtx {
   info: DwarfUnit;
+  /** A type unit (DW_UT_type or .debug_types): holds types only, is not a compile unit. */
+  typeUnit: boolean;
   file: string;
   strOffsetsBase: number;
   offsetSize: 4 | 8;
 }
 
 /** Raw attribute value as read: a number, a string, or a deferred string index (strx before the base is known). */
-type RawValue = number | string | { strx: number } | undefined;
+type RawValue = number | string | { strx: number } | { sig: bigint } | undefined;
 
 interface Sections {
   info: Uint8Array;
+  /** DWARF 4 type units (-fdebug-types-section). */
+  types?: Uint8Array;
   abbrev: Uint8Array;
   str?: Uint8Array;
   lineStr?: Uint8Array;
@@ -475,17 +481,33 @@ export function readDwarf(elf: ElfFile, options: DwarfReadOptions = {}): DwarfIn
     str: debugSection(elf, '.debug_str'),
     lineStr: debugSection(elf, '.debug_line_str'),
     strOffsets: debugSection(elf, '.debug_str_offsets'),
+    types: debugSection(elf, '.debug_types'),
   };
   const { dies, units } = parseAllDies(secs, options.maxDies ?? 10_000_000);
   return analyse(dies, units);
 }
 
+const DW_AT_signature = 0x69;
+const DW_AT_GNU_dwo_name = 0x2130;
+const DW_AT_dwo_name = 0x76;
+
+/**
+ * Parses every unit of .debug_info and .debug_types. DIE keys are offsets in .debug_info; DIEs of
+ * .debug_types are keyed after the end of .debug_info so the two offset spaces do not collide.
+ * DW_FORM_ref_sig8 references are resolved through the type units' signatures at the end.
+ */
 function parseAllDies(s: Sections, maxDies: number): { dies: Map<number, Die>; units: UnitCtx[] } {
   const dies = new Map<number, Die>();
   const units: UnitCtx[] = [];
   const abbrevCache = new Map<number, Map<number, Abbrev>>();
-  const c = new Cursor(s.info, 0, s.info.length, '.debug_info');
+  const signatures = new Map<bigint, number>();
+  const pendingSig: Array<{ die: Die; field: 'type' | 'alias'; sig: bigint }> = [];
   let total = 0;
+  const sources = [{ data: s.info, base: 0, what: '.debug_info', types: false }];
+  if (s.types) sources.push({ data: s.types, base: s.info.length, what: '.debug_types', types: true });
+  for (const src of sources) {
+  const c = new Cursor(src.data, 0, src.data.length, src.what);
+  const base = src.base;
   while (c.pos < c.end) {
     const unitStart = c.pos;
     let length = c.u32();
@@ -496,23 +518,32 @@ function parseAllDies(s: Sections, maxDies: number): { dies: Map<number, Die>; u
     } else if (length >= 0xfffffff0) fail(DwarfErrorCode.BAD_STRUCTURE, `reserved unit length 0x${length.toString(16)} at .debug_info offset ${unitStart}`);
     const unitEnd = c.pos + length;
     if (!(unitEnd <= c.end)) fail(DwarfErrorCode.TRUNCATED, `unit at .debug_info offset ${unitStart} (length ${length}) runs past the section`);
-    const u = new Cursor(s.info, c.pos, unitEnd, '.debug_info');
+    const u = new Cursor(src.data, c.pos, unitEnd, src.what);
     c.pos = unitEnd;
     const version = u.u16();
     if (version < 2 || version > 5) fail(DwarfErrorCode.UNSUPPORTED, `DWARF version ${version} (unit at offset ${unitStart}); versions 2 to 5 are supported`);
-    let unitType = DW_UT_compile;
+    let unitType = src.types ? DW_UT_type : DW_UT_compile;
     let abbrevOff: number;
     let addrSize: number;
     if (version >= 5) {
       unitType = u.u8v();
       addrSize = u.u8v();
       abbrevOff = u.offset(offsetSize);
-      if (unitType === DW_UT_skeleton || unitType === DW_UT_split_compile) u.skip(8);
-      else if (unitType === DW_UT_type || unitType === DW_UT_split_type) u.skip(8 + offsetSize);
-      else if (unitType !== DW_UT_compile && unitType !== DW_UT_partial) continue; // unknown unit kind: skip whole unit
+      if (unitType === DW_UT_skeleton || unitType === DW_UT_split_compile || unitType === DW_UT_split_type) {
+        fail(DwarfErrorCode.UNSUPPORTED, 'split DWARF (-gsplit-dwarf, .dwo files) is not supported; build without -gsplit-dwarf');
+      }
+      if (unitType !== DW_UT_compile && unitType !== DW_UT_partial && unitType !== DW_UT_type) continue; // unknown unit kind: skip it
     } else {
       abbrevOff = u.offset(offsetSize);
       addrSize = u.u8v();
+    }
+    if (unitType === DW_UT_type) {
+      // type_signature, type_offset (offset of the type's DIE from the unit start)
+      u.need(8);
+      const sig = new DataView(src.data.buffer, src.data.byteOffset + u.pos, 8).getBigUint64(0, true);
+      u.skip(8);
+      const typeOffset = u.offset(offsetSize);
+      if (!signatures.has(sig)) signatures.set(sig, base + unitStart + typeOffset);
     }
     if (addrSize !== 4 && addrSize !== 8) fail(DwarfErrorCode.UNSUPPORTED, `address size ${addrSize} in unit at offset ${unitStart}`);
     let abbrevs = abbrevCache.get(abbrevOff);
@@ -521,7 +552,8 @@ function parseAllDies(s: Sections, maxDies: number): { dies: Map<number, Die>; u
       abbrevCache.set(abbrevOff, abbrevs);
     }
     const ctx: UnitCtx = {
-      info: { offset: unitStart, version, name: '' },
+      typeUnit: unitType === DW_UT_type,
+      info: { offset: base + unitStart, version, name: '' },
       file: '',
       strOffsetsBase: version >= 5 ? (offsetSize === 8 ? 16 : 8) : 0,
       offsetSize,
@@ -530,7 +562,8 @@ function parseAllDies(s: Sections, maxDies: number): { dies: Map<number, Die>; u
     const stack: Die[] = [];
     let first = true;
     while (u.pos < u.end) {
-      const off = u.pos;
+      const localOff = u.pos;
+      const off = base + localOff;
       const code = u.uleb();
       if (code === 0) {
         stack.pop();
@@ -542,12 +575,20 @@ function parseAllDies(s: Sections, maxDies: number): { dies: Map<number, Die>; u
       const parent = stack[stack.length - 1];
       const die: Die = { off, tag: ab.tag, parent, children: undefined, unit: ctx };
       for (const a of ab.attrs) {
-        const v = readForm(u, a.form, a.implicit, version, offsetSize, addrSize, unitStart, s);
+        const v = readForm(u, a.form, a.implicit, version, offsetSize, addrSize, base + unitStart, s);
         if (v === undefined) continue;
+        if (typeof v === 'object' && 'sig' in v) {
+          if (a.at === DW_AT_type) pendingSig.push({ die, field: 'type', sig: v.sig });
+          else if (a.at === DW_AT_signature) pendingSig.push({ die, field: 'alias', sig: v.sig });
+          continue;
+        }
+        if (first && (a.at === DW_AT_GNU_dwo_name || a.at === DW_AT_dwo_name)) {
+          fail(DwarfErrorCode.UNSUPPORTED, 'split DWARF (-gsplit-dwarf, .dwo files) is not supported; build without -gsplit-dwarf');
+        }
         switch (a.at) {
           case DW_AT_name:
             if (typeof v === 'string') die.name = v;
-            else if (typeof v === 'object') deferred.push({ die, key: 'name', strx: v.strx });
+            else if (typeof v === 'object' && 'strx' in v) deferred.push({ die, key: 'name', strx: v.strx });
             break;
           case DW_AT_type:
             if (typeof v === 'number') die.type = v;
@@ -599,7 +640,7 @@ function parseAllDies(s: Sections, maxDies: number): { dies: Map<number, Die>; u
         // DW_FORM_exprloc member locations: only the DW_OP_plus_uconst form is a plain offset.
         if (a.at === DW_AT_data_member_location && typeof v === 'string') die.memberLoc = undefined;
       }
-      if (a_isMemberLocExpr(ab) && die.memberLoc === undefined) die.memberLoc = exprMemberLoc(u.u8, ab, off, s, version, offsetSize, addrSize, unitStart);
+      if (a_isMemberLocExpr(ab) && die.memberLoc === undefined) die.memberLoc = exprMemberLoc(u.u8, ab, localOff, s, version, offsetSize, addrSize, unitStart);
       if (first) {
         first = false;
         if (die.name !== undefined) ctx.info.name = die.name;
@@ -610,17 +651,20 @@ function parseAllDies(s: Sections, maxDies: number): { dies: Map<number, Die>; u
     }
     // Indexed strings resolve once the unit DIE's DW_AT_str_offsets_base is known.
     for (const d of deferred) d.die.name = strx(s, ctx, d.strx);
-    const root = dies.get(unitStart + unitHeaderSize(version, offsetSize, unitType));
+    const root = dies.get(base + unitStart + unitHeaderSize(version, offsetSize, unitType, src.types));
     if (root?.name !== undefined) ctx.info.name = root.name;
     ctx.file = ctx.info.name.replace(/^.*\//, '');
     units.push(ctx);
   }
+  }
+  // Unknown signatures (types in another file) stay unresolved: the type reads as '<unknown>'.
+  for (const p of pendingSig) p.die[p.field] = signatures.get(p.sig) ?? -1;
   return { dies, units };
 }
 
-function unitHeaderSize(version: number, offsetSize: 4 | 8, unitType: number): number {
+function unitHeaderSize(version: number, offsetSize: 4 | 8, unitType: number, typesSection: boolean): number {
   const initial = offsetSize === 8 ? 12 : 4;
-  if (version < 5) return initial + 2 + offsetSize + 1;
+  if (version < 5) return initial + 2 + offsetSize + 1 + (typesSection ? 8 + offsetSize : 0);
   let n = initial + 2 + 1 + 1 + offsetSize;
   if (unitType === DW_UT_skeleton || unitType === DW_UT_split_compile) n += 8;
   else if (unitType === DW_UT_type || unitType === DW_UT_split_type) n += 8 + offsetSize;
@@ -720,7 +764,12 @@ function readForm(c: Cursor, form: number, implicit: number, version: number, of
       return unitStart + c.u64n();
     case DW_FORM_ref_udata:
       return unitStart + c.uleb();
-    case DW_FORM_ref_sig8:
+    case DW_FORM_ref_sig8: {
+      c.need(8);
+      const sig = new DataView(c.u8.buffer, c.u8.byteOffset + c.pos, 8).getBigUint64(0, true);
+      c.skip(8);
+      return { sig };
+    }
     case DW_FORM_ref_sup8:
       c.skip(8);
       return undefined;
@@ -804,11 +853,22 @@ function analyse(dies: Map<number, Die>, units: UnitCtx[]): DwarfInfo {
     }
   }
 
+  // A declaration stub with DW_AT_signature may carry no name: its type unit's type has it.
+  const nameOf = (d: Die): string | undefined => d.name ?? (d.alias !== undefined ? dies.get(d.alias)?.name : undefined);
   const qualifiedName = (d: Die): string | undefined => {
     if (d.name === undefined) return undefined;
     const parts = [d.name];
-    for (let p = d.parent, n = 0; p && n < MAX_TYPE_DEPTH; p = p.parent, n++) {
-      if ((p.tag === DW_TAG_namespace || AGGREGATES[p.tag]) && p.name !== undefined) parts.unshift(p.name);
+    // A definition placed outside its scope (type units, C++ out-of-class definitions) names its
+    // declaration with DW_AT_specification; the declaration sits in the right namespace.
+    let scope: Die = d;
+    for (let n = 0; scope.spec !== undefined && n < 8; n++) {
+      const decl = dies.get(scope.spec);
+      if (!decl || decl === scope) break;
+      scope = decl;
+    }
+    for (let p = scope.parent, n = 0; p && n < MAX_TYPE_DEPTH; p = p.parent, n++) {
+      const pn = nameOf(p);
+      if ((p.tag === DW_TAG_namespace || AGGREGATES[p.tag]) && pn !== undefined) parts.unshift(pn);
     }
     return parts.join('::');
   };
@@ -862,6 +922,10 @@ function analyse(dies: Map<number, Die>, units: UnitCtx[]): DwarfInfo {
       case DW_TAG_structure_type:
       case DW_TAG_union_type:
       case DW_TAG_class_type: {
+        if (d.alias !== undefined && d.alias !== ref) {
+          s = typeName(d.alias, depth + 1); // declaration stub for a type-unit type
+          break;
+        }
         const kind = AGGREGATES[d.tag]!;
         const q = qualifiedName(d);
         s = q !== undefined ? `${kind} ${q}` : (typedefNames.get(d.off) ?? `${kind} <anonymous>`);
@@ -912,6 +976,10 @@ function analyse(dies: Map<number, Die>, units: UnitCtx[]): DwarfInfo {
       const d = dies.get(r);
       if (!d) break;
       if (AGGREGATES[d.tag]) {
+        if (d.alias !== undefined && !onPath.has(d.alias)) {
+          r = d.alias; // declaration stub for a type-unit type
+          continue;
+        }
         // A declaration-only struct still names the type; the key is what matters here.
         result = aggregateKey(d) ?? null;
         break;
@@ -938,7 +1006,7 @@ function analyse(dies: Map<number, Die>, units: UnitCtx[]): DwarfInfo {
       const rel = m.memberLoc ?? (m.dataBitOffset !== undefined && m.bitSize === undefined ? Math.floor(m.dataBitOffset / 8) : agg.tag === DW_TAG_union_type ? 0 : undefined);
       const offset = base === null || rel === undefined ? null : base + rel;
       const t = m.type !== undefined ? dies.get(m.type) : undefined;
-      const anonAgg = t && AGGREGATES[t.tag] && t.name === undefined && !typedefNames.has(t.off);
+      const anonAgg = t && AGGREGATES[t.tag] && t.name === undefined && t.alias === undefined && !t.declaration && !typedefNames.has(t.off);
       if (anonAgg && depth < MAX_TYPE_DEPTH && t !== agg) {
         collectMembers(t, offset, m.name !== undefined ? `${prefix}${m.name}.` : prefix, out, depth + 1, uses);
         continue;
@@ -990,7 +1058,7 @@ function analyse(dies: Map<number, Die>, units: UnitCtx[]): DwarfInfo {
       if (l) l.push(st);
       else byKey.set(key, [st]);
     }
-    if (!known.units.includes(d.unit.info.name)) known.units.push(d.unit.info.name);
+    if (!d.unit.typeUnit && !known.units.includes(d.unit.info.name)) known.units.push(d.unit.info.name);
   }
 
   // The aggregate a type reference reaches through wrappers (pointer, typedef, cv, array...).
@@ -1042,12 +1110,7 @@ function analyse(dies: Map<number, Die>, units: UnitCtx[]): DwarfInfo {
     }
   }
   function qualifiedNameFn(o: Die): string | undefined {
-    if (o.name === undefined) return undefined;
-    const parts = [o.name];
-    for (let p = o.parent, n = 0; p && n < MAX_TYPE_DEPTH; p = p.parent, n++) {
-      if ((p.tag === DW_TAG_namespace || AGGREGATES[p.tag]) && p.name !== undefined) parts.unshift(p.name);
-    }
-    return parts.join('::');
+    return qualifiedName(o);
   }
   const fnList: DwarfFunction[] = [];
   const fnByName = new Map<string, DwarfFunction[]>();
@@ -1061,7 +1124,7 @@ function analyse(dies: Map<number, Die>, units: UnitCtx[]): DwarfInfo {
   }
 
   return {
-    units: units.map((u) => u.info),
+    units: units.filter((u) => !u.typeUnit).map((u) => u.info),
     structs: structList,
     functions: fnList,
     findStructs: (key) => byKey.get(key) ?? [],

@@ -133,6 +133,19 @@ describe('DWARF layouts and usage (C)', () => {
     }
   });
 
+  it('resolves types in type units (-fdebug-types-section, DWARF 5 DW_UT_type and DWARF 4 .debug_types)', async () => {
+    const norm = (dw: DwarfInfo) => ({
+      structs: dw.structs.map((s) => [s.key, s.byteSize, s.members, s.memberStructs]).sort(),
+      fns: dw.functions.map((f) => [f.file, f.name, f.structs]).sort(),
+    });
+    for (const flags of [['-g', '-O2', '-fdebug-types-section'], ['-gdwarf-4', '-O2', '-fdebug-types-section']]) {
+      const { elf, dw } = await dwarfOf(flags, flags.join('_').replace(/[^a-z0-9_]/gi, ''));
+      if (flags[0] === '-gdwarf-4') expect(elf.findSection('.debug_types')).toBeDefined();
+      expect(norm(dw)).toEqual(norm(v5));
+      expect(dw.units).toHaveLength(1); // type units are not compile units
+    }
+  });
+
   it('detects a changed layout between two builds', async () => {
     const grown = (await dwarfOf(['-g', '-O2', '-DGROW'], 'dw5-grow')).dw;
     expect(layout(grown, 'struct inner').byteSize).toBe(24);
@@ -173,6 +186,10 @@ describe('DWARF (C++)', () => {
     expect(layout(dw, 'struct shapes::Point').byteSize).toBe(8);
     // `this` (const Box *) and `const Point &origin`.
     expect(usage(dw, 'shapes::Box::area')).toEqual(['class shapes::Box', 'struct shapes::Point']);
+    // The same with type units: names keep their namespace through DW_AT_specification.
+    const tu = (await dwarfOf(['-g', '-O1', '-fdebug-types-section'], 'dwcxx-tu', 'elf/dwarf_cxx.cc', { cxx: true })).dw;
+    expect(layout(tu, 'class shapes::Box').members).toEqual(box.members);
+    expect(usage(tu, 'shapes::Box::area')).toEqual(['class shapes::Box', 'struct shapes::Point']);
   });
 });
 
