@@ -196,10 +196,20 @@ describe('DWARF (C++)', () => {
 describe('hostile DWARF', () => {
   let base: Uint8Array;
   let elf: ElfFile;
+  /** Fuzz bases: DWARF 5, DWARF 4 with .debug_types, C++ DWARF 5 with type units. */
+  const bases: Array<{ bytes: Uint8Array; elf: ElfFile }> = [];
   beforeAll(async () => {
     const path = await compile({ file: SRC, flags: ['-g', '-O2'], name: 'dw5' });
     base = new Uint8Array(readFileSync(path));
     elf = parseElf(base);
+    bases.push({ bytes: base, elf });
+    for (const p of [
+      await compile({ file: SRC, flags: ['-gdwarf-4', '-O2', '-fdebug-types-section'], name: 'dw4-tu' }),
+      await compile({ file: 'elf/dwarf_cxx.cc', flags: ['-g', '-O1', '-fdebug-types-section'], name: 'dwcxx-tu', cxx: true }),
+    ]) {
+      const bytes = new Uint8Array(readFileSync(p));
+      bases.push({ bytes, elf: parseElf(bytes) });
+    }
   });
 
   const withPatch = (f: (u8: Uint8Array, dv: DataView) => void) => {
@@ -253,13 +263,16 @@ describe('hostile DWARF', () => {
       seed = (seed * 1103515245 + 12345) >>> 0;
       return seed / 2 ** 32;
     };
-    const targets = ['.debug_info', '.debug_abbrev', '.debug_str', '.debug_line_str'].map((n) => elf.getSection(n));
+    const debugNames = ['.debug_info', '.debug_abbrev', '.debug_str', '.debug_line_str', '.debug_types'];
+    const targetsOf = bases.map((b) => debugNames.map((n) => b.elf.findSection(n)).filter((x) => x !== undefined));
     let cases = 0;
     let ok = 0;
     const codes = new Map<string, number>();
     const t0 = performance.now();
-    while (cases < Number(process.env.DWARF_FUZZ_CASES ?? 5000) && performance.now() - t0 < Number(process.env.DWARF_FUZZ_MS ?? 15_000)) {
-      const u8 = new Uint8Array(base);
+    while (cases < Number(process.env.DWARF_FUZZ_CASES ?? 10000) && performance.now() - t0 < Number(process.env.DWARF_FUZZ_MS ?? 15_000)) {
+      const bi = Math.floor(rnd() * bases.length);
+      const u8 = new Uint8Array(bases[bi]!.bytes);
+      const targets = targetsOf[bi]!;
       const n = 1 + Math.floor(rnd() * 6);
       for (let i = 0; i < n; i++) {
         const s = targets[Math.floor(rnd() * targets.length)]!;
