@@ -5,11 +5,13 @@
  * installing the fixed file so a new process runs fixed code without a hot patch; the signature
  * policy; `recover` after the patcher was killed mid-apply.
  */
-import { chmodSync, existsSync, readFileSync, rmSync, statSync, writeFileSync } from 'node:fs';
+import { chmodSync, closeSync, existsSync, openSync, readFileSync, readSync, rmSync, statSync, writeFileSync, writeSync } from 'node:fs';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { parseElf } from '../../src/elf/index.js';
 import { listPatches } from '../../src/patch/engine/index.js';
+import { readPackageFile } from '../../src/patch/package/index.js';
+import { openProcess } from '../../src/process/index.js';
 import { killTargetsAfterAll, REPO_ROOT, startTarget, type Target } from '../helpers/native.js';
 import { cli, copyLib, makeFixture, textHash, value, type Fixture } from './helpers.js';
 
@@ -111,7 +113,14 @@ describe('hotpatch apply / remove --all', () => {
     expect(r.stderr).toMatch(/\[\d+\/\d+\] pid \d+/); // progress lines
     await expectValues(12);
     // The signer is recorded in each target's own record.
-    for (const t of patched()) expect(listPatches(t.pid).patches[0]).toMatchObject({ id: f.patchId, state: 'applied', signer: `Release team (${f.keyId})` });
+    for (const t of patched()) {
+      const listed = listPatches(t.pid);
+      expect(listed.patches[0]).toMatchObject({ id: f.patchId, state: 'applied', signer: `Release team (${f.keyId})` });
+      // What the guard needs to re-verify the patch from the target alone: the signature and the signed content.
+      const rec = listed.record!.patches[0]!;
+      expect(rec.signing).toMatchObject({ algorithm: 'ed25519', keyId: f.keyId });
+      expect(rec.content!.length).toBeGreaterThan(0);
+    }
     expect(textHash(other.pid)).toBe(baseline.get(other.pid));
 
     const again = await cli(['apply', f.signedPkg, '--all', '--trust', f.pub, '--json']);
@@ -136,6 +145,41 @@ describe('hotpatch apply / remove --all', () => {
     const none = await cli(['remove', f.patchId, '--all', '--json']);
     expect(none.code).toBe(0);
     expect(ours(JSON.parse(none.stdout).results)).toEqual([]);
+  });
+});
+
+describe('one process failing never leaves another half-done', () => {
+  it('--all with one process whose site bytes differ: the others are patched, that one untouched, exit 4', async () => {
+    const victim = alphas[2]!;
+    const { pkg } = readPackageFile(f.signedPkg);
+    const fn = pkg.plan.functions[0]!;
+    const p = openProcess(victim.pid);
+    const lib = p.enumerateModules().find((m) => m.buildId === f.oldBuildId)!;
+    p.close();
+    const site = lib.loadBias + fn.entry.siteVaddr;
+    const fd = openSync(`/proc/${victim.pid}/mem`, 'r+');
+    const orig = Buffer.alloc(1);
+    try {
+      readSync(fd, orig, 0, 1, Number(site));
+      expect(orig[0]).toBe(0x90); // a NOP of the padding before lib_value
+      writeSync(fd, Buffer.of(0x66), 0, 1, Number(site)); // still harmless: the padding is never executed
+      const before = textHash(victim.pid);
+      const r = await cli(['apply', f.signedPkg, '--all', '--trust', f.pub, '--json']);
+      expect(r.code).toBe(4);
+      const results = ours(JSON.parse(r.stdout).results);
+      expect(byPid(results, victim.pid)).toMatchObject({ status: 'refused', code: 'SITE_MISMATCH' });
+      for (const t of patched().filter((x) => x !== victim)) expect(byPid(results, t.pid).status).toBe('patched');
+      expect(textHash(victim.pid)).toBe(before);
+      expect(await value(victim)).toBe(11);
+      expect(r.stderr).toMatch(/some processes were not changed/);
+      const rm = await cli(['remove', f.patchId, '--all', '--json']);
+      expect(rm.code).toBe(0);
+      expect(ours(JSON.parse(rm.stdout).results)).toHaveLength(3);
+    } finally {
+      writeSync(fd, orig, 0, 1, Number(site));
+      closeSync(fd);
+    }
+    for (const t of [...patched(), other]) expect(textHash(t.pid)).toBe(baseline.get(t.pid));
   });
 });
 
