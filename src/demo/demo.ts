@@ -41,6 +41,21 @@ export interface DemoReport {
 
 type Say = (line: string) => void;
 
+/** Formats a shell command for an 80-column terminal: long lines continue with a backslash. */
+export function wrapCommand(words: string[], width = 78): string[] {
+  const lines: string[] = [];
+  let line = '  $';
+  for (const w of words) {
+    if (line.length + 1 + w.length > width - 2 && line.trim() !== '$') {
+      lines.push(`${line} \\`);
+      line = '     ';
+    }
+    line += ` ${w}`;
+  }
+  lines.push(line);
+  return lines;
+}
+
 /** Thrown when a demo step does not show what it should; the demo stops and cleans up. */
 export class DemoFailure extends HotpatchError {}
 
@@ -78,7 +93,7 @@ export async function runDemo(options: DemoOptions = {}): Promise<DemoReport> {
     s.ok = true;
   };
   const hp = async (args: string[], expectCode = 0): Promise<CliRun> => {
-    out(`  $ hotpatch ${args.join(' ')}`);
+    for (const l of wrapCommand(['hotpatch', ...args])) out(l);
     const r = await runHotpatch(args, workDir);
     if (r.code !== expectCode) {
       throw new DemoFailure('DEMO_STEP_FAILED', `hotpatch ${args[0]} exited with ${r.code} (expected ${expectCode}): ${r.stderr.trim()}`);
@@ -107,7 +122,7 @@ export async function runDemo(options: DemoOptions = {}): Promise<DemoReport> {
     await step('Build the service and its fix (same compiler, same flags)', async (f) => {
       const t0 = Date.now();
       builds = await buildDemoService(workDir);
-      for (const c of builds.commands) out(`  $ ${c}`);
+      for (const c of builds.commands) for (const l of wrapCommand(c)) out(l);
       f.buildMillis = Date.now() - t0;
     });
 
@@ -229,7 +244,7 @@ export async function runDemo(options: DemoOptions = {}): Promise<DemoReport> {
 /** Runs `hotpatch guard --pid PID --action restore` until it reports a restore (at most 20 s). */
 function guardRestore(pid: number, trust: string, cwd: string, out: Say, track: (g: ReturnType<typeof spawn>) => void): Promise<void> {
   const args = ['guard', '--pid', String(pid), '--action', 'restore', '--interval', '0.5', '--trust', trust];
-  out(`  $ hotpatch ${args.join(' ')}`);
+  for (const l of wrapCommand(['hotpatch', ...args])) out(l);
   const cli = new URL('../cli/main.js', import.meta.url).pathname;
   const g = spawn(process.execPath, [cli, ...args, '--json'], { stdio: ['ignore', 'pipe', 'pipe'], cwd });
   track(g);

@@ -36,8 +36,8 @@ export interface DemoBuilds {
   old: string;
   /** The fixed build. */
   fixed: string;
-  /** The gcc command lines used, for display. */
-  commands: string[];
+  /** The gcc command lines used (words), for display. */
+  commands: string[][];
 }
 
 /** Compiles the buggy and the fixed service into `outDir`. */
@@ -59,5 +59,5 @@ export async function buildDemoService(outDirIn: string): Promise<DemoBuilds> {
     throw new HotpatchError('SAMPLE_BUILD_FAILED', `cannot build the demo service: ${why}`, { cause: e });
   }
   const shown = (args: string[]) => args.map((a) => (a === src ? 'samples/demo/server.c' : a.startsWith(outDir) ? basename(a) : a));
-  return { old, fixed, commands: jobs.map(([, args]) => `gcc ${shown(args).join(' ')}`) };
+  return { old, fixed, commands: jobs.map(([, args]) => ['gcc', ...shown(args)]) };
 }
