@@ -1084,7 +1084,9 @@ function analyse(dies: Map<number, Die>, units: UnitCtx[]): DwarfInfo {
     const o = originOf(d);
     const name = qualifiedNameFn(o);
     if (name === undefined) continue;
-    const unit = d.unit;
+    // Key by the unit of the origin: with LTO the concrete code sits in an '<artificial>' unit while
+    // the abstract function stays in its source unit. Not for type units (methods declared there).
+    const unit = o.unit.typeUnit ? d.unit : o.unit;
     const external = (o.external ?? false) || (d.external ?? false);
     const key = `${unit.file}\0${name}`;
     let fn = functions.get(key);

@@ -146,6 +146,12 @@ describe('DWARF layouts and usage (C)', () => {
     }
   });
 
+  it('keys LTO functions by their source unit, not the <artificial> LTO unit', async () => {
+    const { dw } = await dwarfOf(['-g', '-O2', '-flto'], 'dw5-lto');
+    const fns = (d: DwarfInfo) => d.functions.map((f) => [f.file, f.name, f.structs]).sort();
+    expect(fns(dw)).toEqual(fns(v5));
+  });
+
   it('detects a changed layout between two builds', async () => {
     const grown = (await dwarfOf(['-g', '-O2', '-DGROW'], 'dw5-grow')).dw;
     expect(layout(grown, 'struct inner').byteSize).toBe(24);
