@@ -15,7 +15,7 @@ import { LoadProcess } from '../load/load-process.js';
 import type { LoadStats } from '../load/load-generator.js';
 import { buildDemoService } from './sample.js';
 import { runHotpatch, type CliRun } from './cli-runner.js';
-import { probe, startService, stopService, type RunningService } from './service.js';
+import { EXPLOIT_PATH, probe, startService, stopService, type RunningService } from './service.js';
 
 export interface DemoOptions {
   /** Print JSON at the end instead of human text on stdout (progress still goes to stderr). */
@@ -102,7 +102,8 @@ export async function runDemo(options: DemoOptions = {}): Promise<DemoReport> {
   };
   const showProbe = async (port: number, expectLeak: boolean) => {
     const p = await probe(port);
-    out(`  client asks for 96 bytes of "hello": gets ${p.length} bytes: ${JSON.stringify(p.printable.slice(0, 60))}`);
+    out(`  client: GET ${EXPLOIT_PATH} (96 bytes of a 5-byte message)`);
+    out(`  answer: ${p.length} bytes ${JSON.stringify(p.printable.slice(0, 56))}`);
     out(p.leaked ? '  -> the session token leaked to the client' : '  -> only the message comes back: no leak');
     if (p.leaked !== expectLeak) {
       throw new DemoFailure('DEMO_UNEXPECTED_BEHAVIOUR', expectLeak ? 'the bug did not show' : 'the service still leaks');
