@@ -1,1 +1,2 @@
 export * from './inspect/index.js';
+export * from './control/index.js';

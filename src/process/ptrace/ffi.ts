@@ -1,0 +1,161 @@
+/**
+ * The only module that imports koffi: thin synchronous bindings to libc's `ptrace`, `waitpid`,
+ * `waitid`, `tgkill`,
+ * `setpriority`/`sched_setscheduler` (for the calling thread only).
+ *
+ * Every ptrace request must come from the thread that attached (the kernel records the tracer
+ * task, not the process), so these functions are only ever called synchronously from the Node
+ * main thread — never through koffi's `.async` (worker threads) and never from a worker.
+ *
+ * Hot paths avoid allocation: results are returned as numbers (negative = -errno) and the wait
+ * status / siginfo are written into module-level typed arrays that callers read right away.
+ */
+import koffi from 'koffi';
+
+const libc = koffi.load('libc.so.6');
+
+// glibc declares `long ptrace(enum __ptrace_request, ...)`. Its x86-64 implementation reads the
+// three variadic words from the register save area and never touches vector registers, so a fixed
+// four-argument prototype is ABI-compatible (and avoids koffi's slower variadic path). Two
+// prototypes of the same symbol: one passing integers, one passing a buffer pointer as `data`.
+const ptraceInt = libc.func('ptrace', 'long', ['long', 'int', 'uintptr_t', 'uintptr_t']) as (
+  req: number,
+  pid: number,
+  addr: number | bigint,
+  data: number | bigint,
+) => number;
+const ptracePtr = libc.func('ptrace', 'long', ['long', 'int', 'uintptr_t', 'void *']) as (
+  req: number,
+  pid: number,
+  addr: number | bigint,
+  data: ArrayBufferView,
+) => number;
+const waitpidFn = libc.func('waitpid', 'int', ['int', 'int32_t *', 'int']) as (
+  pid: number,
+  status: Int32Array,
+  options: number,
+) => number;
+const waitidFn = libc.func('waitid', 'int', ['int', 'int', 'void *', 'int']) as (
+  idtype: number,
+  id: number,
+  info: ArrayBufferView,
+  options: number,
+) => number;
+const tgkillFn = libc.func('tgkill', 'int', ['int', 'int', 'int']) as (tgid: number, tid: number, sig: number) => number;
+const gettidFn = libc.func('gettid', 'int', []) as () => number;
+const schedSetschedulerFn = libc.func('sched_setscheduler', 'int', ['int', 'int', 'int32_t *']) as (
+  pid: number,
+  policy: number,
+  param: Int32Array,
+) => number;
+const schedGetschedulerFn = libc.func('sched_getscheduler', 'int', ['int']) as (pid: number) => number;
+const getpriorityFn = libc.func('getpriority', 'int', ['int', 'int']) as (which: number, who: number) => number;
+const setpriorityFn = libc.func('setpriority', 'int', ['int', 'int', 'int']) as (which: number, who: number, prio: number) => number;
+
+/** Status word written by the last `waitTid` that returned a pid. */
+export const waitStatus = new Int32Array(1);
+/**
+ * `siginfo_t` (128 bytes) written by the last `waitidPeek`: [0] si_signo, [2] si_code,
+ * [4] si_pid, [6] si_status (offsets of the SIGCHLD member of the union, in 32-bit words).
+ */
+export const siginfo = new Int32Array(32);
+const eventMsg = new BigUint64Array(1);
+
+/** `errno` of the last failed libc call. */
+function lastErrno(): number {
+  return koffi.errno();
+}
+
+/**
+ * ptrace with integer arguments. Returns the (non-negative) result, or -errno on failure.
+ * Not for PTRACE_PEEK* requests (whose results may legitimately be negative).
+ */
+export function ptrace(req: number, tid: number, addr: number | bigint, data: number | bigint): number {
+  const r = ptraceInt(req, tid, addr, data);
+  return r === -1 ? -lastErrno() : r;
+}
+
+/** ptrace whose `data` is a pointer to `buf` (GETREGS, SETREGS, GETEVENTMSG...). Returns 0 or -errno. */
+export function ptraceBuffer(req: number, tid: number, addr: number | bigint, buf: ArrayBufferView): number {
+  const r = ptracePtr(req, tid, addr, buf);
+  return r === -1 ? -lastErrno() : r;
+}
+
+/** PTRACE_GETEVENTMSG: the new thread id after PTRACE_EVENT_CLONE (or -errno). */
+export function ptraceGetEventMsg(tid: number): number {
+  const r = ptracePtr(0x4201 /* PTRACE_GETEVENTMSG */, tid, 0, eventMsg);
+  return r === -1 ? -lastErrno() : Number(eventMsg[0]!);
+}
+
+/**
+ * waitpid(tid, &status, flags). Returns the pid that changed state (status in `waitStatus[0]`),
+ * 0 when WNOHANG found nothing, or -errno.
+ */
+export function waitTid(tid: number, flags: number): number {
+  const r = waitpidFn(tid, waitStatus, flags);
+  return r === -1 ? -lastErrno() : r;
+}
+
+/**
+ * waitid(P_PID, tid, &siginfo, flags) — used with WNOWAIT to look at a state change without
+ * consuming it. Returns 0 (siginfo filled; si_pid 0 if nothing to report) or -errno.
+ */
+export function waitidPeek(tid: number, flags: number): number {
+  siginfo.fill(0);
+  const r = waitidFn(1 /* P_PID */, tid, siginfo, flags);
+  return r === -1 ? -lastErrno() : r;
+}
+
+/** tgkill(tgid, tid, sig): re-queues a signal we had to take from a thread. Returns 0 or -errno. */
+export function tgkill(tgid: number, tid: number, sig: number): number {
+  const r = tgkillFn(tgid, tid, sig);
+  return r === -1 ? -lastErrno() : r;
+}
+
+const PRIO_PROCESS = 0;
+const SCHED_OTHER = 0;
+const SCHED_FIFO = 1;
+let selfTid = 0;
+const schedParam = new Int32Array(1);
+
+/** How the calling thread was scheduled before boostThread(), to undo it. */
+export interface SchedulingState {
+  policy: number;
+  nice: number;
+  boosted: 'fifo' | 'nice' | 'none';
+}
+
+/**
+ * Raises the calling thread (only this thread) for a short critical window: SCHED_FIFO priority 1
+ * when `mode` is 'fifo' and permitted, else nice -20, else nothing. Returns what to restore.
+ * Why: while the target is frozen the tracer must not queue behind every runnable thread of the
+ * machine (including the target's own threads as they resume) between two ptrace requests; on a
+ * loaded 2-core machine that alone multiplies the pause by 10-100. The kernel's RT throttling
+ * still leaves other tasks 5% of the CPU even if the window overran.
+ */
+export function boostThread(mode: 'fifo' | 'nice'): SchedulingState {
+  if (selfTid === 0) selfTid = gettidFn();
+  const policy = schedGetschedulerFn(selfTid);
+  koffi.errno(0);
+  let nice = getpriorityFn(PRIO_PROCESS, selfTid);
+  if (nice === -1 && lastErrno() !== 0) nice = 0;
+  const state: SchedulingState = { policy, nice, boosted: 'none' };
+  if (policy !== SCHED_OTHER) return state; // already real-time (or batch/idle by choice): leave it
+  if (mode === 'fifo') {
+    schedParam[0] = 1;
+    if (schedSetschedulerFn(selfTid, SCHED_FIFO, schedParam) === 0) {
+      state.boosted = 'fifo';
+      return state;
+    }
+  }
+  if (setpriorityFn(PRIO_PROCESS, selfTid, -20) === 0) state.boosted = 'nice';
+  return state;
+}
+
+/** Undoes boostThread(). */
+export function restoreThread(state: SchedulingState): void {
+  if (state.boosted === 'fifo') {
+    schedParam[0] = 0;
+    schedSetschedulerFn(selfTid, SCHED_OTHER, schedParam);
+  } else if (state.boosted === 'nice') setpriorityFn(PRIO_PROCESS, selfTid, state.nice);
+}
