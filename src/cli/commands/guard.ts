@@ -1,14 +1,124 @@
+/**
+ * `hotpatch guard (--pid PID... | --all | --exe PATH...) [--interval S] [--action log|stop|kill|restore]
+ *  [--policy FILE] [--metrics PORT] [--json-log FILE] [--state-dir DIR]`: the long-running guard.
+ * Findings go out as JSON lines (stdout, or --json-log FILE) and as human lines on stderr.
+ */
+import { appendFileSync } from 'node:fs';
+import type { Server } from 'node:http';
 import type { Command } from 'commander';
-import { HotpatchError } from '../../errors.js';
+import { UsageError } from '../../errors.js';
+import {
+  DEFAULT_INTERVAL_MS,
+  DEFAULT_STATE_DIR,
+  GUARD_ACTIONS,
+  Guard,
+  GuardMetrics,
+  GuardState,
+  defaultPolicy,
+  findingToJson,
+  loadPolicy,
+  serveMetrics,
+  type GuardAction,
+  type GuardEvent,
+} from '../../guard/index.js';
+import { progress } from '../output.js';
+import { collect, parsePidOption } from './apply.js';
 import type { SetExitCode } from './index.js';
+import { parseStructures } from './verify.js';
+
+interface GuardCliOptions {
+  pid: string[];
+  all?: boolean;
+  exe: string[];
+  interval: string;
+  fullInterval?: string;
+  action?: string;
+  policy?: string;
+  metrics?: string;
+  jsonLog?: string;
+  stateDir: string;
+  trust: string[];
+  structures?: string;
+  ptrace: boolean;
+  duration?: string;
+}
+
+function seconds(text: string, option: string, min: number): number {
+  const s = Number(text);
+  if (!Number.isFinite(s) || s < min || s > 86_400) throw new UsageError('USAGE_BAD_INTERVAL', `${option} ${text} is not a number of seconds between ${min} and 86400`);
+  return Math.round(s * 1000);
+}
+
+/** One JSON line per event (bigints and bytes as hex, findings in the `verify` shape). */
+export function eventJson(e: GuardEvent): string {
+  if (e.type === 'finding') return JSON.stringify({ type: e.type, time: e.time, action: e.action, outcome: e.outcome, finding: findingToJson(e.finding) });
+  return JSON.stringify(e);
+}
 
 export function register(program: Command, setExitCode: SetExitCode): void {
   void setExitCode;
   program
     .command('guard')
-    .description('(not yet implemented)')
-    .allowUnknownOption()
-    .action(() => {
-      throw new HotpatchError('NOT_IMPLEMENTED', '`hotpatch guard` is not implemented yet');
+    .description('protect running processes: verify their code and tables at random times and react to tampering')
+    .option('--pid <PID>', 'process to protect (repeatable)', collect, [])
+    .option('--all', 'protect every process, including ones that start later')
+    .option('--exe <PATH|BUILDID>', 'protect processes of this executable (path or build-id; repeatable), including ones that start later', collect, [])
+    .option('--interval <SECONDS>', 'cycle length: every structure of every process is checked at least once per 2 x interval', String(DEFAULT_INTERVAL_MS / 1000))
+    .option('--full-interval <SECONDS>', 'longest time an unwritten (clean) mapping goes without a byte comparison (default 6 x interval)')
+    .option('--action <ACTION>', `what to do on a confirmed finding: ${GUARD_ACTIONS.join(', ')} (default: the policy's, else log)`)
+    .option('--policy <FILE>', 'guard policy file (JSON, see docs/guard.md)')
+    .option('--metrics <PORT>', 'serve Prometheus metrics on http://127.0.0.1:PORT/metrics')
+    .option('--json-log <FILE>', 'append the JSON lines to FILE instead of stdout')
+    .option('--state-dir <DIR>', 'where first-seen identities, credential baselines and restores are kept', DEFAULT_STATE_DIR)
+    .option('--trust <PUBFILE>', 'trusted patch signer public key (repeatable)', collect, [])
+    .option('--structures <LIST>', 'only these structure codes, comma-separated (default: all 0-10)')
+    .option('--no-ptrace', 'skip structure 7 (signal handlers), the only check that briefly stops the target')
+    .option('--duration <SECONDS>', 'stop after this long (default: run until SIGTERM/SIGINT)')
+    .addHelpText('after', '\nExamples:\n  hotpatch guard --exe /usr/sbin/nginx --action restore --metrics 9464\n  hotpatch guard --all --policy /etc/hotpatch/guard.json --json-log /var/log/hotpatch-guard.jsonl\n')
+    .action(async (opts: GuardCliOptions) => {
+      const selections = [opts.pid.length > 0, opts.all === true, opts.exe.length > 0].filter(Boolean).length;
+      if (selections > 1) throw new UsageError('USAGE_SELECTION', 'give only one of --pid, --all, --exe');
+      const policy = opts.policy !== undefined ? loadPolicy(opts.policy) : defaultPolicy();
+      if (selections === 0 && policy.protect.length === 0) throw new UsageError('USAGE_SELECTION', 'say what to protect: --pid PID, --all, --exe PATH, or a policy with "protect"');
+      if (opts.action !== undefined && !(GUARD_ACTIONS as readonly string[]).includes(opts.action)) throw new UsageError('USAGE_BAD_ACTION', `--action must be one of ${GUARD_ACTIONS.join(', ')}`);
+      const intervalMs = seconds(opts.interval, '--interval', 0.05);
+      const metrics = new GuardMetrics();
+      const writeJson = opts.jsonLog !== undefined ? (line: string) => appendFileSync(opts.jsonLog!, `${line}\n`) : (line: string) => process.stdout.write(`${line}\n`);
+      const guard = new Guard({
+        pids: opts.pid.map(parsePidOption),
+        all: opts.all === true,
+        exe: opts.exe,
+        intervalMs,
+        ...(opts.fullInterval !== undefined ? { fullIntervalMs: seconds(opts.fullInterval, '--full-interval', 0) } : {}),
+        ...(opts.action !== undefined ? { action: opts.action as GuardAction } : {}),
+        policy,
+        state: new GuardState(opts.stateDir, true),
+        trustedKeys: opts.trust,
+        allowPtrace: opts.ptrace,
+        ...(opts.structures !== undefined ? { structures: parseStructures(opts.structures) } : {}),
+        metrics,
+        onEvent: (e) => {
+          if (e.type !== 'cycle' || opts.jsonLog !== undefined) writeJson(eventJson(e));
+        },
+        log: (line) => progress(line),
+      });
+      let server: Server | undefined;
+      if (opts.metrics !== undefined) {
+        const port = /^\d+$/.test(opts.metrics) ? Number(opts.metrics) : NaN;
+        if (!(port > 0 && port < 65536)) throw new UsageError('USAGE_BAD_PORT', `--metrics ${opts.metrics} is not a TCP port`);
+        server = await serveMetrics(metrics, port);
+        progress(`guard: metrics on http://127.0.0.1:${port}/metrics`);
+      }
+      progress(`guard: interval ${intervalMs / 1000}s (every structure checked at least every ${(2 * intervalMs) / 1000}s), policy ${policy.source}`);
+      guard.start();
+      await new Promise<void>((res) => {
+        const done = () => res();
+        process.once('SIGTERM', done);
+        process.once('SIGINT', done);
+        if (opts.duration !== undefined) setTimeout(done, seconds(opts.duration, '--duration', 0)).unref();
+      });
+      await guard.stop();
+      server?.close();
+      progress('guard: stopped');
     });
 }
