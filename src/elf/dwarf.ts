@@ -640,7 +640,7 @@ function parseAllDies(s: Sections, maxDies: number): { dies: Map<number, Die>; u
         // DW_FORM_exprloc member locations: only the DW_OP_plus_uconst form is a plain offset.
         if (a.at === DW_AT_data_member_location && typeof v === 'string') die.memberLoc = undefined;
       }
-      if (a_isMemberLocExpr(ab) && die.memberLoc === undefined) die.memberLoc = exprMemberLoc(u.u8, ab, localOff, s, version, offsetSize, addrSize, unitStart);
+      if (hasExprMemberLocation(ab) && die.memberLoc === undefined) die.memberLoc = exprMemberLoc(u.u8, ab, localOff, s, version, offsetSize, addrSize, unitStart);
       if (first) {
         first = false;
         if (die.name !== undefined) ctx.info.name = die.name;
@@ -671,7 +671,7 @@ function unitHeaderSize(version: number, offsetSize: 4 | 8, unitType: number, ty
   return n;
 }
 
-function a_isMemberLocExpr(ab: Abbrev): boolean {
+function hasExprMemberLocation(ab: Abbrev): boolean {
   return ab.attrs.some((a) => a.at === DW_AT_data_member_location && (a.form === DW_FORM_exprloc || a.form === DW_FORM_block1));
 }
 
@@ -1082,7 +1082,7 @@ function analyse(dies: Map<number, Die>, units: UnitCtx[]): DwarfInfo {
     // of this unit; definitions reach them through DW_AT_specification.
     if (d.tag !== DW_TAG_subprogram || d.declaration) continue;
     const o = originOf(d);
-    const name = qualifiedNameFn(o);
+    const name = qualifiedName(o);
     if (name === undefined) continue;
     // Key by the unit of the origin: with LTO the concrete code sits in an '<artificial>' unit while
     // the abstract function stays in its source unit. Not for type units (methods declared there).
@@ -1110,9 +1110,6 @@ function analyse(dies: Map<number, Die>, units: UnitCtx[]): DwarfInfo {
         for (const ch of c.children ?? []) stack.push(ch);
       }
     }
-  }
-  function qualifiedNameFn(o: Die): string | undefined {
-    return qualifiedName(o);
   }
   const fnList: DwarfFunction[] = [];
   const fnByName = new Map<string, DwarfFunction[]>();
