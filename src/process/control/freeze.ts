@@ -421,7 +421,9 @@ export class FrozenProcess {
     this.#thawed = true;
     const problems: string[] = [];
     const d0 = process.hrtime.bigint();
-    for (const t of this.#threads.values()) {
+    // Leader last: if the process died, its exit is only reported once every other thread is reaped.
+    const order = [...this.#threads.values()].sort((a, b) => (a.tid === this.pid ? 1 : b.tid === this.pid ? -1 : 0));
+    for (const t of order) {
       if (!t.attached) continue;
       try {
         this.#detach(t);
@@ -447,12 +449,18 @@ export class FrozenProcess {
     }
     const sig = t.heldSignals.shift() ?? 0;
     let r = ptrace(PTRACE_DETACH, t.tid, 0, sig);
-    if (r === -ESRCH && !t.stopped) {
-      // Seized but its stop not consumed yet (error path during attach): stop it, then detach.
+    if (r === -ESRCH) {
+      // Not in a ptrace-stop: seized but its stop not consumed yet (error path during attach), or
+      // dying/dead. Stop it and detach, or reap it: a dead tracee stays a zombie attached to us
+      // (and keeps its thread group from being reported to its parent) until we wait for it.
+      if (sig !== 0) t.heldSignals.unshift(sig);
       const ev = this.#consumeStop(t.tid);
       if (ev.kind === 'stopped') {
         if (ev.event === 0 && ev.signal !== SIGTRAP) t.heldSignals.unshift(ev.signal);
         r = ptrace(PTRACE_DETACH, t.tid, 0, t.heldSignals.shift() ?? 0);
+      } else {
+        t.heldSignals.length = 0;
+        r = 0;
       }
     }
     // Signals beyond the first one we took are queued again.
