@@ -250,3 +250,26 @@ describe('verify: signal handlers (7)', () => {
     await node.kill();
   });
 });
+
+describe('verify: text relocations (DT_TEXTREL)', () => {
+  it('verifies code with text relocations clean by applying them, and sees a change to a relocated word', async () => {
+    const { compile } = await import('../helpers/native.js');
+    // Not `shared: true`: that adds -fPIC, which would remove the text relocations.
+    const lib = await compile({ file: 'guard/textrel.c', flags: ['-O2', '-mcmodel=large', '-fno-pic', '-shared', '-Wl,-z,notext'], name: 'libtextrel.so' });
+    const prog = await compile({ file: 'guard/textrel-main.c', extraFiles: [lib], flags: ['-O2', `-Wl,-rpath,${join(lib, '..')}`], name: 'textrel-main' });
+    const t = await startTarget(prog);
+    expect(t.output()).toMatch(/^ready 10 0x/m);
+    const clean = await findingsOf(t.pid, { caches });
+    expect(clean, summary(clean)).toEqual([]);
+    // Re-point the absolute address in textrel_address() (R_X86_64_64 in .text) elsewhere.
+    const elf = parseElf(readFileSync(lib));
+    expect(elf.dynamic?.textrel).toBe(true);
+    const reloc = elf.dynamicRelocations.rela.find((r) => r.type === 1 && r.symbol?.name === 'textrel_value')!;
+    const libBase = BigInt(`0x${new RegExp(`^([0-9a-f]+)-[0-9a-f]+ r--p 00000000 [^\\n]*${lib.replace(/[.*+?^${}()|[\]\\]/g, '\\$&')}$`, 'm').exec(readFileSync(`/proc/${t.pid}/maps`, 'utf8'))![1]}`);
+    pokeMemory(t.pid, libBase + reloc.offset, u64le(0x4141414141n));
+    const f = await findingsOf(t.pid, { caches });
+    expect(f.length, summary(f)).toBe(1);
+    expect(f[0]).toMatchObject({ code: 0, module: lib });
+    await t.kill();
+  });
+});

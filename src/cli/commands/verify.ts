@@ -76,7 +76,8 @@ export function register(program: Command, setExitCode: SetExitCode): void {
         printJson({
           checked: { processes: checked.length, bytes },
           findings: findings.map(findingToJson),
-          skipped: results.filter((r) => !r.checked).map((r) => ({ pid: r.pid, reason: r.error ?? '' })),
+          // Kernel threads and processes that exited meanwhile are not worth listing for --all.
+          skipped: results.filter((r) => !r.checked && !(opts.all && /kernel thread|exited|does not exist/.test(r.error ?? ''))).map((r) => ({ pid: r.pid, reason: r.error ?? '' })),
         });
       } else {
         for (const f of findings) say(false, formatFinding(f));

@@ -21,6 +21,7 @@ import {
   DT_VERSYM,
   R_X86_64_RELATIVE,
   R_X86_64_TLSDESC,
+  R_X86_64_64,
   R_X86_64_COPY,
   R_X86_64_NONE,
 } from '../../elf/index.js';
@@ -29,7 +30,7 @@ import { describeHook, iterateInstructions } from '../../x86/index.js';
 import type { ProcessContext } from '../context.js';
 import { makeFinding, type Finding, type FindingKind, type Severity, type StructureCode } from '../finding.js';
 import { RELR_WORD, type ModuleImage, type VaddrRange } from '../image.js';
-import { copySource } from './imports.js';
+import { bindingValues, copySource } from './imports.js';
 import { sanctionedState } from './sanctioned.js';
 
 const PAGE = 4096;
@@ -68,10 +69,23 @@ interface WordOverride {
  * verified by the import-table check (structure 3). `actual` (the mapping's memory, starting at
  * vaddr `start`) supplies the loader-rewritten .dynamic entries.
  */
-function relocationOverrides(ctx: ProcessContext, mod: Module, img: ModuleImage, start: bigint, end: bigint, actual: Uint8Array): WordOverride[] {
+function relocationOverrides(ctx: ProcessContext, mod: Module, img: ModuleImage, start: bigint, end: bigint, actual: Uint8Array, relro: boolean): WordOverride[] {
   const out: WordOverride[] = [];
   const bias = mod.loadBias;
   for (const r of img.relocationWordsIn(start, end)) {
+    // Text relocations against symbols (DT_TEXTREL): the import check does not see them, so the
+    // value is checked here against the definitions the dynamic linker may bind to.
+    if (!relro && r.type === R_X86_64_64 && r.symbol !== undefined) {
+      const off = Number(r.vaddr - start);
+      const values = off >= 0 && off + 8 <= actual.length ? bindingValues(ctx, mod, r.symbol, r.addend, r.type) : undefined;
+      if (values === undefined || values.length === 0) {
+        out.push({ vaddr: r.vaddr, value: 'mask' });
+        continue;
+      }
+      const now = new DataView(actual.buffer, actual.byteOffset + off, 8).getBigUint64(0, true);
+      out.push({ vaddr: r.vaddr, value: values.includes(now) ? now : values[0]! });
+      continue;
+    }
     switch (r.type) {
       case R_X86_64_RELATIVE:
       case RELR_WORD:
@@ -323,7 +337,7 @@ function checkMapping(ctx: ProcessContext, mod: Module, img: ModuleImage, mp: Ma
   const loaderRelro = mod.kind === 'loader' && isRelro;
   let expected = loaderRelro ? new Uint8Array(actual) : img.fileBytes(mp.fileOffset, length);
   if (isRelro || textrel) {
-    const overrides = relocationOverrides(ctx, mod, img, vStart, vEnd, actual);
+    const overrides = relocationOverrides(ctx, mod, img, vStart, vEnd, actual, isRelro);
     if (overrides.length > 0) {
       if (!loaderRelro) expected = new Uint8Array(expected);
       const dv = new DataView(expected.buffer);

@@ -379,3 +379,17 @@ export function copySource(ctx: ProcessContext, mod: Module, ref: ElfSymbol): bi
   if (from === undefined) return undefined;
   return allowedDefinitions(scope, from, ref, 0n, R_X86_64_COPY)[0]?.value;
 }
+
+/**
+ * Values a symbol relocation of `mod` may hold (definitions the dynamic linker may bind it to, plus
+ * the addend), or undefined when the module is not in the scope or a definition is an IFUNC.
+ */
+export function bindingValues(ctx: ProcessContext, mod: Module, ref: ElfSymbol, addend: bigint, relocType: number): bigint[] | undefined {
+  const scope = buildScope(ctx);
+  const from = scope.modules.find((m) => m.mod === mod);
+  if (from === undefined) return undefined;
+  const allowed = allowedDefinitions(scope, from, ref, addend, relocType);
+  if (allowed.some((c) => c.value === undefined)) return undefined;
+  if (allowed.length === 0 && ref.bind === STB_WEAK) return [0n];
+  return allowed.map((c) => c.value!);
+}
