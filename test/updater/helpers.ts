@@ -3,7 +3,7 @@
  * programs that load it, build and sign real packages with the builder, run the CLI, ask targets
  * what their code returns, and snapshot executable memory for byte-identity checks.
  */
-import { execFile } from 'node:child_process';
+import { execFile, spawn } from 'node:child_process';
 import { createHash } from 'node:crypto';
 import { copyFileSync, mkdirSync, mkdtempSync, readFileSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
@@ -108,6 +108,41 @@ export async function cli(args: string[], env: Record<string, string> = {}): Pro
     const err = e as { code?: number | string; signal?: NodeJS.Signals; stdout: string; stderr: string };
     return { code: typeof err.code === 'number' ? err.code : null, signal: err.signal ?? null, stdout: err.stdout, stderr: err.stderr };
   }
+}
+
+/** Starts the CLI in the background: wait for a stderr line, then for its end. */
+export function spawnCli(args: string[]): { stderrMatches(re: RegExp, timeoutMs?: number): Promise<void>; done: Promise<CliRun> } {
+  const env = { ...process.env };
+  delete env.HOTPATCH_TRUSTED_KEYS;
+  delete env.HOTPATCH_FAULT;
+  const child = spawn(process.execPath, [CLI, ...args], { env, stdio: ['ignore', 'pipe', 'pipe'] });
+  let stdout = '';
+  let stderr = '';
+  const listeners: Array<() => void> = [];
+  child.stdout.setEncoding('utf8').on('data', (d: string) => (stdout += d));
+  child.stderr.setEncoding('utf8').on('data', (d: string) => {
+    stderr += d;
+    for (const l of listeners.splice(0)) l();
+  });
+  const done = new Promise<CliRun>((res) => child.once('close', (code, signal) => res({ code, signal, stdout, stderr })));
+  return {
+    done,
+    stderrMatches(re, timeoutMs = 60_000) {
+      return new Promise((res, rej) => {
+        const timer = setTimeout(() => rej(new Error(`CLI stderr never matched ${re}: ${stderr}`)), timeoutMs);
+        const check = () => {
+          if (re.test(stderr)) {
+            clearTimeout(timer);
+            res();
+          } else if (child.exitCode !== null) {
+            clearTimeout(timer);
+            rej(new Error(`CLI exited (${child.exitCode}) before stderr matched ${re}: ${stderr}`));
+          } else listeners.push(check);
+        };
+        check();
+      });
+    },
+  };
 }
 
 /** lib_value(10) as the target computes it now (11: running build, 12: fixed). */

@@ -13,7 +13,7 @@ import { listPatches } from '../../src/patch/engine/index.js';
 import { readPackageFile } from '../../src/patch/package/index.js';
 import { openProcess } from '../../src/process/index.js';
 import { killTargetsAfterAll, REPO_ROOT, startTarget, type Target } from '../helpers/native.js';
-import { cli, copyLib, makeFixture, textHash, value, type Fixture } from './helpers.js';
+import { cli, copyLib, makeFixture, spawnCli, textHash, value, type Fixture } from './helpers.js';
 
 killTargetsAfterAll();
 
@@ -294,13 +294,12 @@ describe('one hotpatch command per process at a time', () => {
     });
     expect(await value(t)).toBe(11);
     // A waiting command goes ahead as soon as the holder is killed (its lock file stays behind, stale).
-    const waiting = cli(['apply', f.signedPkg, '--pid', String(t.pid), '--trust', f.pub, '--lock-wait', '30', '--json']);
-    await new Promise((res) => setTimeout(res, 1500));
+    const waiting = spawnCli(['apply', f.signedPkg, '--pid', String(t.pid), '--trust', f.pub, '--lock-wait', '60', '--json']);
+    await waiting.stderrMatches(/waiting: another hotpatch process/);
     expect(await value(t)).toBe(11);
     await h.kill();
-    const done = await waiting;
+    const done = await waiting.done;
     expect(done.code).toBe(0);
-    expect(done.stderr).toMatch(/waiting: another hotpatch process/);
     expect(JSON.parse(done.stdout).results[0].status).toBe('patched');
     expect(await value(t)).toBe(12);
   });
@@ -308,8 +307,8 @@ describe('one hotpatch command per process at a time', () => {
   it('two commands started together on one process do not interleave', async () => {
     const t = alphas[1]!;
     const [a, b] = await Promise.all([
-      cli(['remove', f.patchId, '--pid', String(t.pid), '--json']),
-      cli(['remove', f.patchId, '--pid', String(t.pid), '--json']),
+      cli(['remove', f.patchId, '--pid', String(t.pid), '--lock-wait', '60', '--json']),
+      cli(['remove', f.patchId, '--pid', String(t.pid), '--lock-wait', '60', '--json']),
     ]);
     const statuses = [JSON.parse(a.stdout).results[0], JSON.parse(b.stdout).results[0]].map((r: Result) => `${r.status}:${r.code ?? ''}`).sort();
     expect(statuses).toEqual(['failed:PATCH_NOT_APPLIED', 'removed:']);
