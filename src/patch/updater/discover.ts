@@ -62,7 +62,7 @@ export function otherBuildReason(module: Module, target: TargetIdentity, fixedBu
 export function findImageProcesses(target: TargetIdentity, options: FindOptions = {}): ImageScan {
   const want = target.buildId.toLowerCase();
   const explicit = options.pids !== undefined;
-  const pids = options.pids ?? enumerateProcessIds().filter((p) => p !== process.pid);
+  const pids = options.pids ? [...new Set(options.pids)] : enumerateProcessIds().filter((p) => p !== process.pid);
   const scan: ImageScan = { matches: [], others: [], unreadable: [] };
   for (const pid of pids) {
     let proc;

@@ -27,7 +27,7 @@ export async function recoverProcesses(options: RunOptions): Promise<RecoverRepo
     targets = findPatchedProcesses().map((p) => ({ pid: p.pid, exe: p.exe }));
     progress(`${targets.length} process${targets.length === 1 ? ' has' : 'es have'} a patch record`);
   } else {
-    targets = options.pids!.map((pid) => ({ pid }));
+    targets = [...new Set(options.pids!)].map((pid) => ({ pid }));
   }
   let done = 0;
   const results = await mapBounded(targets, options.concurrency ?? DEFAULT_CONCURRENCY, async (t): Promise<ProcessResult> => {

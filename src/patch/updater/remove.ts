@@ -61,7 +61,7 @@ export async function removeFromProcesses(patchId: string, options: RemovePatchO
     }
     progress(`${targets.length} process${targets.length === 1 ? ' has' : 'es have'} patch ${patchId}`);
   } else if (hasPids) {
-    targets = options.pids!.map((pid) => ({ pid, exe: '' }));
+    targets = [...new Set(options.pids!)].map((pid) => ({ pid, exe: '' }));
     for (const t of targets) {
       try {
         const listed = findPatchedProcesses([t.pid])[0];
