@@ -1,3 +1,2 @@
 /** `hotpatch scan` library: hotpatchable functions of ELF files and running processes. */
 export * from './scan.js';
-export * from './sample.js';
