@@ -281,7 +281,7 @@ export class Guard {
 
   async #sleepUntil(t: number): Promise<void> {
     const ms = t - Date.now();
-    if (ms <= 0) return;
+    if (ms <= 0 || !this.#running) return;
     await new Promise<void>((res) => {
       const timer = setTimeout(() => {
         this.#wake = undefined;
