@@ -11,6 +11,7 @@
  * symbol the running build reaches through no slot of its own (a GOT slot is then carried as data).
  * References between parts of the patch are `kind: 'local'`.
  */
+import { R_X86_64_32, R_X86_64_32S, R_X86_64_PC32, R_X86_64_PLT32, STT_SECTION } from '../../elf/index.js';
 import { classifyEntry } from '../../x86/index.js';
 import type { EntryPlan, PatchData, PatchFunction, Relocation, RelocationTarget, RelocationType } from '../plan.js';
 import { BuildImage, displayKey, targetString, type FunctionInfo, type ObjectInfo, type RefTarget } from './image.js';
@@ -40,6 +41,7 @@ export interface EmitResult {
 }
 
 const CODE_ALIGN = 16;
+const RELOCATION_BYTES: Record<RelocationType, number> = { pc32: 4, abs32: 4, abs32s: 4, abs64: 8 };
 const INT3 = 0xcc;
 
 function alignOf(addr: bigint, cap: number): number {
@@ -306,7 +308,7 @@ export class Emitter {
         return this.#carryGotSlot(t.key, addr - BigInt(t.off), t.off, u);
       }
       case 'anon': {
-        const idx = this.#carryAnon(addr);
+        const idx = this.#carryAnon(addr, u);
         return idx === undefined ? undefined : { kind: 'local', part: 'data', index: idx, offset: 0 };
       }
       case 'near': {
@@ -337,36 +339,73 @@ export class Emitter {
     return idx;
   }
 
-  /** Relocations for pointer fields of new-build data in [addr, addr+len). */
-  #dataRelocations(addr: bigint, len: number): Relocation[] {
+  /**
+   * Relocations for the address fields of new-build data in [addr, addr+len): pointers the dynamic
+   * linker fills (RELATIVE, GLOB_DAT...), static relocations kept by --emit-relocs (64-bit, 32-bit and
+   * PC-relative fields, e.g. jump-table entries), and in non-PIE builds without relocations 8-byte
+   * words holding an address of the image. Each field is bound like a reference from code.
+   */
+  #dataRelocations(addr: bigint, len: number, u?: PlacedUnit): Relocation[] {
     const out: Relocation[] = [];
-    for (let off = 0; off + 8 <= len; off++) {
-      const r = this.neu.dataRelocations.get(addr + BigInt(off));
+    for (let off = 0; off < len; off++) {
+      const at = addr + BigInt(off);
+      const r = this.neu.dataRelocations.get(at);
       let target: bigint | undefined;
       let key: string | undefined;
+      let type: RelocationType = 'abs64';
       if (r) {
-        const p = this.neu.dataPointer(r);
-        target = p.addr;
-        key = p.key;
-      } else if (this.neu.isFixedAddress && !this.neu.hasEmitRelocs && off % 8 === 0) {
-        const b = this.neu.readSome(addr + BigInt(off), 8);
+        if (r.type === R_X86_64_PC32 || r.type === R_X86_64_PLT32) type = 'pc32';
+        else if (r.type === R_X86_64_32) type = 'abs32';
+        else if (r.type === R_X86_64_32S) type = 'abs32s';
+        const width = type === 'abs64' ? 8 : 4;
+        if (off + width > len) continue;
+        if (type === 'abs64') {
+          const p = this.neu.dataPointer(r);
+          target = p.addr;
+          key = p.key;
+        } else {
+          // Static relocation: S + A is the address designated (for pc32 the field holds S + A - P).
+          const sym = r.symbol;
+          const base = sym ? (sym.type === STT_SECTION ? (this.neu.elf.sections[sym.shndx]?.addr ?? 0n) : sym.value) : 0n;
+          target = BigInt.asUintN(64, base + r.addend);
+        }
+      } else if (this.neu.isFixedAddress && !this.neu.hasEmitRelocs && off % 8 === 0 && off + 8 <= len) {
+        const b = this.neu.readSome(at, 8);
         const v = b.length === 8 ? new DataView(b.buffer, b.byteOffset, 8).getBigUint64(0, true) : 0n;
         if (v !== 0n && this.neu.isImageAddress(v)) target = v;
       }
       if (target === undefined && key === undefined) continue;
       let bound: RelocationTarget | undefined;
-      if (target !== undefined) bound = this.#bind(this.neu.symbolize(target), target, undefined);
+      if (target !== undefined) bound = this.#bind(this.neu.symbolize(target), target, u);
       else if (key !== undefined) {
         const sym = /^sym:([^@+]+)(?:@([^+]+))?$/.exec(key);
         if (sym) {
           bound = { kind: 'symbol', name: sym[1]! };
           if (sym[2]) bound.version = sym[2];
-        } else this.#unresolved(undefined, key, 'a relocated pointer in carried data');
+        } else this.#unresolved(u, key, 'a relocated pointer in carried data');
       }
-      if (bound) out.push({ offset: off, type: 'abs64', target: bound, addend: 0n });
-      off += 7;
+      if (bound) out.push({ offset: off, type, target: bound, addend: 0n });
+      off += (type === 'abs64' ? 8 : 4) - 1;
     }
     return out;
+  }
+
+  /**
+   * Without relocations, a carried constant whose int32 entries added to its own address land in
+   * the referencing function is a relative jump table the dispatch analysis did not recognise:
+   * carrying it verbatim would send the new code back into the old one.
+   */
+  #looksLikeRelativeTable(addr: bigint, bytes: Uint8Array, u: PlacedUnit | undefined): boolean {
+    if (!u || bytes.length < 8) return false;
+    const dv = new DataView(bytes.buffer, bytes.byteOffset, bytes.byteLength);
+    const fn = u.nf.fn;
+    let hits = 0;
+    for (let off = 0; off + 4 <= bytes.length && off < 64; off += 4) {
+      const t = addr + BigInt(dv.getInt32(off, true));
+      if (t > fn.vaddr && t < fn.end) hits++;
+      else break;
+    }
+    return hits >= 2;
   }
 
   #carryObject(o: ObjectInfo): number | undefined {
@@ -376,12 +415,12 @@ export class Emitter {
     const bytes = this.neu.elf.readVaddr(o.vaddr, o.size).slice();
     const idx = this.#addData(key, { name: displayKey(o.key), bytes, align: alignOf(o.vaddr, 64), relocations: [] });
     const relocs = this.#dataRelocations(o.vaddr, o.size);
-    for (const r of relocs) bytes.fill(0, r.offset, r.offset + 8);
+    for (const r of relocs) bytes.fill(0, r.offset, r.offset + RELOCATION_BYTES[r.type]);
     this.data[idx]!.relocations = relocs;
     return idx;
   }
 
-  #carryAnon(addr: bigint): number | undefined {
+  #carryAnon(addr: bigint, u: PlacedUnit | undefined): number | undefined {
     const key = `anon:${addr}`;
     const have = this.#dataByAddr.get(key);
     if (have !== undefined) return have;
@@ -392,8 +431,16 @@ export class Emitter {
     const name = `${sec?.name ?? 'data'}+0x${(addr - (sec?.addr ?? 0n)).toString(16)}${str ? ` "${Buffer.from(str.subarray(0, Math.min(24, str.length - 1))).toString('latin1').replace(/[^\x20-\x7e]/g, '.')}"` : ''}`;
     const idx = this.#addData(key, { name, bytes, align: str ? 1 : alignOf(addr, 32), relocations: [] });
     if (!str) {
-      const relocs = this.#dataRelocations(addr, bytes.length);
-      for (const r of relocs) bytes.fill(0, r.offset, r.offset + 8);
+      const relocs = this.#dataRelocations(addr, bytes.length, u);
+      if (relocs.length === 0 && !this.neu.hasEmitRelocs && this.#looksLikeRelativeTable(addr, bytes, u)) {
+        const name = displayKey(u!.nf.fn.key);
+        this.#refuse(
+          RefusalCode.UNBOUNDED_INDIRECT_JUMP,
+          name,
+          `${name}: the constant table at 0x${addr.toString(16)} (new build) holds offsets into the function, like a jump table whose dispatch the builder did not recognise; it cannot be relocated with confidence: link with -Wl,--emit-relocs`,
+        );
+      }
+      for (const r of relocs) bytes.fill(0, r.offset, r.offset + RELOCATION_BYTES[r.type]);
       this.data[idx]!.relocations = relocs;
     }
     return idx;
