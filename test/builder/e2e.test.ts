@@ -48,6 +48,7 @@ const CASES: Case[] = [
   { scenario: 'plt_libc', input: 'abc', before: /len 3 buf abc\n/, after: /len 9 buf abcabc\n/, functions: ['shout'] },
   { scenario: 'strings', input: '-3', before: /value -3 is negative\n/, after: /value -3 is below zero \(fixed\)\n/, functions: ['label'] },
   { scenario: 'switch', input: '5', before: /ops 6 10 2 25 2 -5 5 20 0 0\n/, after: /ops 6 10 -25 25 2 -5 5 20 805 905\n/, functions: ['dispatch'] },
+  { scenario: 'const_tables', input: '7', before: /prime 19 name three twice 14\n/, after: /prime 23 name THREE \(fixed\) twice 14\n/, functions: ['name_of', 'nth_prime'] },
   { scenario: 'mutual', input: '5', before: /odd 5 even 6 untouched 55\n/, after: /odd 210 even 110 untouched 55\n/, functions: ['even_steps', 'odd_steps'] },
   // TLS (general-dynamic + initial-exec) and the library global keep counting across the patch.
   { scenario: 'shared_lib', options: { shared: true }, input: '5', before: /hello 45 tls 1 ie 1 total 5\n/, after: /HELLO 90 tls 2 ie 2 total 10 len \d+\n/, functions: ['lib_greet'] },

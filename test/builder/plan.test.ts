@@ -130,6 +130,22 @@ describe('builder: plans for every case', () => {
     expect(r.report.changed[0]!.appended.every((a) => a.includes('.cold'))).toBe(true);
   });
 
+  it('changed named constant tables are carried; a pointer table is relocated to carried strings', async () => {
+    const { r } = await plan('const_tables');
+    expect(names(r.plan)).toEqual(['name_of', 'nth_prime']);
+    const primes = r.plan.data.find((d) => d.name === 'primes (prog.c)')!;
+    expect(Array.from(new Int32Array(primes.bytes.slice().buffer))).toEqual([2, 3, 5, 7, 11, 13, 17, 23]);
+    const table = r.plan.data.find((d) => d.name === 'names (prog.c)')!;
+    expect(table.relocations.map((x) => [x.offset, x.type, x.target.kind])).toEqual([
+      [0, 'abs64', 'local'],
+      [8, 'abs64', 'local'],
+      [16, 'abs64', 'local'],
+      [24, 'abs64', 'local'],
+    ]);
+    const last = table.relocations[3]!.target;
+    expect(last.kind === 'local' && Buffer.from(r.plan.data[last.index]!.bytes).toString('latin1')).toBe('THREE (fixed)\0');
+  });
+
   it('an unchanged pair is not a patch (BUILD_NO_CHANGES)', async () => {
     const p = await buildPair('basic');
     const b = new Uint8Array(readFileSync(p.old));

@@ -89,7 +89,10 @@ export class Comparator {
       const ra = a.refs[i]!;
       const rb = b.refs[i]!;
       if (!this.#sameRef(ra, rb, a, b)) {
-        return { reason: `reference at +0x${rb.off.toString(16)} changed: ${targetString(ra.target)} -> ${targetString(rb.target)}`, at: rb.off };
+        const ta = targetString(ra.target);
+        const tb = targetString(rb.target);
+        const what = ra.table !== undefined ? 'its jump table changed' : ta === tb || ra.target.t === 'anon' ? `the data it reads at +0x${rb.off.toString(16)} changed (${tb})` : `reference at +0x${rb.off.toString(16)} changed: ${ta} -> ${tb}`;
+        return { reason: what, at: rb.off };
       }
     }
     return undefined;
