@@ -100,6 +100,31 @@ describe('inputs that cannot be diffed', () => {
     }
   });
 
+  it('hostile input: 300 mutated new builds (headers, tables, code) give a plan or a typed error, never a crash', async () => {
+    const p = await buildPair('switch');
+    const ob = new Uint8Array(readFileSync(p.old));
+    const nb = new Uint8Array(readFileSync(p.new));
+    let seed = 0x5eed;
+    const rnd = () => (seed = (seed * 1103515245 + 12345) & 0x7fffffff);
+    let typed = 0;
+    for (let i = 0; i < 300; i++) {
+      const m = nb.slice();
+      for (let j = 1 + (rnd() % 8); j > 0; j--) {
+        const where = rnd() % 3;
+        // ELF header, the tail (symbol/string tables, section headers), anywhere.
+        const pos = where === 0 ? rnd() % 64 : where === 1 ? m.length - 1 - (rnd() % (m.length >> 2)) : rnd() % m.length;
+        m[pos] = rnd() & 0xff;
+      }
+      try {
+        buildPatch(ob, m);
+      } catch (e) {
+        if (!(e instanceof HotpatchError)) throw new Error(`mutation ${i}: ${(e as Error).stack}`);
+        typed++;
+      }
+    }
+    expect(typed).toBeGreaterThan(0);
+  });
+
   it('stripped build: BUILD_NO_SYMTAB tells the user to diff unstripped files', async () => {
     const p = await buildPair('basic');
     const stripped = join(tmpdir(), `hotpatch-builder-stripped-${process.pid}`);
