@@ -239,8 +239,18 @@ function ownIfuncChoices(options: CheckOptions): Map<string, string> {
   return choices;
 }
 
+const slotRelocationCache = new WeakMap<ModuleImage, ElfRelocation[]>();
+
 /** Relocations that fill import slots, deduplicated by slot (DT_RELA and DT_JMPREL may overlap). */
 function slotRelocations(img: ModuleImage): ElfRelocation[] {
+  const hit = slotRelocationCache.get(img);
+  if (hit !== undefined) return hit;
+  const out = computeSlotRelocations(img);
+  slotRelocationCache.set(img, out);
+  return out;
+}
+
+function computeSlotRelocations(img: ModuleImage): ElfRelocation[] {
   const relocs = img.elf.dynamicRelocations;
   const bySlot = new Map<bigint, ElfRelocation>();
   const inRelro = (v: bigint) => img.relro.some((r) => v >= r.start && v < r.end);
@@ -281,6 +291,46 @@ function inExec(mod: Module, v: bigint): boolean {
   return mod.mappings.some((m) => m.protection.execute && v >= m.start && v < m.end);
 }
 
+/** A cached binding decision: indexes into the scope's modules, so it survives a new context. */
+interface CachedCandidate {
+  index: number;
+  sym: ElfSymbol;
+  value?: bigint;
+}
+
+/**
+ * Allowed definitions of every slot of `sm`, cached across checks for as long as the process has
+ * the same modules at the same places (the scope signature): symbol lookup is the costly part.
+ */
+function bindingPlan(ctx: ProcessContext, scope: Scope, sm: ScopeModule, relocs: readonly ElfRelocation[]): (Candidate[] | undefined)[] {
+  const caches = ctx.caches as ProcessContext['caches'] & { bindingPlans?: Map<string, (CachedCandidate[] | undefined)[]> };
+  caches.bindingPlans ??= new Map();
+  const sig = ctx.memo('scope-signature', () => scope.modules.map((m) => `${m.img.key}@${m.mod.loadBias.toString(16)}:${m.startup ? 1 : 0}${m.preload ?? ''}`).join(','));
+  const index = scope.modules.indexOf(sm);
+  const key = `${sig}|${index}`;
+  let plan = caches.bindingPlans.get(key);
+  if (plan === undefined) {
+    plan = relocs.map((r) => {
+      if (r.type === R_X86_64_IRELATIVE || r.symbol === undefined) return undefined;
+      const addend = r.type === R_X86_64_64 ? r.addend : 0n;
+      return allowedDefinitions(scope, sm, r.symbol, addend, r.type).map((c) => {
+        const cc: CachedCandidate = { index: scope.modules.indexOf(c.sm), sym: c.sym };
+        if (c.value !== undefined) cc.value = c.value;
+        return cc;
+      });
+    });
+    if (caches.bindingPlans.size > 4096) caches.bindingPlans.clear();
+    caches.bindingPlans.set(key, plan);
+  }
+  return plan.map((p) =>
+    p?.map((c) => {
+      const out: Candidate = { sm: scope.modules[c.index]!, sym: c.sym };
+      if (c.value !== undefined) out.value = c.value;
+      return out;
+    }),
+  );
+}
+
 /** Checks every import slot of every module in the main namespace. */
 export function checkImports(ctx: ProcessContext): Finding[] {
   const { entries, problem } = readLinkMap(ctx);
@@ -295,7 +345,9 @@ export function checkImports(ctx: ProcessContext): Finding[] {
     const bindNow = dyn?.bindNow === true;
     const relocs = slotRelocations(sm.img);
     const values = readSlots(ctx, bias, relocs);
-    for (const r of relocs) {
+    const plan = bindingPlan(ctx, scope, sm, relocs);
+    for (let ri = 0; ri < relocs.length; ri++) {
+      const r = relocs[ri]!;
       const actual = values.get(r.offset);
       if (actual === undefined) continue;
       const slot = bias + r.offset;
@@ -321,8 +373,7 @@ export function checkImports(ctx: ProcessContext): Finding[] {
         const off = sm.img.elf.vaddrToOffset(r.offset);
         if (off !== undefined && actual === BigInt.asUintN(64, u64(sm.img.fileBytes(off, 8), 0) + bias)) continue;
       }
-      const addend = r.type === R_X86_64_64 ? r.addend : 0n;
-      const allowed = allowedDefinitions(scope, sm, ref, addend, r.type);
+      const allowed = plan[ri] ?? [];
       let match: Candidate | undefined;
       for (const c of allowed) {
         if (c.value !== undefined ? actual === c.value : ifuncOk(ctx, choices, c.sm, c.sym.value, actual)) {
