@@ -226,6 +226,11 @@ export function buildPatch(oldBytes: Uint8Array, newBytes: Uint8Array, options: 
   if (old.isFixedAddress && !old.hasEmitRelocs) {
     warnings.push('non-PIE build without -Wl,--emit-relocs: absolute addresses in code were recognised by value; link with -Wl,--emit-relocs for exact relocations');
   }
+  const carried = new Set(result.appended.map((a) => a.key));
+  const unused = neu.functions.filter((f) => !old.functionsByKey.has(f.key) && !carried.has(f.key) && !isCrt(f)).map((f) => displayKey(f.key));
+  if (unused.length > 0) {
+    warnings.push(`function(s) only in the new build and not called by changed code, not carried: ${unused.slice(0, 10).join(', ')}${unused.length > 10 ? ` and ${unused.length - 10} more` : ''}`);
+  }
   const plainCount = result.functions.filter((f) => f.entry.kind === 'plain').length;
   if (plainCount > 0) {
     warnings.push(`${plainCount} function(s) have no padded entry and get a 5-byte jump over their first instructions; build with -fpatchable-function-entry=7,5 for atomic 2-byte switches`);
