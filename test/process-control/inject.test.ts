@@ -23,6 +23,10 @@ import { compile, killTargetsAfterAll, startTarget, type Target } from '../helpe
 
 killTargetsAfterAll();
 
+// Not the flags freeze.test.ts uses: test files run in parallel and the shared compile cache
+// (test/helpers/native.ts) races when two of them build the same program at once.
+const THREADS_FLAGS = ['-O2', '-g'];
+
 function maps(pid: number): Mapping[] {
   return parseMaps(readFileSync(`/proc/${pid}/maps`, 'utf8'));
 }
@@ -40,7 +44,7 @@ const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
 
 describe('injected system calls', () => {
   it('runs getpid/gettid in the chosen thread and restores every register', async () => {
-    const t = await startTarget(await compile({ file: 'process-control/threads.c', flags: ['-O2'] }), ['3']);
+    const t = await startTarget(await compile({ file: 'process-control/threads.c', flags: THREADS_FLAGS }), ['3']);
     withFrozen(t.pid, (f) => {
       const before = f.threads.map((x) => [...x.regs.words]);
       expect(f.injectSyscall(SYS_getpid)).toBe(BigInt(t.pid));
@@ -53,8 +57,26 @@ describe('injected system calls', () => {
     await t.kill();
   });
 
+  it('a signal that arrives while frozen is delivered exactly once after thaw, even across injections', async () => {
+    const t = await startTarget(await compile({ file: 'process-control/threads.c', flags: THREADS_FLAGS }), ['3']);
+    t.child.stdin!.write('sigs\n');
+    await t.waitFor('sigs 0');
+    withFrozen(t.pid, (f) => {
+      process.kill(t.pid, 'SIGUSR1');
+      // Every thread steps through an injected call; one of them dequeues the signal on the way
+      // (signal-delivery-stop): it must be kept and handed back, not swallowed.
+      for (const x of f.threads) expect(f.injectSyscall(SYS_gettid, [], { tid: x.tid })).toBe(BigInt(x.tid));
+    });
+    await sleep(50);
+    t.child.stdin!.write('sigs\n');
+    await t.waitFor('sigs 1');
+    t.child.stdin!.write('value\n');
+    await t.waitFor('value 1');
+    await t.kill();
+  });
+
   it('mmap, mprotect and munmap appear in /proc/PID/maps with the right permissions; errors are decoded', async () => {
-    const t = await startTarget(await compile({ file: 'process-control/threads.c', flags: ['-O2'] }), ['2']);
+    const t = await startTarget(await compile({ file: 'process-control/threads.c', flags: THREADS_FLAGS }), ['2']);
     const valueFn = BigInt(/value_fn=(0x[0-9a-f]+)/.exec(t.output())![1]!);
     const size = 3 * 4096;
     const addr = withFrozen(t.pid, (f) => {
@@ -99,7 +121,7 @@ describe('injected system calls', () => {
   });
 
   it('allocateNear finds room near a module and never replaces a mapping', async () => {
-    const t = await startTarget(await compile({ file: 'process-control/threads.c', flags: ['-O2'] }), ['1']);
+    const t = await startTarget(await compile({ file: 'process-control/threads.c', flags: THREADS_FLAGS }), ['1']);
     const before = maps(t.pid);
     const libc = before.find((m) => /libc\.so/.test(m.path) && m.protection.execute)!;
     const allocs = withFrozen(t.pid, (f) => [1, 2, 3].map(() => allocateNear(f, libc.start, 100)));
@@ -127,6 +149,16 @@ describe('threads blocked in system calls behave as before after an injection', 
     const tids: Record<string, number> = {};
     for (const m of t.output().matchAll(/tid (\w+) (\d+)/g)) tids[m[1]!] = Number(m[2]);
     expect(Object.keys(tids).sort()).toEqual(['accept', 'epoll', 'futex', 'nanosleep', 'read']);
+    // Wait until each thread is blocked in its call (/proc/PID/task/TID/syscall starts with the number).
+    const nr: Record<string, number> = { read: 0, epoll: 232, nanosleep: 35, futex: 202, accept: 43 };
+    for (const [name, tid] of Object.entries(tids)) {
+      for (let i = 0; i < 1000; i++) {
+        const sc = readFileSync(`/proc/${t.pid}/task/${tid}/syscall`, 'utf8').split(' ')[0];
+        const st = readFileSync(`/proc/${t.pid}/task/${tid}/stat`, 'utf8');
+        if (sc === String(nr[name]) && st.slice(st.lastIndexOf(')') + 2)[0] === 'S') break;
+        await sleep(10);
+      }
+    }
     return { t, tids };
   }
 
