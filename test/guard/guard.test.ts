@@ -4,7 +4,7 @@
  * how long an item goes unchecked holds; metrics are served on loopback; the CLI speaks JSON lines.
  */
 import { execFile, spawn } from 'node:child_process';
-import { mkdtempSync, readFileSync } from 'node:fs';
+import { copyFileSync, mkdtempSync, readFileSync } from 'node:fs';
 import { request } from 'node:http';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
@@ -103,9 +103,12 @@ describe('guard: other actions, process following, bound, metrics', () => {
   });
 
   it('follows processes of an executable that start after the guard and stops watching them at exit', async () => {
-    const g = startGuard({ exe: [fx.mt], intervalMs: 200 });
+    // A private copy, so that other test files running the same fixture do not match.
+    const exe = join(mkdtempSync(join(tmpdir(), 'guard-follow-')), 'mt-follow');
+    copyFileSync(fx.mt, exe);
+    const g = startGuard({ exe: [exe], intervalMs: 200 });
     const { t } = await startVictim(fx.victim); // not selected
-    const mt = await (await import('../helpers/native.js')).startTarget(fx.mt);
+    const mt = await (await import('../helpers/native.js')).startTarget(exe);
     await g.waitFor((e) => e.type === 'process' && e.event === 'watch' && e.pid === mt.pid);
     expect(g.guard.watchedPids).toEqual([mt.pid]);
     expect(g.events.some((e) => e.type === 'process' && e.pid === t.pid)).toBe(false);
