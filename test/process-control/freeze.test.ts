@@ -218,9 +218,9 @@ describe('freezeProcess refusals (target left untouched)', () => {
   });
 
   it('refuses with PROCESS_PERMISSION_DENIED when not allowed to trace', async () => {
-    // Target owned by uid 65533; we keep real uid 0 but drop our effective uid (and with it every
-    // effective capability, CAP_SYS_PTRACE included): ptrace's real-uid check then fails with
-    // EPERM, while /proc/PID/mem (checked with the fs uid) still opens.
+    // Target owned by uid/gid 65533; we keep real uid 0 but take effective uid/gid 65533 (which
+    // drops every effective capability, CAP_SYS_PTRACE included): PTRACE_SEIZE checks the real
+    // uid and fails with EPERM, while /proc/PID/mem (checked with the fs uid/gid) still opens.
     const prog = await threadsProg();
     const child = spawn(prog, ['2'], { uid: 65533, gid: 65533, stdio: ['pipe', 'pipe', 'pipe'] });
     try {
@@ -229,6 +229,7 @@ describe('freezeProcess refusals (target left untouched)', () => {
       for (let i = 0; i < 500 && !out.includes('ready'); i++) await new Promise((r) => setTimeout(r, 10));
       expect(out).toContain('ready');
       let err: unknown;
+      process.setegid(65533);
       process.seteuid(65533);
       try {
         freezeProcess(child.pid!).thaw();
@@ -236,9 +237,12 @@ describe('freezeProcess refusals (target left untouched)', () => {
         err = e;
       } finally {
         process.seteuid(0);
+        process.setegid(0);
       }
       expect(process.geteuid()).toBe(0);
+      expect(process.getegid()).toBe(0);
       expect(err).toMatchObject({ code: 'PROCESS_PERMISSION_DENIED' });
+      expect((err as Error).message).toContain('not allowed to ptrace'); // PTRACE_SEIZE's EPERM
       expect(tracerOf(child.pid!)).toBe(0);
       // Still running and answering.
       out = '';
