@@ -273,3 +273,35 @@ describe('verify: text relocations (DT_TEXTREL)', () => {
     await t.kill();
   });
 });
+
+describe('verify: a hostile target cannot hang or crash the verifier', () => {
+  it('survives a link_map chain made into a loop and reports the modules it no longer lists', async () => {
+    const { ProcessContext, checkOptions, readLinkMap } = await import('../../src/guard/index.js');
+    const { t } = await startVictim(fx.victim);
+    const ctx = new ProcessContext(t.pid, checkOptions({ caches }));
+    const lm = readLinkMap(ctx);
+    ctx.close();
+    expect(lm.entries.length).toBeGreaterThanOrEqual(4);
+    expect(lm.entries[0]!.name).toBe('');
+    // l_next of the first entry points back to itself; l_name of the second to unmapped memory.
+    pokeMemory(t.pid, lm.entries[0]!.self + 24n, u64le(lm.entries[0]!.self));
+    pokeMemory(t.pid, lm.entries[1]!.self + 8n, u64le(0x10n));
+    const f = await findingsOf(t.pid, { caches, structures: [3, 6] });
+    expect(f.some((x) => x.code === 6 && x.kind === 'hidden-module' && /libc\.so/.test(x.module ?? '')), summary(f)).toBe(true);
+    await t.kill();
+  });
+
+  it('reports an unreadable r_debug as unverifiable instead of failing', async () => {
+    const { ProcessContext, checkOptions, readLinkMap } = await import('../../src/guard/index.js');
+    const { t } = await startVictim(fx.victim);
+    const ctx = new ProcessContext(t.pid, checkOptions({ caches }));
+    const { rDebug } = readLinkMap(ctx);
+    ctx.close();
+    pokeMemory(t.pid, rDebug! + 8n, u64le(0xdead0000n)); // r_map → unmapped
+    const f = await findingsOf(t.pid, { caches, structures: [3, 6] });
+    expect(f.length, summary(f)).toBeGreaterThanOrEqual(1);
+    expect(f.every((x) => x.kind === 'unverifiable' || x.kind === 'hidden-module'), summary(f)).toBe(true);
+    expect(f.some((x) => x.code === 6 && x.kind === 'unverifiable'), summary(f)).toBe(true);
+    await t.kill();
+  });
+});

@@ -112,7 +112,7 @@ export function checkInjected(ctx: ProcessContext): Finding[] {
 /** Structure 6: every mapped ELF image with code must be known to the dynamic linker (link_map). */
 export function checkModuleList(ctx: ProcessContext): Finding[] {
   const lm = readLinkMap(ctx);
-  if (lm.problem !== undefined) return [makeFinding({ pid: ctx.pid, code: 6, kind: 'unverifiable', severity: 'low', detail: lm.problem })];
+  if (lm.problem !== undefined) return [makeFinding({ pid: ctx.pid, code: 6, kind: 'unverifiable', severity: 'medium', detail: `${lm.problem} (a damaged module list is itself suspicious)` })];
   // A dlopen/dlclose in progress (RT_ADD / RT_DELETE): the list is being changed, check later.
   if (lm.state !== 0) return [];
   const out: Finding[] = [];
