@@ -2,7 +2,8 @@
  * The user guide cannot drift from the CLI: every command that `hotpatch --help` lists has a
  * section in docs/user-guide.md, and every long option its `--help` declares is mentioned there.
  */
-import { execFileSync } from 'node:child_process';
+import { execFile, execFileSync } from 'node:child_process';
+import { promisify } from 'node:util';
 import { existsSync, readFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { beforeAll, describe, expect, it } from 'vitest';
@@ -11,8 +12,9 @@ import { REPO_ROOT } from '../helpers/native.js';
 const CLI = join(REPO_ROOT, 'dist/src/cli/main.js');
 const GUIDE = join(REPO_ROOT, 'docs/user-guide.md');
 
-function help(args: string[]): string {
-  return execFileSync('node', [CLI, ...args, '--help'], { encoding: 'utf8', env: { ...process.env, COLUMNS: '200' } });
+async function help(args: string[]): Promise<string> {
+  const { stdout } = await promisify(execFile)('node', [CLI, ...args, '--help'], { encoding: 'utf8', env: { ...process.env, COLUMNS: '200' } });
+  return stdout;
 }
 
 /** Lines of one section of commander's help ("Options:", "Commands:"), up to the next blank line. */
@@ -53,26 +55,28 @@ export function mentions(doc: string, option: string): boolean {
 describe('docs/user-guide.md matches `hotpatch --help`', () => {
   let top = '';
   let guide = '';
-  beforeAll(() => {
+  beforeAll(async () => {
     if (!existsSync(CLI)) execFileSync('npx', ['tsc', '-p', 'tsconfig.json'], { cwd: REPO_ROOT, stdio: 'inherit' });
-    top = help([]);
+    top = await help([]);
     guide = readFileSync(GUIDE, 'utf8');
   }, 120_000);
 
-  it('the parsers find commands and options (the check below is not vacuous)', () => {
+  it('the parsers find commands and options (the check below is not vacuous)', async () => {
     const commands = commandsOf(top);
     expect(commands).toEqual(expect.arrayContaining(['scan', 'build', 'keygen', 'sign', 'inspect', 'apply', 'remove', 'list', 'recover', 'verify', 'guard', 'demo']));
-    expect(longOptionsOf(help(['apply']))).toEqual(expect.arrayContaining(['--pid', '--all', '--cold', '--trust', '--timeout', '--dry-run', '--json', '--help']));
+    expect(longOptionsOf(await help(['apply']))).toEqual(expect.arrayContaining(['--pid', '--all', '--cold', '--trust', '--timeout', '--dry-run', '--json', '--help']));
     expect(mentions('use --pid PID', '--pid')).toBe(true);
     expect(mentions('use --pids', '--pid')).toBe(false);
     expect(mentions(guide, '--no-such-option-anywhere')).toBe(false);
   });
 
-  it('every command has its own section, and every long option of its --help is documented', () => {
+  it('every command has its own section, and every long option of its --help is documented', async () => {
     const missing: string[] = [];
-    for (const cmd of commandsOf(top)) {
+    const commands = commandsOf(top);
+    const helps = await Promise.all(commands.map((cmd) => help([cmd])));
+    for (const [i, cmd] of commands.entries()) {
       if (!new RegExp(`^#+ .*\`hotpatch ${cmd}\``, 'm').test(guide)) missing.push(`section for \`hotpatch ${cmd}\``);
-      const options = longOptionsOf(help([cmd]));
+      const options = longOptionsOf(helps[i]!);
       expect(options.length, `${cmd} --help lists no options`).toBeGreaterThan(0);
       for (const o of options) if (!mentions(guide, o)) missing.push(`${cmd} ${o}`);
     }
