@@ -1,7 +1,8 @@
 /** The updater's pure machinery: bounded concurrency, lock waiting, outcome of a run. */
 import { describe, expect, it } from 'vitest';
 import { HotpatchError, RefusedError } from '../../src/errors.js';
-import { mapBounded, outcomeOf, resultFromError, withLockWait, type ProcessResult, type UpdateStatus } from '../../src/patch/updater/index.js';
+import type { ListedPatch, ProcessPatches } from '../../src/patch/engine/index.js';
+import { mapBounded, outcomeOf, recoveryNeed, resultFromError, withLockWait, type ProcessResult, type UpdateStatus } from '../../src/patch/updater/index.js';
 
 const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
 
@@ -76,5 +77,20 @@ describe('outcomeOf', () => {
     expect(resultFromError(5, 'p', gone, true)).toMatchObject({ status: 'skipped', code: 'PROCESS_NOT_FOUND' });
     expect(resultFromError(5, 'p', gone, false).status).toBe('failed');
     expect(resultFromError(5, 'p', new Error('boom'))).toMatchObject({ status: 'failed', code: 'INTERNAL', reason: 'internal error: boom' });
+  });
+});
+
+describe('recoveryNeed', () => {
+  const proc = (over: Partial<ProcessPatches>): ProcessPatches => ({ pid: 10, exe: '/x', patches: [], arenas: [], transaction: null, record: null, ...over });
+  const patch = (state: ListedPatch['state']): ListedPatch => ({ id: 'aaaaaaaaaaaaaaaa', module: '/lib', buildId: 'ab', functions: ['f'], signer: null, packageHash: '', state, appliedAt: 0, sites: [] });
+  const tx = (ownerPid: number) => ({ op: 'apply' as const, patchId: 'aaaaaaaaaaaaaaaa', ownerPid, startedAt: 0 });
+
+  it('repairs only what a dead patcher left; leaves consistent records and live operations alone', () => {
+    expect(recoveryNeed(proc({ patches: [patch('applied'), patch('retired')] }))).toMatchObject({ need: false, code: 'NOTHING_TO_RECOVER' });
+    expect(recoveryNeed(proc({ patches: [patch('pending')] }))).toEqual({ need: true });
+    expect(recoveryNeed(proc({ patches: [patch('removing')], transaction: tx(0x3fffffff) }))).toEqual({ need: true }); // owner gone
+    const live = recoveryNeed(proc({ patches: [patch('pending')], transaction: tx(process.ppid) }));
+    expect(live).toMatchObject({ need: false, code: 'IN_PROGRESS', reason: expect.stringMatching(/hotpatch recover --pid 10/) });
+    expect(recoveryNeed(proc({ patches: [patch('pending')], transaction: tx(process.pid) }))).toEqual({ need: true }); // not "another hotpatch process"
   });
 });
