@@ -4,13 +4,13 @@
  * and a tampered site are findings.
  */
 import { createHash } from 'node:crypto';
-import { mkdtempSync, readFileSync, writeFileSync } from 'node:fs';
+import { closeSync, mkdtempSync, openSync, readFileSync, writeFileSync, writeSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { basename, join } from 'node:path';
 import { beforeAll, describe, expect, it } from 'vitest';
 import { parseElf } from '../../src/elf/index.js';
 import { VerifierCaches } from '../../src/guard/index.js';
-import { readRecordFromMappings } from '../../src/patch/engine/index.js';
+import { RECORD_MAPS_PATH, RECORD_SLOT_SIZE, encodeRecordSlot, readRecordFromMappings, type PatchRecord } from '../../src/patch/engine/index.js';
 import { createPackage, encodePackage } from '../../src/patch/package/index.js';
 import type { PatchPlan } from '../../src/patch/plan.js';
 import { signPackage, writeKeyFiles } from '../../src/patch/trust/index.js';
@@ -114,6 +114,36 @@ describe('verify: sanctioned patches (10)', () => {
     const f = await findingsOf(t.pid, { caches: new VerifierCaches(), trustedKeys: [pubKey] });
     expect(f.some((x) => x.code === 10 && x.kind === 'patch-modified' && x.address === a.compute), summary(f)).toBe(true);
     expect(f.some((x) => x.code === 0 && x.kind === 'inline-hook' && (x.destination ?? '').includes('(evil)')), summary(f)).toBe(true);
+    await t.kill();
+  });
+
+  it('a record whose signature was forged (consistent slot, wrong signature) is a finding', async () => {
+    const { t } = await patchedVictim();
+    const p = openProcess(t.pid);
+    let rec: PatchRecord;
+    let map: string;
+    try {
+      const maps = p.enumerateMappings();
+      rec = readRecordFromMappings(t.pid, maps)!;
+      map = maps.find((m) => m.path === RECORD_MAPS_PATH)!.mapFilesPath!;
+    } finally {
+      p.close();
+    }
+    // An attacker with root rewrites the record consistently (valid slot checksum), e.g. to make
+    // a patch of their own look sanctioned; the signature no longer matches the message.
+    const sig = rec.patches[0]!.signing!;
+    sig.signature = Uint8Array.from(sig.signature, (b, i) => (i === 0 ? b ^ 1 : b));
+    const slot = encodeRecordSlot(rec, rec.generation + 1n);
+    const fd = openSync(map, 'r+');
+    try {
+      writeSync(fd, slot, 0, slot.length, 0);
+      writeSync(fd, slot, 0, slot.length, RECORD_SLOT_SIZE);
+    } finally {
+      closeSync(fd);
+    }
+    const f = await findingsOf(t.pid, { caches: new VerifierCaches(), trustedKeys: [pubKey] });
+    expect(f.some((x) => x.code === 10 && x.kind === 'patch-signature' && x.severity === 'critical' && /does not verify/.test(x.detail)), summary(f)).toBe(true);
+    expect(f.some((x) => x.code === 0 && x.kind === 'inline-hook'), summary(f)).toBe(true);
     await t.kill();
   });
 });
