@@ -409,6 +409,9 @@ function checkFileIdentity(ctx: ProcessContext, mod: Module): Finding[] {
     }
     return out;
   }
+  // A deleted file (replaced on disk since it was mapped, e.g. by an update) has no path to key
+  // its identity by; it is reported as structure 5 (deleted-code) instead.
+  if (mod.deleted) return out;
   const first = ctx.options.state.firstSeenIdentity(mod.path, { buildId: mod.buildId ?? null, sha256: id.sha256, size: id.size });
   if (first.sha256 !== id.sha256) {
     const sameBuild = first.buildId !== null && first.buildId === (mod.buildId ?? null);
