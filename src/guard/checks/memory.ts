@@ -60,6 +60,9 @@ function texts(bytes: Uint8Array, address: bigint, max = 4): string[] {
   return out;
 }
 
+/** Largest anonymous executable region accepted as libffi closure memory. */
+const LIBFFI_MAX_REGION = 1n << 20n;
+
 /** Structure 5: executable memory that no module file accounts for. */
 export function checkInjected(ctx: ProcessContext): Finding[] {
   const out: Finding[] = [];
@@ -93,7 +96,10 @@ export function checkInjected(ctx: ProcessContext): Finding[] {
     } else {
       arenas ??= sanctionedState(ctx).arenas;
       if (arenas.has(mp.start)) continue; // hotpatch's own arena, verified by structure 10
-      if (runtimes.length > 0) continue; // JIT code of a recognised runtime the policy allows
+      // JIT code of a recognised runtime the policy allows. libffi alone only makes closure pages
+      // (a few KiB each, from a small allocator), so large regions there are not its own.
+      const ffiOnly = runtimes.length === 1 && runtimes[0] === 'libffi';
+      if (runtimes.length > 0 && !(ffiOnly && mp.end - mp.start > LIBFFI_MAX_REGION)) continue;
       kind = wx ? 'wx-memory' : 'anonymous-code';
       detail = `${wx ? 'writable and executable' : 'executable'} anonymous memory (${mp.path || 'no name'}, ${Number(mp.end - mp.start)} bytes)`;
     }
