@@ -1,6 +1,6 @@
 /**
  * Zero false positives: ordinary programs started by the test — bash, python3 (Debian's and the
- * one on PATH), node with JIT-compiled code, sqlite3, a multi-threaded C program and a PostgreSQL
+ * one on PATH, and one with a ctypes callback), node with JIT-compiled code, sqlite3, a multi-threaded C program and a PostgreSQL
  * server from Debian's packages (postmaster and its worker processes) — verify clean in every
  * structure, with the default policy. Info findings count too.
  */
@@ -89,6 +89,8 @@ beforeAll(async () => {
     startTarget('/usr/bin/python3', ['-c', 'import sys, json, hashlib; print("ready", flush=True); sys.stdin.read()']),
     startTarget('/usr/bin/node', ['-e', nodeScript]),
     startTarget(fx.mt),
+    // ctypes callbacks are libffi closures: executable anonymous memory owned by a recognised runtime.
+    startTarget('/usr/bin/python3', ['-c', 'import ctypes, sys; cb = ctypes.CFUNCTYPE(ctypes.c_int, ctypes.c_int)(lambda x: x + 1); print("ready", cb(1), flush=True); sys.stdin.read()']),
   ];
   const py = await run('bash', ['-c', 'command -v python3']).then((r) => r.stdout.trim()).catch(() => '');
   if (py !== '' && py !== '/usr/bin/python3') starts.push(startTarget(py, ['-c', 'import sys; print("ready", flush=True); sys.stdin.read()']));
