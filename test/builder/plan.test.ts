@@ -107,6 +107,13 @@ describe('builder: plans for every case', () => {
     }
   });
 
+  it("gcc's .cold part of a changed function travels inside the function's new code", async () => {
+    const { r } = await plan('switch', { flags: ['-O2'] });
+    expect(names(r.plan)).toEqual(['dispatch']);
+    expect(r.report.changed[0]!.appended).toEqual(['dispatch.cold (prog.c)']);
+    expect(r.plan.functions[0]!.code.length).toBeGreaterThan(r.report.changed[0]!.newSize);
+  });
+
   it('calls between changed functions stay inside the patch; a new helper is carried; rel8 tail calls get islands', async () => {
     const { r } = await plan('mutual');
     expect(names(r.plan)).toEqual(['even_steps', 'odd_steps']);

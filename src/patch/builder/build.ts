@@ -165,9 +165,11 @@ export function buildPatch(oldBytes: Uint8Array, newBytes: Uint8Array, options: 
     for (const nf of norm.values()) {
       const m = COLD.exec(nf.fn.name);
       if (m) {
+        // gcc's `foo.cold` is a local of foo's file; foo itself may be global.
         const parentName = nf.fn.name.slice(0, m.index);
-        const parentKey = nf.fn.key.replace(/[^:]*$/, parentName).replace(/#\d+$/, '');
-        if (img.functionsByKey.has(parentKey)) uf.union(nf.fn.key, parentKey);
+        const candidates = [nf.fn.file !== undefined ? `L:${nf.fn.file}:${parentName}` : `L::${parentName}`, `G:${parentName}`];
+        const parentKey = candidates.find((k) => img.functionsByKey.has(k));
+        if (parentKey !== undefined) uf.union(nf.fn.key, parentKey);
       }
       for (const r of nf.refs) if (r.target.t === 'func' && r.target.off !== 0 && r.target.key !== nf.fn.key) uf.union(nf.fn.key, r.target.key);
       for (const t of nf.tables) {
