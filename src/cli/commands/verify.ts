@@ -17,7 +17,7 @@ import {
   verifyProcesses,
   type StructureCode,
 } from '../../guard/index.js';
-import { EXIT_FINDINGS, EXIT_OK } from '../exit-codes.js';
+import { EXIT_ERROR, EXIT_FINDINGS, EXIT_OK, EXIT_PARTIAL } from '../exit-codes.js';
 import { printJson, progress, say } from '../output.js';
 import { collect, parsePidOption } from './apply.js';
 import type { SetExitCode } from './index.js';
@@ -56,7 +56,7 @@ export function register(program: Command, setExitCode: SetExitCode): void {
     .option('--structures <LIST>', 'only these structure codes, comma-separated (default: all 0-10)')
     .option('--no-ptrace', 'skip structure 7 (signal handlers), the only check that briefly stops the target')
     .option('--json', 'print one JSON document on stdout')
-    .addHelpText('after', '\nExit codes: 0 clean, 5 findings, 1 error, 2 usage.\n\nExamples:\n  hotpatch verify --pid 1234\n  hotpatch verify --all --json\n')
+    .addHelpText('after', '\nExit codes: 0 clean, 5 findings, 1 error (no named process could be checked), 4 some named processes could not be checked, 2 usage.\n\nExamples:\n  hotpatch verify --pid 1234\n  hotpatch verify --all --json\n')
     .action(async (opts: VerifyCliOptions) => {
       const json = opts.json ?? false;
       if ((opts.pid.length > 0) === (opts.all === true)) throw new UsageError('USAGE_PID_OR_ALL', 'give --pid PID (repeatable) or --all');
@@ -83,6 +83,9 @@ export function register(program: Command, setExitCode: SetExitCode): void {
         for (const f of findings) say(false, formatFinding(f));
         say(false, `${checked.length} process(es) checked, ${bytes} bytes compared, ${findings.length} finding(s)`);
       }
-      setExitCode(findings.length > 0 ? EXIT_FINDINGS : EXIT_OK);
+      // Findings first; else a named process that could not be checked is an error (1), or a
+      // partial result (4) when others were checked.
+      const unchecked = !opts.all && results.some((r) => !r.checked);
+      setExitCode(findings.length > 0 ? EXIT_FINDINGS : unchecked ? (checked.length > 0 ? EXIT_PARTIAL : EXIT_ERROR) : EXIT_OK);
     });
 }
