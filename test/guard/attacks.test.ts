@@ -305,3 +305,49 @@ describe('verify: a hostile target cannot hang or crash the verifier', () => {
     await t.kill();
   });
 });
+
+describe('verify: uprobes are benign breakpoints', () => {
+  const EVENTS = '/sys/kernel/tracing/uprobe_events';
+  const writable = (() => {
+    try {
+      closeSync(openSync(EVENTS, 'a'));
+      return true;
+    } catch {
+      return false;
+    }
+  })();
+
+  it.skipIf(!writable)('reports the INT3 of a registered uprobe as an info breakpoint (needs tracefs)', async () => {
+    const { t, a } = await startVictim(fx.victim);
+    const elf = parseElf(readFileSync(fx.victim));
+    const sym = elf.getSymbol('compute');
+    const off = elf.vaddrToOffset(sym.value)!;
+    const name = `hp_guard_${process.pid}`;
+    const fd = openSync(EVENTS, 'a');
+    writeSync(fd, `p:uprobes/${name} ${fx.victim}:0x${off.toString(16)}\n`);
+    closeSync(fd);
+    const enable = `/sys/kernel/tracing/events/uprobes/${name}/enable`;
+    try {
+      const e = openSync(enable, 'w');
+      writeSync(e, '1');
+      closeSync(e);
+      expect(await command(t, 'run')).toContain('compute=16');
+      const f = await findingsOf(t.pid, { caches: new VerifierCaches(), structures: [0] });
+      expect(f.length, summary(f)).toBe(1);
+      expect(f[0]).toMatchObject({ code: 0, kind: 'breakpoint', severity: 'info', address: a.compute });
+      expect(f[0]!.detail).toContain('uprobe');
+    } finally {
+      try {
+        const e = openSync(enable, 'w');
+        writeSync(e, '0');
+        closeSync(e);
+      } catch {
+        // not enabled
+      }
+      const d = openSync(EVENTS, 'a');
+      writeSync(d, `-:uprobes/${name}\n`);
+      closeSync(d);
+    }
+    await t.kill();
+  });
+});
