@@ -318,12 +318,12 @@ export class BuildImage {
     const s = r.symbol;
     if (s && s.type === STT_SECTION) {
       const addr = BigInt.asUintN(64, (this.elf.sections[s.shndx]?.addr ?? 0n) + r.addend);
-      return { key: `addr:${this.#pointerKey(addr, 0)}`, addr };
+      return { key: `addr:${this.#pointerKey(addr)}`, addr };
     }
     if (r.type === R_X86_64_RELATIVE || r.type === R_X86_64_IRELATIVE) return { key: this.relocationKey(r), addr: r.addend };
     if (s && s.shndx !== SHN_UNDEF && !s.dynamic && (r.type === R_X86_64_64 || r.type === R_X86_64_GLOB_DAT)) {
       const addr = BigInt.asUintN(64, s.value + r.addend);
-      return { key: `addr:${this.#pointerKey(addr, 0)}`, addr };
+      return { key: `addr:${this.#pointerKey(addr)}`, addr };
     }
     return { key: this.relocationKey(r) };
   }
@@ -350,7 +350,7 @@ export class BuildImage {
       if (r) key = this.dataPointer(r).key;
       else if (this.isFixedAddress && !this.hasEmitRelocs && off % 8 === 0) {
         const v = dv.getBigUint64(off, true);
-        if (v !== 0n && this.isImageAddress(v)) key = `addr:${this.#pointerKey(v, 0)}`;
+        if (v !== 0n && this.isImageAddress(v)) key = `addr:${this.#pointerKey(v)}`;
       }
       if (key === undefined) continue;
       parts.push(Buffer.from(bytes.subarray(last, off)).toString('hex'), `<${key}>`);
@@ -366,7 +366,7 @@ export class BuildImage {
   #objSig = new Map<string, string>();
 
   /** Key of what a dynamic relocation makes a pointer-sized slot hold. */
-  relocationKey(r: ElfRelocation, depth = 0): string {
+  relocationKey(r: ElfRelocation): string {
     const s = r.symbol;
     const sym = s && s.name !== '' ? `${s.name}${s.version ? `@${s.version.name}` : ''}` : undefined;
     switch (r.type) {
@@ -374,11 +374,11 @@ export class BuildImage {
       case R_X86_64_JUMP_SLOT:
       case R_X86_64_64:
         if (sym !== undefined) return `sym:${sym}${r.addend !== 0n && r.type === R_X86_64_64 ? `+${r.addend}` : ''}`;
-        return `addr:${this.#pointerKey(r.addend, depth)}`;
+        return `addr:${this.#pointerKey(r.addend)}`;
       case R_X86_64_RELATIVE:
-        return `addr:${this.#pointerKey(r.addend, depth)}`;
+        return `addr:${this.#pointerKey(r.addend)}`;
       case R_X86_64_IRELATIVE:
-        return `ifunc:${this.#pointerKey(r.addend, depth)}`;
+        return `ifunc:${this.#pointerKey(r.addend)}`;
       case R_X86_64_TPOFF64:
         return `tpoff:${sym ?? `@${r.addend}`}`;
       case R_X86_64_DTPMOD64: {
@@ -398,9 +398,8 @@ export class BuildImage {
     }
   }
 
-  #pointerKey(addr: bigint, depth: number): string {
-    if (depth > 2) return `abs:${addr.toString(16)}`;
-    const t = this.symbolize(addr, depth + 1);
+  #pointerKey(addr: bigint): string {
+    const t = this.symbolize(addr);
     if (t.t === 'anon') return `anon:${this.anonSignature(addr)}`;
     return targetString(t);
   }
@@ -414,7 +413,7 @@ export class BuildImage {
         else {
           // Resolved by the static link (non-PIE GOT entries, or .got.plt's reserved words).
           const v = this.#readU64(a) ?? 0n;
-          key = this.isImageAddress(v) && v !== 0n ? `addr:${this.#pointerKey(v, 1)}` : `const:${sec.name}:${a - sec.addr < 24n && sec.name === '.got.plt' ? `reserved${a - sec.addr}` : v.toString(16)}`;
+          key = this.isImageAddress(v) && v !== 0n ? `addr:${this.#pointerKey(v)}` : `const:${sec.name}:${a - sec.addr < 24n && sec.name === '.got.plt' ? `reserved${a - sec.addr}` : v.toString(16)}`;
         }
         this.gotSlots.set(a, key);
         if (!this.gotByKey.has(key)) this.gotByKey.set(key, a);
@@ -486,7 +485,7 @@ export class BuildImage {
   }
 
   /** Turns an address of this build into a build-independent reference. */
-  symbolize(addr: bigint, depth = 0): RefTarget {
+  symbolize(addr: bigint): RefTarget {
     const sec = this.sectionAt(addr);
     if (sec) {
       if (this.#pltSections.includes(sec)) {
@@ -505,7 +504,6 @@ export class BuildImage {
     const o = this.objectAt(addr);
     if (o) return { t: 'obj', key: o.key, off: Number(addr - o.vaddr) };
     if (sec && (sec.flags & SHF_WRITE) === 0 && (sec.flags & SHF_EXECINSTR) === 0) return { t: 'anon', section: sec.name, addr };
-    void depth;
     // Anything else (section ends, linker-defined NOTYPE symbols...): the nearest symbol before it.
     const near = this.elf.findSymbolByAddress(addr);
     if (near && near.offset <= 0x10000n) {
