@@ -228,6 +228,10 @@ export function buildPatch(oldBytes: Uint8Array, newBytes: Uint8Array, options: 
   if (old.isFixedAddress && !old.hasEmitRelocs) {
     warnings.push('non-PIE build without -Wl,--emit-relocs: absolute addresses in code were recognised by value; link with -Wl,--emit-relocs for exact relocations');
   }
+  if ((neu.elf.dynamic?.needed ?? []).some((n) => n.startsWith('libstdc++'))) {
+    // The arena code has no .eh_frame registered with the unwinder (yet).
+    warnings.push('C++ build: an exception thrown in or propagating through a patched function cannot be unwound through the new code and terminates the process; patch only functions that do not throw or let exceptions pass');
+  }
   const carried = new Set(result.appended.map((a) => a.key));
   const unused = neu.functions.filter((f) => !old.functionsByKey.has(f.key) && !carried.has(f.key) && !isCrt(f)).map((f) => displayKey(f.key));
   if (unused.length > 0) {
