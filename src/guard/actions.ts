@@ -23,7 +23,8 @@ const RESTORABLE = new Set(['inline-hook', 'modified', 'breakpoint', 'got-hook']
 
 /** Whether `restore` can repair this finding. */
 export function canRestore(f: Finding): boolean {
-  return (f.code === 0 || f.code === 3) && RESTORABLE.has(f.kind) && f.address !== null && f.expected !== null && f.actual !== null && f.expected.length === f.actual.length && f.expected.length > 0;
+  const kindOk = ((f.code === 0 || f.code === 3) && RESTORABLE.has(f.kind)) || (f.code === 10 && f.kind === 'patch-site-modified');
+  return kindOk && f.address !== null && f.expected !== null && f.actual !== null && f.expected.length === f.actual.length && f.expected.length > 0;
 }
 
 /**

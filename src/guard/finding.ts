@@ -61,11 +61,14 @@ export function severityRank(s: Severity): number {
  * - `credentials-changed`, `effective-root`, `capabilities-gained`, `nonewprivs-cleared`,
  *   `seccomp-disabled`: credential changes;
  * - `vdso-modified`;
- * - `patch-signature`, `patch-modified`, `patch-record`: sanctioned patch problems;
+ * - `patch-signature`, `patch-modified`, `patch-site-modified`, `patch-record`: sanctioned patch
+ *   problems (`patch-site-modified`: a site lost its signed jump; `restore` writes it back);
  * - `unverifiable`: a structure could not be checked (e.g. text relocations, unreadable memory).
  */
 export type FindingKind =
   | 'modified'
+  /** A sanctioned patch site whose bytes differ from what its signed patch wrote (restorable). */
+  | 'patch-site-modified'
   | 'inline-hook'
   | 'breakpoint'
   | 'file-changed'

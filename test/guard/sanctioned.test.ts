@@ -9,7 +9,7 @@ import { tmpdir } from 'node:os';
 import { basename, join } from 'node:path';
 import { beforeAll, describe, expect, it } from 'vitest';
 import { parseElf } from '../../src/elf/index.js';
-import { VerifierCaches } from '../../src/guard/index.js';
+import { GuardState, VerifierCaches, restoreFinding } from '../../src/guard/index.js';
 import { RECORD_MAPS_PATH, RECORD_SLOT_SIZE, encodeRecordSlot, readRecordFromMappings, type PatchRecord } from '../../src/patch/engine/index.js';
 import { createPackage, encodePackage } from '../../src/patch/package/index.js';
 import type { PatchPlan } from '../../src/patch/plan.js';
@@ -64,6 +64,22 @@ async function patchedVictim() {
   return v;
 }
 
+/** The 5 bytes at a plain patch site, as in memory. */
+function readSite(pid: number, address: bigint): Uint8Array {
+  const p = openProcess(pid);
+  try {
+    return p.readMemory(address, 5);
+  } finally {
+    p.close();
+  }
+}
+
+/** The first `n` bytes of a function as in the file. */
+function readFileBytes(exe: string, name: string, n: number): Uint8Array {
+  const elf = parseElf(new Uint8Array(readFileSync(exe)));
+  return elf.readVaddr(elf.getSymbol(name).value, n).slice();
+}
+
 function arenaCode(pid: number): bigint {
   const p = openProcess(pid);
   try {
@@ -112,8 +128,25 @@ describe('verify: sanctioned patches (10)', () => {
     new DataView(b.buffer).setInt32(1, rel, true);
     pokeMemory(t.pid, a.compute, b);
     const f = await findingsOf(t.pid, { caches: new VerifierCaches(), trustedKeys: [pubKey] });
-    expect(f.some((x) => x.code === 10 && x.kind === 'patch-modified' && x.address === a.compute), summary(f)).toBe(true);
+    expect(f.some((x) => x.code === 10 && x.kind === 'patch-site-modified' && x.address === a.compute && x.symbol === 'compute (patch site)'), summary(f)).toBe(true);
     expect(f.some((x) => x.code === 0 && x.kind === 'inline-hook' && (x.destination ?? '').includes('(evil)')), summary(f)).toBe(true);
+    await t.kill();
+  });
+
+  it('restore writes the signed jump back at a patch site an attacker reverted', async () => {
+    const { t, a } = await patchedVictim();
+    const signed = readSite(t.pid, a.compute);
+    pokeMemory(t.pid, a.compute, readFileBytes(fx.victim, 'compute', 5));
+    expect(await command(t, 'run')).not.toContain('compute=42');
+    const f = await findingsOf(t.pid, { caches: new VerifierCaches(), trustedKeys: [pubKey] });
+    const site = f.find((x) => x.code === 10 && x.kind === 'patch-site-modified');
+    expect(site, summary(f)).toBeDefined();
+    expect(site!.expected).toEqual(signed);
+    const outcome = await restoreFinding(site!, new GuardState(null, true));
+    expect(outcome.ok, outcome.detail).toBe(true);
+    expect(readSite(t.pid, a.compute)).toEqual(signed);
+    expect(await command(t, 'run')).toContain('compute=42');
+    expect(await findingsOf(t.pid, { caches: new VerifierCaches(), trustedKeys: [pubKey] })).toEqual([]);
     await t.kill();
   });
 

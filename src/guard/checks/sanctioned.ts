@@ -29,6 +29,8 @@ import { makeFinding, type Finding } from '../finding.js';
 export interface SanctionedSite {
   address: bigint;
   bytes: Uint8Array;
+  /** The patched function. */
+  function: string;
 }
 
 export interface SanctionedState {
@@ -173,7 +175,7 @@ function verifyPatch(ctx: ProcessContext, p: RecordPatch, below: Map<bigint, Uin
       f('patch-modified', 'critical', `the recorded site bytes of ${fn.name} are not the jump the signed plan specifies`, { address: g.address, expected, actual: rec.written });
       return;
     }
-    sites.push({ address: g.address, bytes: expected });
+    sites.push({ address: g.address, bytes: expected, function: fn.name });
   });
   return { problems, sites };
 }
@@ -195,13 +197,17 @@ export function sanctionedState(ctx: ProcessContext): SanctionedState {
     // An apply/remove in progress: its sites are in flux; verify on the next cycle.
     if (record.transaction !== null) return st;
     const top = new Map<bigint, Uint8Array>();
+    const siteNames = new Map<bigint, string>();
     const verifiedArenas: { start: bigint; end: bigint }[] = [];
     for (const p of record.patches) {
       if (p.state !== 'applied') continue;
       const { problems, sites } = verifyPatch(ctx, p, top);
       st.findings.push(...problems);
       if (problems.length === 0) {
-        for (const s of sites) top.set(s.address, s.bytes);
+        for (const s of sites) {
+          top.set(s.address, s.bytes);
+          siteNames.set(s.address, s.function);
+        }
         verifiedArenas.push(p.code);
         if (p.data !== null) verifiedArenas.push(p.data);
       }
@@ -216,11 +222,13 @@ export function sanctionedState(ctx: ProcessContext): SanctionedState {
       }
       ctx.bytesVerified += bytes.length;
       if (!same(mem, bytes)) {
+        const mod = ctx.moduleAt(address);
         st.findings.push(makeFinding({
-          pid: ctx.pid, code: 10, kind: 'patch-modified', severity: 'critical', module: ctx.moduleAt(address)?.path ?? null, address,
+          pid: ctx.pid, code: 10, kind: 'patch-site-modified', severity: 'critical', module: mod?.path ?? null, address,
+          offset: mod ? address - mod.loadBias : null, symbol: `${siteNames.get(address)} (patch site)`,
           expected: bytes, actual: mem, detail: 'a patched site does not hold the bytes its signed patch specifies', destination: ctx.describeAddress(address),
         }));
-      } else st.sites.push({ address, bytes });
+      } else st.sites.push({ address, bytes, function: siteNames.get(address)! });
     }
     for (const a of record.arenas) {
       if (verifiedArenas.some((v) => v.start >= a.start && v.end <= a.end)) {
