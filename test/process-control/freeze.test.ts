@@ -297,3 +297,32 @@ describe('freezeProcess refusals (target left untouched)', () => {
     for (const c of codes) expect(['ok', PROCESS_EXITED, 'PROCESS_NOT_FOUND', 'PROCESS_ZOMBIE']).toContain(c);
   });
 });
+
+describe('threads that cannot stop', () => {
+  it('times out on a thread in uninterruptible sleep (vfork parent), then releases it when it can stop', async () => {
+    const { pendingDetaches } = await import('../../src/process/control/index.js');
+    const t = await startTarget(await compile({ file: 'process-control/vfork.c', flags: ['-O2'] }), ['2500']);
+    const forker = Number(/forker (\d+)/.exec(t.output())![1]);
+    const stat = readFileSync(`/proc/${t.pid}/task/${forker}/stat`, 'utf8');
+    expect(stat.slice(stat.lastIndexOf(')') + 2)[0]).toBe('D');
+    let err: unknown;
+    try {
+      freezeProcess(t.pid, { timeoutMs: 300 }).thaw();
+    } catch (e) {
+      err = e;
+    }
+    expect(err).toMatchObject({ code: 'PROCESS_FREEZE_TIMEOUT' });
+    expect((err as Error).message).toContain(String(forker));
+    // The other threads were released at once.
+    t.child.stdin!.write('hello\n');
+    await t.waitFor('echo hello');
+    // The vfork parent is released when its child exits: it prints and nothing stays traced.
+    await t.waitFor('vfork done', 10_000);
+    for (let i = 0; i < 100 && pendingDetaches() > 0; i++) await new Promise((r) => setTimeout(r, 20));
+    expect(pendingDetaches()).toBe(0);
+    expect(tracerOf(t.pid)).toBe(0);
+    const st = readFileSync(`/proc/${t.pid}/task/${forker}/status`, 'utf8');
+    expect(/TracerPid:\s*0/.test(st)).toBe(true);
+    await t.kill();
+  });
+});

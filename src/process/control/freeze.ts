@@ -459,6 +459,7 @@ export class FrozenProcess {
         if (ev.event === 0 && ev.signal !== SIGTRAP) t.heldSignals.unshift(ev.signal);
         r = ptrace(PTRACE_DETACH, t.tid, 0, t.heldSignals.shift() ?? 0);
       } else {
+        if (ev.kind === 'none') deferDetach(t.tid, this.#keepLeaderExit && t.tid === this.pid, t.heldSignals[0] ?? 0);
         t.heldSignals.length = 0;
         r = 0;
       }
@@ -657,6 +658,44 @@ export class FrozenProcess {
     if (errno === ESRCH && !this.#alive()) return this.#exitedError(tid);
     return fail(PROCESS_PTRACE_FAILED, `${request} on thread ${tid} of process ${this.pid} failed with ${errnoName(errno)}`);
   }
+}
+
+/**
+ * Threads we seized that never reached a stop (uninterruptible sleep at a freeze timeout): they
+ * will enter their ptrace-stop later and would then wait for us forever, so we keep polling them
+ * from this (the tracer) thread and detach each as soon as it stops. If this process exits first,
+ * the kernel detaches them.
+ */
+const deferred = new Map<number, { keepExit: boolean; signal: number }>();
+let deferredTimer: ReturnType<typeof setInterval> | undefined;
+
+function deferDetach(tid: number, keepExit: boolean, signal: number): void {
+  deferred.set(tid, { keepExit, signal });
+  if (deferredTimer === undefined) {
+    deferredTimer = setInterval(retryDeferredDetaches, 10);
+    deferredTimer.unref();
+  }
+}
+
+function retryDeferredDetaches(): void {
+  for (const [tid, d] of deferred) {
+    const ev = pollTid(tid, d.keepExit);
+    if (ev.kind === 'none') continue;
+    if (ev.kind === 'stopped') {
+      const sig = ev.event === 0 && ev.signal !== SIGTRAP ? ev.signal : d.signal;
+      ptrace(PTRACE_DETACH, tid, 0, sig);
+    }
+    deferred.delete(tid);
+  }
+  if (deferred.size === 0 && deferredTimer !== undefined) {
+    clearInterval(deferredTimer);
+    deferredTimer = undefined;
+  }
+}
+
+/** Number of threads still waiting to be detached after a freeze timeout (see deferDetach). */
+export function pendingDetaches(): number {
+  return deferred.size;
 }
 
 function alreadyTraced(pid: number, tracer: number): ProcessError {

@@ -6,6 +6,7 @@
 export {
   freezeProcess,
   FrozenProcess,
+  pendingDetaches,
   type FreezeOptions,
   type FrozenThread,
   type StopKind,
