@@ -244,7 +244,7 @@ export async function runDemo(options: DemoOptions = {}): Promise<DemoReport> {
 
 /** Runs `hotpatch guard --pid PID --action restore` until it reports a restore (at most 20 s). */
 function guardRestore(pid: number, trust: string, cwd: string, out: Say, track: (g: ReturnType<typeof spawn>) => void): Promise<void> {
-  const args = ['guard', '--pid', String(pid), '--action', 'restore', '--interval', '0.5', '--trust', trust];
+  const args = ['guard', '--pid', String(pid), '--action', 'restore', '--interval', '0.5', '--trust', trust, '--state-dir', 'guard-state'];
   for (const l of wrapCommand(['hotpatch', ...args])) out(l);
   const cli = new URL('../cli/main.js', import.meta.url).pathname;
   const g = spawn(process.execPath, [cli, ...args, '--json'], { stdio: ['ignore', 'pipe', 'pipe'], cwd });
@@ -258,7 +258,8 @@ function guardRestore(pid: number, trust: string, cwd: string, out: Say, track: 
     g.stdout!.setEncoding('utf8').on('data', (d: string) => {
       buf += d;
       for (const line of buf.split('\n').slice(0, -1)) {
-        if (/"restored"|"action":\s*"restore"/.test(line)) {
+        const event = JSON.parse(line) as { type?: string; outcome?: { performed?: string; ok?: boolean } };
+        if (event.type === 'finding' && event.outcome?.performed === 'restore' && event.outcome.ok === true) {
           clearTimeout(timer);
           out('  guard: finding re-checked, expected bytes written back');
           g.kill('SIGTERM');

@@ -68,6 +68,7 @@ export function register(program: Command, setExitCode: SetExitCode): void {
     .option('--action <ACTION>', `what to do on a confirmed finding: ${GUARD_ACTIONS.join(', ')} (default: the policy's, else log)`)
     .option('--policy <FILE>', 'guard policy file (JSON, see docs/guard.md)')
     .option('--metrics <PORT>', 'serve Prometheus metrics on http://127.0.0.1:PORT/metrics')
+    .option('--json', 'findings and events as JSON lines on stdout (the default; human lines go to stderr)')
     .option('--json-log <FILE>', 'append the JSON lines to FILE instead of stdout')
     .option('--state-dir <DIR>', 'where first-seen identities, credential baselines and restores are kept', DEFAULT_STATE_DIR)
     .option('--trust <PUBFILE>', 'trusted patch signer public key (repeatable)', collect, [])
