@@ -88,7 +88,10 @@ export type StopKind = 'interrupt' | 'group-stop' | 'signal' | 'clone' | 'exec' 
 /** One frozen thread as the caller sees it. */
 export interface FrozenThread {
   readonly tid: number;
-  /** Registers at freeze time (a snapshot; change them with FrozenProcess.setRegisters). */
+  /**
+   * Registers as the thread will resume with them. Read-only: change them with
+   * FrozenProcess.setRegisters (mutating this object would not reach the kernel).
+   */
   readonly regs: RegisterSet;
   readonly stop: StopKind;
   /** WSTOPSIG of the stop (SIGTRAP for `interrupt`). */
