@@ -59,6 +59,7 @@ const CASES: Case[] = [
   { scenario: 'switch', options: { flags: ['-O2', '-no-pie', '-fno-pie'] }, input: '5', before: /ops 6 10 2 25 /, after: /ops 6 10 -25 25 2 -5 5 20 805 905\n/, functions: ['dispatch'] },
   { scenario: 'switch', options: { flags: ['-O0'] }, input: '5', before: /ops 6 10 2 25 /, after: /ops 6 10 -25 25 2 -5 5 20 805 905\n/, functions: ['dispatch'] },
   { scenario: 'strings', options: { flags: ['-O0', '-no-pie', '-fno-pie'] }, input: '-3', before: /is negative\n/, after: /below zero \(fixed\)\n/, functions: ['label'] },
+  { scenario: 'data_pointers', options: { flags: ['-O2', '-no-pie', '-fno-pie'] }, input: '-5', before: /hello negative 7 -4\n/, after: /hello a new, longer literal that shifts \.rodata: negative 7 -4\n/, functions: ['describe'] },
   { scenario: 'plt_libc', options: { flags: ['-O2', '-fno-plt', '-fpatchable-function-entry=7,5'] }, input: 'abc', before: /len 3 buf abc\n/, after: /len 9 buf abcabc\n/, functions: ['shout'] },
   { scenario: 'shared_lib', options: { shared: true, flags: ['-O2', '-Wl,-z,now', '-fpatchable-function-entry=7,5'] }, input: '5', before: /hello 45 tls 1 /, after: /HELLO 90 tls 2 ie 2 total 10 /, functions: ['lib_greet'] },
   { scenario: 'basic', options: { flags: ['-Os'] }, input: '5', before: /answer 16 /, after: /answer 17 /, functions: ['compute'] },

@@ -154,6 +154,13 @@ describe('builder: plans for every case', () => {
     expect(last.kind === 'local' && Buffer.from(r.plan.data[last.index]!.bytes).toString('latin1')).toBe('THREE (fixed)\0');
   });
 
+  it('writable data holding pointers is not a data change when only addresses shift (PIE, non-PIE, with and without relocations)', async () => {
+    for (const flags of [RECOMMENDED, ['-O2'], ['-O2', '-no-pie', '-fno-pie'], ['-O2', '-no-pie', '-fno-pie', '-Wl,--emit-relocs'], ['-O0']]) {
+      const { r } = await plan('data_pointers', { flags });
+      expect(names(r.plan), flags.join(' ')).toEqual(['describe']);
+    }
+  });
+
   it('an unchanged pair is not a patch (BUILD_NO_CHANGES)', async () => {
     const p = await buildPair('basic');
     const b = new Uint8Array(readFileSync(p.old));
