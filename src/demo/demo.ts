@@ -233,7 +233,7 @@ export async function runDemo(options: DemoOptions = {}): Promise<DemoReport> {
       out(options.keep ? `  work directory kept: ${workDir}` : '  stopped the services, removed the work directory');
     });
     report.ok = true;
-    out('\nDemo complete: the bug was fixed, removed and fixed again live with zero failed requests.');
+    out('\nDemo complete: the bug was fixed live, removed, fixed again, cold-patched\nand guarded, with zero failed requests.');
     return report;
   } finally {
     process.off('SIGINT', onSignal);
