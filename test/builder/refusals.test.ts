@@ -50,6 +50,7 @@ describe('builder refusals (each names the symbol and the reason)', () => {
     { scenario: 'fail_mid_insn_jump', code: RefusalCode.MID_INSTRUCTION_JUMP, symbol: 'work', message: /jumps into the middle of an instruction/ },
     { scenario: 'fail_computed_goto', code: RefusalCode.UNBOUNDED_INDIRECT_JUMP, symbol: 'work', message: /targets\.\d \(prog\.c\) holds the address .* inside the function/ },
     { scenario: 'fail_rel8_exit', options: { flags: ['-O2', '-fno-toplevel-reorder'] }, code: RefusalCode.REL8_EXIT, symbol: 'work', message: /short branch at \+0x2 leaves the function .*near_exit.* no branch island is within its 127-byte reach/ },
+    { scenario: 'fail_new_tls_slot', options: SHARED, code: RefusalCode.UNRESOLVED_REFERENCE, symbol: 'lib_visit', message: /GOT slot tpoff:@0: the running build has no such slot/ },
     { scenario: 'fail_too_small', options: { flags: ['-O2', '-falign-functions=1'] }, code: RefusalCode.TOO_SMALL, symbol: 'flag', message: /flag is too small to redirect: only 3 byte/ },
   ];
   for (const c of cases) {
