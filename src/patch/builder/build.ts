@@ -206,8 +206,10 @@ export function buildPatch(oldBytes: Uint8Array, newBytes: Uint8Array, options: 
   const oldBranchTargets = new Set<bigint>();
   for (const nf of oldNorm.values()) for (const r of nf.refs) if (r.kind === 'pc' && r.target.t === 'func' && r.target.off > 0 && r.target.off < 16) oldBranchTargets.add(r.addr);
   const emitter = new Emitter(old, neu, (f) => newNorm.get(f.key) ?? normalizeFunction(neu, f), changed, oldBranchTargets);
+  // A cold part travels inside a changed function of its group; without one it is redirected itself.
+  const hostedRoots = new Set([...changed].filter((k) => !COLD.test(neu.functionsByKey.get(k)!.name) && old.functionsByKey.has(k)).map((k) => uf.find(k)));
   const entries = [...changed]
-    .filter((k) => !COLD.test(neu.functionsByKey.get(k)!.name) && old.functionsByKey.has(k))
+    .filter((k) => old.functionsByKey.has(k) && (!COLD.test(neu.functionsByKey.get(k)!.name) || !hostedRoots.has(uf.find(k))))
     .sort((a, b) => {
       const x = old.functionsByKey.get(a)!.vaddr;
       const y = old.functionsByKey.get(b)!.vaddr;
