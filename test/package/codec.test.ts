@@ -149,3 +149,24 @@ describe('package codec with Node Buffers', () => {
     expect(code[0]).toBe(before);
   });
 });
+
+describe('content section on its own (as stored in patch records)', () => {
+  it('packageContentOf + decodePackageContent give back the plan and the package id', async () => {
+    const { createPackage: create, encodePackage: encode, decodePackage: decode, packageContentOf, decodePackageContent } = await import('../../src/patch/package/index.js');
+    const pkg = create(samplePlan(), { createdAt: '2026-01-01T00:00:00Z' });
+    const bytes = encode(pkg);
+    const content = packageContentOf(bytes);
+    const back = decodePackageContent(content);
+    expect(back.id).toBe(decode(bytes).id);
+    expect(back.plan).toEqual(decode(bytes).plan);
+  });
+
+  it('a damaged or truncated content section throws PackageError', async () => {
+    const { createPackage: create, encodePackage: encode, packageContentOf, decodePackageContent } = await import('../../src/patch/package/index.js');
+    const content = packageContentOf(encode(create(samplePlan())));
+    for (const bad of [content.subarray(0, content.length - 1), content.subarray(0, 10), new Uint8Array(0)]) {
+      expect(() => decodePackageContent(bad)).toThrow(PackageError);
+    }
+    expect(() => packageContentOf(new Uint8Array([1, 2, 3]))).toThrow(PackageError);
+  });
+});

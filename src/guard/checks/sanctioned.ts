@@ -18,7 +18,7 @@ import type { ElfFile } from '../../elf/index.js';
 import { RECORD_MAPS_PATH, readRecordFromMappings, type PatchRecord, type RecordPatch } from '../../patch/engine/index.js';
 import { siteGeometry, siteWrittenBytes } from '../../patch/engine/sites.js';
 import { createSymbolLookup, layoutPatch, linkPatch, type ResolverModule } from '../../patch/linker/index.js';
-import { decodePackage, PACKAGE_FORMAT_VERSION, PACKAGE_MAGIC } from '../../patch/package/index.js';
+import { decodePackageContent } from '../../patch/package/index.js';
 import { loadTrustedKeys, publicKeyObject, type TrustedKey } from '../../patch/trust/index.js';
 import type { PatchPlan } from '../../patch/plan.js';
 import type { Module } from '../../process/index.js';
@@ -56,22 +56,6 @@ function same(a: Uint8Array, b: Uint8Array): boolean {
  * whole package, so a minimal container (magic, version, one CONT section) is framed around it.
  * TEMPORARY ADAPTER: replace with an exported content decoder when src/patch/package offers one.
  */
-function planOfContent(content: Uint8Array): PatchPlan {
-  const head = new Uint8Array(PACKAGE_MAGIC.length + 4 + 4 + 4);
-  head.set(PACKAGE_MAGIC, 0);
-  const dv = new DataView(head.buffer);
-  let o = PACKAGE_MAGIC.length;
-  dv.setUint16(o, PACKAGE_FORMAT_VERSION, true);
-  dv.setUint16(o + 2, 0, true);
-  o += 4;
-  head.set(new TextEncoder().encode('CONT'), o);
-  dv.setUint32(o + 4, content.length, true);
-  const bytes = new Uint8Array(head.length + content.length);
-  bytes.set(head, 0);
-  bytes.set(content, head.length);
-  return decodePackage(bytes).plan;
-}
-
 /** Offset of sha256(content) in the signed message: domain string, then u16 format version. */
 const DOMAIN_LENGTH = new TextEncoder().encode('hotpatch-package-signature-v1\0').length;
 
@@ -119,7 +103,7 @@ function verifyPatch(ctx: ProcessContext, p: RecordPatch, below: Map<bigint, Uin
   // 2. The plan, the module it targets and the signed code linked where the record says it lives.
   let plan: PatchPlan;
   try {
-    plan = planOfContent(p.content);
+    plan = decodePackageContent(p.content).plan;
   } catch (e) {
     f('patch-record', 'critical', `the signed content cannot be decoded: ${(e as Error).message}`);
     return { problems, sites: [] };

@@ -665,3 +665,24 @@ function decodeSections(bytes: Uint8Array): DecodedSections {
 export function decodePackage(bytes: Uint8Array): PatchPackage {
   return decodeSections(bytes).pkg;
 }
+
+/**
+ * The raw content section (`CONT` body) of an encoded package: the bytes the patch id and the
+ * signature are computed over. The engine stores them in the target's record so that a verifier
+ * can re-check a patch against what was signed. Throws like {@link decodePackage}.
+ */
+export function packageContentOf(bytes: Uint8Array): Uint8Array {
+  return decodeSections(bytes).content.slice();
+}
+
+/**
+ * Decodes a content section on its own (as stored in a patch record). Throws PackageError
+ * (PACKAGE_CORRUPT, PACKAGE_TRUNCATED) exactly as {@link decodePackage} would for that content.
+ */
+export function decodePackageContent(content: Uint8Array): { id: string; plan: PatchPlan; meta: PackageMeta } {
+  const { plan, meta } = decodeContent(content);
+  if (!sameBytes(encodeContent(plan, meta), content)) {
+    throw new PackageError('PACKAGE_CORRUPT', 'package content is not canonically encoded; the package is damaged');
+  }
+  return { id: toHex(sha256(content)).slice(0, 16), plan, meta };
+}

@@ -5,7 +5,7 @@
  */
 import { createHash } from 'node:crypto';
 import { PackageError, RefusedError } from '../../errors.js';
-import { packageSigningMessage, type PatchPackage } from '../package/index.js';
+import { packageContentOf, packageSigningMessage, type PatchPackage } from '../package/index.js';
 import { readTrustedPackage, type SignatureVerdict, type TrustedKeySet, type TrustPolicyOptions } from '../trust/index.js';
 import type { RecordSigning } from '../engine/index.js';
 
@@ -23,17 +23,6 @@ export interface LoadedPackage {
   signing?: RecordSigning;
   /** The package's signed content section, stored in the record for the guard. */
   content?: Uint8Array;
-}
-
-/**
- * The package's content section (CONT) body: the exact bytes whose SHA-256 the signature covers.
- * Layout (src/patch/package/codec.ts): 12-byte header, then "CONT" | u32 length | body first.
- * (Temporary: belongs in src/patch/package; the engine's CLI used the same reading.)
- */
-export function packageContentSection(bytes: Uint8Array): Uint8Array | undefined {
-  if (bytes.length < 20 || new TextDecoder().decode(bytes.subarray(12, 16)) !== 'CONT') return undefined;
-  const len = new DataView(bytes.buffer, bytes.byteOffset, bytes.byteLength).getUint32(16, true);
-  return 20 + len <= bytes.length ? bytes.slice(20, 20 + len) : undefined;
 }
 
 /** Signature-policy error codes that mean "refused, nothing changed" (exit 3). */
@@ -58,8 +47,7 @@ export function loadPackage(path: string, options: TrustPolicyOptions = {}): Loa
     packageHash: createHash('sha256').update(bytes).digest('hex'),
     signer: signerLabel(verdict),
   };
-  const content = packageContentSection(bytes);
-  if (content) loaded.content = content;
+  loaded.content = packageContentOf(bytes);
   const s = pkg.signature;
   if (s && (verdict.status === 'trusted' || verdict.status === 'untrusted-signer')) {
     const signing: RecordSigning = {
