@@ -4,7 +4,7 @@
  */
 import { execFile, spawn, type ChildProcess } from 'node:child_process';
 import { createHash } from 'node:crypto';
-import { existsSync, mkdirSync, readFileSync, writeFileSync } from 'node:fs';
+import { existsSync, mkdirSync, readFileSync, renameSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { dirname, join, resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
@@ -43,7 +43,11 @@ export async function compile(options: CompileOptions): Promise<string> {
     hash.update(options.source);
     const srcHash = createHash('sha256').update(options.source).digest('hex').slice(0, 16);
     const src = join(BUILD_ROOT, `${srcHash}.${options.cxx ? 'cc' : 'c'}`);
-    if (!existsSync(src)) writeFileSync(src, options.source);
+    if (!existsSync(src)) {
+      const tmpSrc = `${src}.tmp-${process.pid}`;
+      writeFileSync(tmpSrc, options.source);
+      renameSync(tmpSrc, src);
+    }
     files.push(src);
   }
   for (const f of [options.file, ...(options.extraFiles ?? [])]) {
@@ -57,10 +61,13 @@ export async function compile(options: CompileOptions): Promise<string> {
   mkdirSync(outDir, { recursive: true });
   const out = join(outDir, options.name ?? (options.shared ? 'lib.so' : 'prog'));
   if (existsSync(out)) return out;
-  const args = [...flags, ...(options.shared ? ['-shared', '-fPIC'] : []), '-o', `${out}.tmp`, ...files];
+  // A private temporary name per compile, renamed into place: two test files (separate processes)
+  // building the same program at once both succeed and never see a half-written file.
+  const tmp = `${out}.tmp-${process.pid}-${Math.random().toString(36).slice(2)}`;
+  const args = [...flags, ...(options.shared ? ['-shared', '-fPIC'] : []), '-o', tmp, ...files];
   if (!options.shared && !flags.some((f) => f.startsWith('-lpthread'))) args.push('-lpthread');
   await run(options.cxx ? 'g++' : 'gcc', args);
-  await run('mv', [`${out}.tmp`, out]);
+  renameSync(tmp, out);
   return out;
 }
 

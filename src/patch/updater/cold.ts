@@ -12,13 +12,12 @@
  * A crash at any point leaves either the original or the fixed file at NAME, never a mix.
  * Rollback renames the backup over NAME (atomic), only while NAME still holds the fixed build.
  */
-import { randomBytes } from 'node:crypto';
-import { closeSync, existsSync, fchmodSync, fchownSync, fsyncSync, linkSync, openSync, readFileSync, renameSync, statSync, unlinkSync, writeSync } from 'node:fs';
+import { existsSync, linkSync, readFileSync, renameSync, statSync, unlinkSync } from 'node:fs';
 import { basename, dirname, join } from 'node:path';
 import { HotpatchError, PackageError, RefusedError } from '../../errors.js';
 import { parseElf } from '../../elf/index.js';
 import { readElfSummaryFromFile } from '../../process/index.js';
-import { extractColdFile, type PatchPackage } from '../package/index.js';
+import { extractColdFile, fsyncDirectory, writeFileAtomic, type PatchPackage } from '../package/index.js';
 
 /** What a cold operation did to one file. */
 export type ColdStatus = 'installed' | 'already-installed' | 'would-install' | 'restored' | 'not-installed' | 'would-restore';
@@ -125,8 +124,8 @@ export function installCold(path: string, pkg: PatchPackage, options: { dryRun?:
     patchId: pkg.id, path, targetBuildId: pkg.plan.target.buildId.toLowerCase(), fixedBuildId: cold.buildId.toLowerCase(),
     backupPath: backup, installedAt: new Date().toISOString(),
   };
-  writeAtomically(coldStatePath(path, pkg.id), new TextEncoder().encode(`${JSON.stringify(info, null, 2)}\n`), 0o600, st.uid, st.gid);
-  writeAtomically(path, bytes, st.mode & 0o7777, st.uid, st.gid);
+  writeFileAtomic(coldStatePath(path, pkg.id), new TextEncoder().encode(`${JSON.stringify(info, null, 2)}\n`), { mode: 0o600, uid: st.uid, gid: st.gid });
+  writeFileAtomic(path, bytes, { mode: st.mode & 0o7777, uid: st.uid, gid: st.gid });
   return resultFor(path, pkg.id, 'installed');
 }
 
@@ -174,38 +173,4 @@ export function removeCold(path: string, patchId: string, options: { pkg?: Patch
   fsyncDirectory(dirname(path));
   if (existsSync(statePath)) unlinkSync(statePath);
   return resultFor(path, patchId, 'restored');
-}
-
-function writeAtomically(path: string, bytes: Uint8Array, mode: number, uid: number, gid: number): void {
-  const tmp = join(dirname(path), `.${basename(path)}.hotpatch-tmp-${process.pid}-${randomBytes(4).toString('hex')}`);
-  const fd = openSync(tmp, 'wx', 0o600);
-  try {
-    try {
-      let done = 0;
-      while (done < bytes.length) done += writeSync(fd, bytes, done, bytes.length - done);
-      fchownSync(fd, uid, gid);
-      fchmodSync(fd, mode); // after chown: chown clears set-id bits
-      fsyncSync(fd);
-    } finally {
-      closeSync(fd);
-    }
-    renameSync(tmp, path);
-  } catch (e) {
-    try {
-      unlinkSync(tmp);
-    } catch {
-      /* already renamed or never created */
-    }
-    throw e;
-  }
-  fsyncDirectory(dirname(path));
-}
-
-function fsyncDirectory(dir: string): void {
-  const fd = openSync(dir, 'r');
-  try {
-    fsyncSync(fd);
-  } finally {
-    closeSync(fd);
-  }
 }
