@@ -9,24 +9,15 @@
  * calls, like a server's workers; --busy makes every thread call the function in a tight loop).
  */
 import { execFileSync, spawn } from 'node:child_process';
-import { existsSync, mkdirSync, readFileSync } from 'node:fs';
+import { mkdirSync, readFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { dirname, join } from 'node:path';
-import { fileURLToPath } from 'node:url';
 import { parseElf } from '../src/elf/index.js';
+import { arg, percentile, repoRoot } from './common.js';
 import { applyPatch, removePatch } from '../src/patch/index.js';
 import type { PatchPlan } from '../src/patch/plan.js';
 
-function repoRoot(): string {
-  let d = dirname(fileURLToPath(import.meta.url));
-  while (!existsSync(join(d, 'package.json'))) d = dirname(d);
-  return d;
-}
 
-function arg(name: string, fallback: string): string {
-  const i = process.argv.indexOf(name);
-  return i >= 0 && process.argv[i + 1] !== undefined ? process.argv[i + 1]! : fallback;
-}
 
 const runs = Number(arg('--runs', '200'));
 const threadCounts = arg('--threads', '1,8,64').split(',').map(Number);
@@ -64,7 +55,7 @@ function planFor(exe: string): PatchPlan {
 
 function stats(v: number[]): { median: number; p99: number } {
   const s = [...v].sort((a, b) => a - b);
-  return { median: s[Math.floor(s.length / 2)]!, p99: s[Math.min(s.length - 1, Math.floor(s.length * 0.99))]! };
+  return { median: percentile(s, 50), p99: percentile(s, 99) };
 }
 
 const ms = (us: number): string => `${(us / 1000).toFixed(3)} ms`;

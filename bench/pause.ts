@@ -17,6 +17,7 @@ import { tmpdir } from 'node:os';
 import { join, resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { findThreadsUsing, freezeProcess } from '../src/process/control/index.js';
+import { percentile } from './common.js';
 
 interface Options {
   iterations: number;
@@ -88,11 +89,6 @@ async function startTarget(prog: string, threads: number): Promise<Target> {
   return { child, pid: child.pid!, valueFn, ask };
 }
 
-function percentile(sorted: number[], p: number): number {
-  if (sorted.length === 0) return NaN;
-  const i = Math.min(sorted.length - 1, Math.max(0, Math.ceil((p / 100) * sorted.length) - 1));
-  return sorted[i]!;
-}
 
 interface Row {
   threads: number;

@@ -13,28 +13,19 @@
  * Exit status 1 when a request failed or the fix was not observed. Bounded to ~3 minutes.
  */
 import { execFileSync, spawn, type ChildProcess } from 'node:child_process';
-import { existsSync, mkdirSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import { mkdirSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { get } from 'node:http';
 import { tmpdir } from 'node:os';
-import { dirname, join } from 'node:path';
-import { fileURLToPath } from 'node:url';
+import { join } from 'node:path';
 import { parseElf } from '../src/elf/index.js';
 import { LoadProcess } from '../src/load/load-process.js';
+import { arg, percentile, repoRoot } from './common.js';
 import type { LoadStats } from '../src/load/load-generator.js';
 import { buildPatch } from '../src/patch/builder/index.js';
 import { createPackage, encodePackage } from '../src/patch/package/index.js';
 import { applyPackage, loadPackage, removeFromProcesses, type ProcessResult } from '../src/patch/updater/index.js';
 
-function repoRoot(): string {
-  let d = dirname(fileURLToPath(import.meta.url));
-  while (!existsSync(join(d, 'package.json'))) d = dirname(d);
-  return d;
-}
 
-function arg(name: string, fallback: string): string {
-  const i = process.argv.indexOf(name);
-  return i >= 0 && process.argv[i + 1] !== undefined ? process.argv[i + 1]! : fallback;
-}
 
 const cycles = Number(arg('--cycles', '1000'));
 const baselineSeconds = Number(arg('--baseline', '5'));
@@ -49,10 +40,6 @@ function log(s: string): void {
   process.stderr.write(`${s}\n`);
 }
 
-function percentile(sorted: number[], p: number): number {
-  if (sorted.length === 0) return 0;
-  return sorted[Math.min(sorted.length - 1, Math.floor((p / 100) * sorted.length))]!;
-}
 
 function pauseSummary(values: number[]): { count: number; medianMicros: number; p99Micros: number; maxMicros: number } {
   const s = [...values].sort((a, b) => a - b);
