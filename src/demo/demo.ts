@@ -2,7 +2,7 @@
  * `hotpatch demo`: the whole system on a real program, in about a minute. It builds a small
  * multi-threaded HTTP service with a memory-leak bug and its fix, runs it under load, shows the bug
  * from a client's side, builds and signs a patch, applies it live, removes and re-applies it, installs
- * the cold patch, then plays an attacker who undoes the fix in memory and shows the guard finding and
+ * the cold patch, then plays an attacker who hooks the patched function and shows the guard finding and
  * restoring it. Every step runs the real `hotpatch` command, prints what it does and what it measured.
  */
 import { mkdtempSync, openSync, closeSync, writeSync, rmSync, copyFileSync } from 'node:fs';
@@ -202,21 +202,30 @@ export async function runDemo(options: DemoOptions = {}): Promise<DemoReport> {
       f.pid = fresh.pid;
     });
 
-    await step('An attacker undoes the fix in memory; the guard finds and restores it', async (f) => {
+    await step('An attacker hooks the patched function; the guard restores it', async (f) => {
       const site = listPatches(service.pid).record!.patches.flatMap((p) => p.sites).find((s) => s.state === 'applied')!;
+      // What an attacker with ptrace rights does: aim the patch's jump back at the old, leaking
+      // code (just past the entry's 2-byte switch), or for a 5-byte site, put the old bytes back.
+      const hook =
+        site.kind === 'padded'
+          ? Uint8Array.of(0xe9, ...new Uint8Array(Int32Array.of(Number(site.switchAddress + 2n - (site.address + 5n))).buffer))
+          : site.original;
       const fd = openSync(`/proc/${service.pid}/mem`, 'r+');
       try {
-        // What an attacker with ptrace rights does: put the old bytes back at the patched entry.
-        writeSync(fd, site.original, 0, site.original.length, Number(site.address));
+        writeSync(fd, hook, 0, hook.length, Number(site.address));
       } finally {
         closeSync(fd);
       }
-      out(`  attacker wrote ${site.original.length} bytes at ${site.function} (0x${site.address.toString(16)})`);
+      out(`  attacker wrote ${hook.length} bytes at ${site.function} (0x${site.address.toString(16)}):`);
+      out(`  the jump now leads back into the old code`);
       await showProbe(service.port, true);
       const verified = (await hp(['verify', '--pid', String(service.pid), '--trust', `${key}.pub`], 5)).json as {
-        findings: Array<{ code: number; structure: string; symbol: string; severity: string }>;
+        findings: Array<{ code: number; structure: string; symbol: string; severity: string; destination?: string }>;
       };
-      for (const x of verified.findings.slice(0, 3)) out(`  finding: [${x.code}] ${x.structure} at ${x.symbol} (${x.severity})`);
+      for (const x of verified.findings.slice(0, 3)) {
+        out(`  finding: [${x.code}] ${x.structure}, ${x.symbol} (${x.severity})`);
+        if (x.destination) out(`           jumps to ${x.destination.replace(/^.*\//, '')}`);
+      }
       f.findings = verified.findings.length;
       const t0 = Date.now();
       await guardRestore(service.pid, `${key}.pub`, workDir, out, (g) => (guard = g));

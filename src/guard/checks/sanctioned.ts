@@ -14,6 +14,7 @@
  */
 import { createHash, verify as edVerify } from 'node:crypto';
 import { HotpatchError } from '../../errors.js';
+import { describeHook } from '../../x86/index.js';
 import type { ElfFile } from '../../elf/index.js';
 import { RECORD_MAPS_PATH, readRecordFromMappings, type PatchRecord, type RecordPatch } from '../../patch/engine/index.js';
 import { siteGeometry, siteWrittenBytes } from '../../patch/engine/sites.js';
@@ -37,8 +38,12 @@ export interface SanctionedState {
   /** The record as read, or null when the process was never patched. */
   record: PatchRecord | null;
   findings: Finding[];
-  /** Top-most verified bytes per site address. */
-  sites: SanctionedSite[];
+  /**
+   * Every site of a verified patch, whatever memory holds there now: structure 10 owns these bytes
+   * (a tampered one is a `patch-site-modified` finding), so structure 0 does not judge them against
+   * the file — restoring the file's bytes into half a site would break the function.
+   */
+  claimed: SanctionedSite[];
   /** Start addresses of arena mappings owned by verified patches. */
   arenas: Set<bigint>;
 }
@@ -167,7 +172,7 @@ function verifyPatch(ctx: ProcessContext, p: RecordPatch, below: Map<bigint, Uin
 /** Reads and verifies the record of a process. Memoised per context. */
 export function sanctionedState(ctx: ProcessContext): SanctionedState {
   return ctx.memo('sanctioned', () => {
-    const st: SanctionedState = { record: null, findings: [], sites: [], arenas: new Set() };
+    const st: SanctionedState = { record: null, findings: [], claimed: [], arenas: new Set() };
     if (!ctx.mappings.some((m) => m.path === RECORD_MAPS_PATH)) return st;
     let record: PatchRecord | null;
     try {
@@ -190,6 +195,7 @@ export function sanctionedState(ctx: ProcessContext): SanctionedState {
       if (problems.length === 0) {
         for (const s of sites) {
           top.set(s.address, s.bytes);
+          st.claimed.push(s);
           siteNames.set(s.address, s.function);
         }
         verifiedArenas.push(p.code);
@@ -207,12 +213,16 @@ export function sanctionedState(ctx: ProcessContext): SanctionedState {
       ctx.bytesVerified += bytes.length;
       if (!same(mem, bytes)) {
         const mod = ctx.moduleAt(address);
-        st.findings.push(makeFinding({
+        const hook = describeHook(mem, address);
+        const finding = makeFinding({
           pid: ctx.pid, code: 10, kind: 'patch-site-modified', severity: 'critical', module: mod?.path ?? null, address,
           offset: mod ? address - mod.loadBias : null, symbol: `${siteNames.get(address)} (patch site)`,
-          expected: bytes, actual: mem, detail: 'a patched site does not hold the bytes its signed patch specifies', destination: ctx.describeAddress(address),
-        }));
-      } else st.sites.push({ address, bytes, function: siteNames.get(address)! });
+          expected: bytes, actual: mem, detail: 'a patched site does not hold the bytes its signed patch specifies',
+          instructions: { expected: describeHook(bytes, address).texts, actual: hook.texts },
+        });
+        if (hook.destination !== undefined) finding.destination = ctx.describeAddress(hook.destination);
+        st.findings.push(finding);
+      }
     }
     for (const a of record.arenas) {
       if (verifiedArenas.some((v) => v.start >= a.start && v.end <= a.end)) {
