@@ -104,7 +104,7 @@ describe('the patcher killed at every step', () => {
     expect(refused.code).toBe(1);
     expect(JSON.parse(refused.stdout).results[0]).toMatchObject({ status: 'failed', code: 'PATCH_NOT_APPLIED' });
     const unsigned = await cli(['apply', pkgPath, '--pid', String(t.pid)]);
-    expect(unsigned.code).toBe(1);
+    expect(unsigned.code).toBe(3); // refused: nothing changed
     expect(unsigned.stderr).toMatch(/not signed/);
   }, 300_000);
 

@@ -180,7 +180,7 @@ export async function applyPatch(pid: number, plan: PatchPlan, options: ApplyOpt
   if (plan.functions.length === 0) throw new RefusedError('PLAN_EMPTY', 'the patch changes no function; nothing to apply');
   const s = openSession(pid);
   try {
-    faultPoint('apply:locked');
+    faultPoint('apply:locked', pid);
     assertNoTransaction(s.record, pid);
     const base: Omit<ApplyResult, 'status'> = {
       pid, patchId: options.patchId, pauseMicros: 0, setupPauseMicros: 0, totalPauseMicros: 0, attempts: 0, threads: 0, totalMicros: 0, functions: [],
@@ -247,7 +247,7 @@ export async function applyPatch(pid: number, plan: PatchPlan, options: ApplyOpt
         throw new HotpatchError('ARENA_UNREACHABLE', `no memory could be mapped within ±2 GiB of every patched function in ${module.path}`);
       }
     }
-    faultPoint('apply:arena-mapped');
+    faultPoint('apply:arena-mapped', pid);
     const store = s.store!;
 
     let entry: RecordPatch | undefined;
@@ -260,7 +260,7 @@ export async function applyPatch(pid: number, plan: PatchPlan, options: ApplyOpt
       } finally {
         mem.close();
       }
-      faultPoint('apply:code-written');
+      faultPoint('apply:code-written', pid);
 
       const siteRecords: RecordSite[] = sites.map((x) => {
         const fn = plan.functions[x.fnIndex]!;
@@ -291,7 +291,7 @@ export async function applyPatch(pid: number, plan: PatchPlan, options: ApplyOpt
         transaction: { op: 'apply', patchId: options.patchId, ownerPid: process.pid, startedAt: Date.now() },
         patches: [...s.record.patches, entry],
       });
-      faultPoint('apply:record-pending');
+      faultPoint('apply:record-pending', pid);
 
       const writes: Array<{ site: RecordSite; g: SiteGeometry; writes: SiteWrite[] }> = sites.map((x, i) => ({
         site: siteRecords[i]!, g: x.g, writes: siteWrites(x.g, x.current, siteRecords[i]!.written, 'apply'),
@@ -303,14 +303,16 @@ export async function applyPatch(pid: number, plan: PatchPlan, options: ApplyOpt
       const outcome = await switchWithRetry({
         pid, guarded, observed: retired.map((r) => r.range), timeoutMs,
         write: (frozen) => {
-          faultPoint('apply:frozen');
+          faultPoint('apply:frozen', pid);
           writeSitesAllOrNothing(frozen, writes.map((w) => ({ address: w.g.address, writes: w.writes, before: w.site.original })), 'apply');
         },
       });
-      faultPoint('apply:thawed');
+      faultPoint('apply:thawed', pid);
+      // A process killed while frozen accepts the writes and dies: do not report it as patched.
+      s.proc.assertAlive();
       const committed: RecordPatch = { ...entry, state: 'applied', sites: entry.sites.map((x) => ({ ...x, state: 'applied' })) };
       s.record = store.write({ ...s.record, transaction: null, patches: s.record.patches.map((p) => (p === entry ? committed : p)) });
-      faultPoint('apply:committed');
+      faultPoint('apply:committed', pid);
       freeUnusedRetired(s, retired, outcome.observedInUse);
       return {
         ...base, status: 'patched', pauseMicros: outcome.pauseMicros, setupPauseMicros: setupPause,
@@ -353,11 +355,11 @@ export function writeSitesAllOrNothing(
         const old = site.before.slice(w.offset, w.offset + w.bytes.length);
         frozen.write(address, w.bytes);
         done.push({ address, bytes: old });
-        if (op === 'apply' && w.bytes.length === 5 && site.writes.length > 1) faultPoint('apply:padding-written');
+        if (op === 'apply' && w.bytes.length === 5 && site.writes.length > 1) faultPoint('apply:padding-written', frozen.pid);
       }
-      if (i === 0) faultPoint(op === 'apply' ? 'apply:first-site-switched' : 'remove:first-site-restored');
+      if (i === 0) faultPoint(op === 'apply' ? 'apply:first-site-switched' : 'remove:first-site-restored', frozen.pid);
     });
-    faultPoint(op === 'apply' ? 'apply:sites-written' : 'remove:sites-restored');
+    faultPoint(op === 'apply' ? 'apply:sites-written' : 'remove:sites-restored', frozen.pid);
   } catch (e) {
     for (const d of done.reverse()) {
       try {

@@ -43,6 +43,8 @@ export async function unmapFresh(s: Session, fresh: { record: boolean; arenas: R
   const arenas = fresh.arenas.filter((a) => !s.record.patches.some((p) => [p.code, p.data].some((r) => r && r.start < a.end && a.start < r.end)));
   const dropRecord = fresh.record && s.record.patches.length === 0 && s.record.arenas.every((a) => arenas.includes(a));
   if (arenas.length === 0 && !dropRecord) return;
+  // A process that died meanwhile has nothing left to unmap (and must not get injected calls).
+  if (!s.proc.isAlive()) return;
   const frozen = freeze(s.pid);
   try {
     for (const a of arenas) frozen.unmap(a.start, Number(a.end - a.start));

@@ -3,6 +3,7 @@
  * step, the patcher kills itself with SIGKILL when it reaches that step — exactly what an operator's
  * `kill -9`, the OOM killer or a power-cut of the patcher would do. Nothing else changes behaviour.
  */
+import { readFileSync } from 'node:fs';
 
 /** Every named step of apply, in order. */
 export const APPLY_FAULT_STEPS = [
@@ -31,10 +32,33 @@ export const REMOVE_FAULT_STEPS = [
 
 export type FaultStep = (typeof APPLY_FAULT_STEPS)[number] | (typeof REMOVE_FAULT_STEPS)[number];
 
-/** Name of the environment variable read by {@link faultPoint}. */
+/** Name of the environment variable read by {@link faultPoint}: kill the patcher at that step. */
 export const FAULT_ENV = 'HOTPATCH_FAULT';
+/** Kill the TARGET at that step instead (tests of a process that dies mid-way). */
+export const FAULT_TARGET_ENV = 'HOTPATCH_FAULT_TARGET';
 
-/** Kills this process with SIGKILL when HOTPATCH_FAULT equals `step`. */
-export function faultPoint(step: FaultStep): void {
+/**
+ * Kills this process with SIGKILL when HOTPATCH_FAULT equals `step`, or the target `pid` when
+ * HOTPATCH_FAULT_TARGET equals `step`.
+ */
+export function faultPoint(step: FaultStep, pid: number): void {
   if (process.env[FAULT_ENV] === step) process.kill(process.pid, 'SIGKILL');
+  if (process.env[FAULT_TARGET_ENV] === step) {
+    try {
+      process.kill(pid, 'SIGKILL');
+    } catch {
+      /* already gone */
+    }
+    // Let the exit finish (zombie or gone), so the step after sees a dead process, not a dying one.
+    const deadline = Date.now() + 2000;
+    while (Date.now() < deadline) {
+      let state: string | undefined;
+      try {
+        state = /\) (\S)/.exec(readFileSync(`/proc/${pid}/stat`, 'latin1'))?.[1];
+      } catch {
+        break;
+      }
+      if (state === 'Z' || state === 'X') break;
+    }
+  }
 }

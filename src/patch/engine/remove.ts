@@ -46,7 +46,7 @@ export async function removePatch(pid: number, patchId: string, options: RemoveO
   const t0 = nowMicros();
   const s = openSession(pid);
   try {
-    faultPoint('remove:locked');
+    faultPoint('remove:locked', pid);
     assertNoTransaction(s.record, pid);
     const patch = livePatches(s.record).find((p) => p.id === patchId);
     if (!patch || !s.store) {
@@ -84,7 +84,7 @@ export async function removePatch(pid: number, patchId: string, options: RemoveO
       transaction: { op: 'remove', patchId, ownerPid: process.pid, startedAt: Date.now() },
       patches: s.record.patches.map((p) => (p === patch ? removing : p)),
     });
-    faultPoint('remove:record-removing');
+    faultPoint('remove:record-removing', pid);
 
     const guarded: GuardedRange[] = plans.flatMap((p) =>
       siteUnsafeRanges(p.g, p.writes).map((range) => ({ range, function: p.site.function, what: p.g.kind === 'plain' ? 'the 5 bytes at the entry' : 'the patched entry bytes' })),
@@ -97,7 +97,7 @@ export async function removePatch(pid: number, patchId: string, options: RemoveO
       outcome = await switchWithRetry({
         pid, guarded, observed, timeoutMs: options.timeoutMs ?? 5000,
         write: (frozen) => {
-          faultPoint('remove:frozen');
+          faultPoint('remove:frozen', pid);
           writeSitesAllOrNothing(frozen, plans.map((p) => ({ address: p.site.address, writes: p.writes, before: p.site.written })), 'remove');
         },
       });
@@ -106,11 +106,12 @@ export async function removePatch(pid: number, patchId: string, options: RemoveO
       s.record = store.write({ ...s.record, transaction: null, patches: s.record.patches.map((p) => (p === removing ? patch : p)) });
       throw e;
     }
-    faultPoint('remove:thawed');
+    faultPoint('remove:thawed', pid);
+    s.proc.assertAlive();
     const codeInUse = outcome.observedInUse[0] === true;
     const removed: RecordPatch = { ...removing, state: 'removed', retired: true, sites: removing.sites.map((x) => ({ ...x, state: 'removed' })) };
     s.record = store.write({ ...s.record, transaction: null, patches: s.record.patches.map((p) => (p === removing ? removed : p)) });
-    faultPoint('remove:committed');
+    faultPoint('remove:committed', pid);
     freeUnusedRetired(s, [{ patch: removed, range: removed.code }, ...retired], [codeInUse, ...outcome.observedInUse.slice(1)]);
     return {
       pid, patchId, status: 'removed', pauseMicros: outcome.pauseMicros, totalPauseMicros: outcome.totalPauseMicros,
