@@ -135,6 +135,10 @@ interface Candidate {
 function allowedDefinitions(scope: Scope, from: ScopeModule, ref: ElfSymbol, addend: bigint, relocType: number): Candidate[] {
   const defs: Candidate[] = [];
   for (const sm of scope.modules) {
+    // The vDSO is on the namespace's module list but in no lookup scope (it is nobody's
+    // DT_NEEDED): ld.so never binds a symbol reference to it (an unversioned weak `getrandom`
+    // binds to libc's even where the vDSO exports one). IFUNC resolvers may still pick it.
+    if (sm.mod.kind === 'vdso') continue;
     // ELF_RTYPE_CLASS_COPY: a copy relocation never binds to the executable's own copy.
     if (relocType === R_X86_64_COPY && sm === from) continue;
     for (const sym of sm.img.exportsNamed(ref.name)) {
