@@ -25,7 +25,7 @@ async function startDetached(threads: number): Promise<{ pid: number }> {
   await new Promise<void>((res, rej) => {
     sh.stdout!.on('data', (d: Buffer) => {
       out += d.toString();
-      if (out.includes('ready')) res();
+      if (out.includes('ready') && /pid=\d+\n/.test(out)) res();
     });
     sh.once('exit', () => rej(new Error(`target did not start: ${out}`)));
   });
