@@ -1,7 +1,8 @@
 import { describe, expect, it } from 'vitest';
-import { applyPatch, listPatches, removePatch } from '../../src/patch/index.js';
+import { applyPatch, listPatches, recoverProcess, removePatch } from '../../src/patch/index.js';
+import { readMemory } from '../../src/process/index.js';
 import { compile, killTargetsAfterAll, startTarget } from '../helpers/native.js';
-import { CALL_HELPER, handPlan, MUL_GLOBAL, PADDED_FIX, query, RETURN_42, snapshot, symbolVaddr } from './helpers.js';
+import { CALL_HELPER, handPlan, LOAD_DATA, MUL_GLOBAL, PADDED_FIX, query, RETURN_42, SLEEP_300MS_42, snapshot, symbolVaddr } from './helpers.js';
 
 killTargetsAfterAll();
 
@@ -65,5 +66,58 @@ describe('apply and remove on a live multi-threaded process', () => {
     expect((await query(t)).padded).toBe(12);
     await removePatch(t.pid, 'A');
     expect((await query(t)).padded).toBe(11);
+  });
+
+  it('places patch data in its own read-only arena and relocates code to it', async () => {
+    const exe = await build();
+    const t = await startTarget(exe, ['2']);
+    const plan = handPlan(exe, [{ name: 'other_value', kind: 'padded', code: LOAD_DATA, relocations: [{ offset: 2, type: 'pc32', target: { kind: 'local', part: 'data', index: 0, offset: 0 }, addend: -4n }] }]);
+    plan.data.push({ name: 'answer', bytes: Uint8Array.of(43, 0, 0, 0), align: 4, relocations: [] });
+    await applyPatch(t.pid, plan, { patchId: 'data' });
+    expect((await query(t)).other).toBe(43);
+    const rec = listPatches(t.pid);
+    const data = rec.arenas.find((a) => a.kind === 'data')!;
+    expect(data.prot).toBe('r--');
+    const maps = snapshot(t.pid).maps;
+    expect(maps.some((m) => m.startsWith(`${data.start.toString(16)}-`) && m.includes(' r--p '))).toBe(true);
+    const code = rec.arenas.find((a) => a.kind === 'code')!;
+    expect(maps.some((m) => m.startsWith(`${code.start.toString(16)}-`) && m.includes(' r-xp '))).toBe(true);
+    expect(maps.some((m) => m.includes('rwx'))).toBe(false);
+    expect(maps.filter((m) => m.includes('/memfd:hotpatch-record')).map((m) => m.split(' ')[1])).toEqual(['r--s']);
+    await removePatch(t.pid, 'data');
+    expect((await query(t)).other).toBe(9);
+  });
+
+  it('keeps removed code that threads still run (retired) and frees it once they have left', async () => {
+    const exe = await build();
+    const t = await startTarget(exe, ['8']);
+    const plan = handPlan(exe, [{ name: 'padded_value', kind: 'padded', code: SLEEP_300MS_42 }]);
+    const a = await applyPatch(t.pid, plan, { patchId: 'slow' });
+    await new Promise((r) => setTimeout(r, 100));
+    const r = await removePatch(t.pid, 'slow');
+    expect(r.codeFreed).toBe(false);
+    const listed = listPatches(t.pid).patches;
+    expect(listed.map((p) => [p.id, p.state])).toEqual([['slow', 'retired']]);
+    const newCode = a.functions[0]!.newCode;
+    expect(readMemory(t.pid, newCode, 4)).toEqual(Uint8Array.from(SLEEP_300MS_42.slice(0, 4)));
+    await new Promise((r) => setTimeout(r, 700));
+    const rec = await recoverProcess(t.pid);
+    expect(rec.freed).toBe(1);
+    expect(listPatches(t.pid).patches).toEqual([]);
+    expect(readMemory(t.pid, newCode, 4)).toEqual(Uint8Array.of(0xcc, 0xcc, 0xcc, 0xcc));
+    expect((await query(t)).padded).toBe(11);
+  });
+
+  it('a dry run checks everything and changes nothing', async () => {
+    const exe = await build();
+    const t = await startTarget(exe, ['2']);
+    const before = snapshot(t.pid);
+    const plan = handPlan(exe, [{ name: 'other_value', kind: 'padded', code: CALL_HELPER, relocations: [{ offset: 5, type: 'pc32', target: { kind: 'symbol', name: 'helper' }, addend: -4n }] }]);
+    const r = await applyPatch(t.pid, plan, { patchId: 'dry', dryRun: true });
+    expect(r.status).toBe('dry-run');
+    expect(snapshot(t.pid)).toEqual(before);
+    const missing = handPlan(exe, [{ name: 'other_value', kind: 'padded', code: CALL_HELPER, relocations: [{ offset: 5, type: 'pc32', target: { kind: 'symbol', name: 'no_such_function' }, addend: -4n }] }]);
+    await expect(applyPatch(t.pid, missing, { patchId: 'dry', dryRun: true })).rejects.toMatchObject({ code: 'LINK_SYMBOL_NOT_FOUND' });
+    expect(snapshot(t.pid)).toEqual(before);
   });
 });
