@@ -75,10 +75,12 @@ async function benchOne(exe: string, plan: PatchPlan, threads: number): Promise<
     const removePause: number[] = [];
     const applyE2e: number[] = [];
     const removeE2e: number[] = [];
+    const work: number[] = [];
     for (let i = 0; i < runs; i++) {
       const a = await applyPatch(pid, plan, { patchId: 'bench' });
       applyPause.push(a.pauseMicros);
       applyE2e.push(a.totalMicros);
+      work.push(a.frozenWorkMicros);
       const r = await removePatch(pid, 'bench');
       removePause.push(r.pauseMicros);
       removeE2e.push(r.totalMicros);
@@ -86,7 +88,7 @@ async function benchOne(exe: string, plan: PatchPlan, threads: number): Promise<
     return {
       threads,
       runs,
-      apply: { pause: stats(applyPause), endToEnd: stats(applyE2e) },
+      apply: { pause: stats(applyPause), endToEnd: stats(applyE2e), engineWorkWhileFrozen: stats(work) },
       remove: { pause: stats(removePause), endToEnd: stats(removeE2e) },
     };
   } finally {
@@ -102,11 +104,12 @@ async function main(): Promise<void> {
     const r = await benchOne(exe, plan, n);
     results.push(r);
     if (!json) {
-      const a = r.apply as { pause: { median: number; p99: number }; endToEnd: { median: number; p99: number } };
-      const d = r.remove as typeof a;
+      type S = { median: number; p99: number };
+      const a = r.apply as { pause: S; endToEnd: S; engineWorkWhileFrozen: S };
+      const d = r.remove as { pause: S; endToEnd: S };
       process.stdout.write(
         `${String(n).padStart(3)} threads${busy ? ' (busy)' : ''}, ${runs} runs: ` +
-          `apply pause median ${ms(a.pause.median)} p99 ${ms(a.pause.p99)}, end-to-end median ${ms(a.endToEnd.median)} p99 ${ms(a.endToEnd.p99)}; ` +
+          `apply pause median ${ms(a.pause.median)} p99 ${ms(a.pause.p99)} (check+write ${ms(a.engineWorkWhileFrozen.median)}), end-to-end median ${ms(a.endToEnd.median)} p99 ${ms(a.endToEnd.p99)}; ` +
           `remove pause median ${ms(d.pause.median)} p99 ${ms(d.pause.p99)}, end-to-end median ${ms(d.endToEnd.median)} p99 ${ms(d.endToEnd.p99)}\n`,
       );
     }

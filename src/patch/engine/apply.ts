@@ -48,6 +48,8 @@ export interface ApplyResult {
   pauseMicros: number;
   /** Pause of the extra freeze that mapped the arena / record (µs); 0 when none was needed. */
   setupPauseMicros: number;
+  /** Of the pause, the time spent by the engine's own check and writes (µs); the rest is attach/detach. */
+  frozenWorkMicros: number;
   /** Sum of all freezes, busy retries included (µs). */
   totalPauseMicros: number;
   attempts: number;
@@ -183,7 +185,7 @@ export async function applyPatch(pid: number, plan: PatchPlan, options: ApplyOpt
     faultPoint('apply:locked', pid);
     assertNoTransaction(s.record, pid);
     const base: Omit<ApplyResult, 'status'> = {
-      pid, patchId: options.patchId, pauseMicros: 0, setupPauseMicros: 0, totalPauseMicros: 0, attempts: 0, threads: 0, totalMicros: 0, functions: [],
+      pid, patchId: options.patchId, pauseMicros: 0, frozenWorkMicros: 0, setupPauseMicros: 0, totalPauseMicros: 0, attempts: 0, threads: 0, totalMicros: 0, functions: [],
     };
     if (s.record.patches.some((p) => p.id === options.patchId && p.state === 'applied')) {
       return { ...base, status: 'already-patched', totalMicros: nowMicros() - t0 };
@@ -315,7 +317,7 @@ export async function applyPatch(pid: number, plan: PatchPlan, options: ApplyOpt
       faultPoint('apply:committed', pid);
       freeUnusedRetired(s, retired, outcome.observedInUse);
       return {
-        ...base, status: 'patched', pauseMicros: outcome.pauseMicros, setupPauseMicros: setupPause,
+        ...base, status: 'patched', pauseMicros: outcome.pauseMicros, frozenWorkMicros: outcome.workMicros, setupPauseMicros: setupPause,
         totalPauseMicros: outcome.totalPauseMicros + setupPause, attempts: outcome.attempts, threads: outcome.threads,
         totalMicros: nowMicros() - t0,
         functions: sites.map((x, i) => ({ name: x.name, address: x.g.address, kind: x.g.kind, newCode: siteRecords[i]!.newCode.start, stacked: x.stacked })),

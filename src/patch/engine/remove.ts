@@ -22,6 +22,8 @@ export interface RemoveResult {
   patchId: string;
   status: 'removed';
   pauseMicros: number;
+  /** Of the pause, the time spent by the engine's own check and writes (µs); the rest is attach/detach. */
+  frozenWorkMicros: number;
   totalPauseMicros: number;
   attempts: number;
   threads: number;
@@ -114,7 +116,7 @@ export async function removePatch(pid: number, patchId: string, options: RemoveO
     faultPoint('remove:committed', pid);
     freeUnusedRetired(s, [{ patch: removed, range: removed.code }, ...retired], [codeInUse, ...outcome.observedInUse.slice(1)]);
     return {
-      pid, patchId, status: 'removed', pauseMicros: outcome.pauseMicros, totalPauseMicros: outcome.totalPauseMicros,
+      pid, patchId, status: 'removed', pauseMicros: outcome.pauseMicros, frozenWorkMicros: outcome.workMicros, totalPauseMicros: outcome.totalPauseMicros,
       attempts: outcome.attempts, threads: outcome.threads, totalMicros: nowMicros() - t0, codeFreed: !codeInUse,
     };
   } finally {

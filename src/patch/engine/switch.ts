@@ -33,6 +33,8 @@ export interface SwitchOptions {
 export interface SwitchOutcome {
   /** Pause of the freeze that performed the writes, in microseconds. */
   pauseMicros: number;
+  /** Of `pauseMicros`, the time the engine itself spent while frozen (thread check + writes). */
+  workMicros: number;
   /** Sum of the pauses of every attempt (busy ones included). */
   totalPauseMicros: number;
   attempts: number;
@@ -77,17 +79,20 @@ export async function switchWithRetry(o: SwitchOptions): Promise<SwitchOutcome> 
     let busy: { use: ThreadUse; g: GuardedRange }[];
     let observedInUse: boolean[];
     let threads: number;
+    let work = 0;
     try {
+      const w0 = process.hrtime.bigint();
       threads = frozen.threadCount;
       const uses = all.length > 0 ? frozen.threadsUsing(all) : [];
       busy = uses.filter((u) => u.rangeIndex < o.guarded.length).map((u) => ({ use: u, g: o.guarded[u.rangeIndex]! }));
       observedInUse = o.observed.map((_, i) => uses.some((u) => u.rangeIndex === o.guarded.length + i));
       if (busy.length === 0) o.write(frozen, observedInUse);
+      work = Number(process.hrtime.bigint() - w0) / 1000;
     } finally {
       pause = frozen.thaw();
       totalPause += pause;
     }
-    if (busy.length === 0) return { pauseMicros: pause, totalPauseMicros: totalPause, attempts, observedInUse, threads };
+    if (busy.length === 0) return { pauseMicros: pause, workMicros: work, totalPauseMicros: totalPause, attempts, observedInUse, threads };
     lastBusy = busy;
     const keys = new Set(busy.map((b) => `${b.use.tid}:${o.guarded.indexOf(b.g)}`));
     persistent = persistent === undefined ? keys : new Set([...persistent].filter((k) => keys.has(k)));
