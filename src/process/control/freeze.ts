@@ -356,8 +356,10 @@ export class FrozenProcess {
         r = ptrace(PTRACE_SINGLESTEP, t.tid, 0, 0);
         if (r < 0) throw this.#ptraceError('PTRACE_SINGLESTEP', t.tid, -r);
         const keep = this.#keepLeaderExit && t.tid === this.pid;
-        // Calls that cannot sleep indefinitely: block in waitpid (no polling latency in the pause).
-        let ev = QUICK_SYSCALLS.has(Number(nr)) ? pollTid(t.tid, keep, true) : waitForTid(t.tid, keep, deadline);
+        // Never a blocking waitpid here: if the target is killed meanwhile and this thread is the
+        // group leader, its exit is only reported after the other (traced) threads are reaped, so
+        // a blocking wait on it would hang the patcher. Quick calls are polled tightly.
+        let ev = waitForTid(t.tid, keep, QUICK_SYSCALLS.has(Number(nr)) ? process.hrtime.bigint() + 2_000_000_000n : deadline);
         if (ev.kind === 'none') {
           // Still inside the call (it blocks): interrupt it, so the thread stops and can be restored.
           ptrace(PTRACE_INTERRUPT, t.tid, 0, 0);
@@ -583,7 +585,7 @@ export class FrozenProcess {
    * (by the time we get to a thread it has usually stopped), else a blocking wait — which wakes
    * us the moment the thread stops, where polling would burn the CPU the target needs to reach
    * its stop or add sleep latency. A thread in uninterruptible sleep (D: vfork parent, hung NFS...)
-   * may never stop, so it is only polled, until the deadline.
+   * may never stop, so it is only polled, until the deadline; so is the group leader (see below).
    */
   #waitStops(pending: ThreadState[], deadline: bigint): void {
     const queue = pending;
@@ -593,8 +595,11 @@ export class FrozenProcess {
       let ev = pollTid(t.tid, keep);
       while (ev.kind === 'none') {
         if (process.hrtime.bigint() > deadline) throw this.#timeoutError(queue.slice(i));
-        if (readThreadState(this.pid, t.tid) === 'D') {
-          sleepMicros(100);
+        // The group leader is never waited for in the kernel either: if the process is killed
+        // meanwhile, the leader's exit is only reported once its other (traced) threads have been
+        // reaped by us, so a blocking wait on it would never return.
+        if (t.tid === this.pid || readThreadState(this.pid, t.tid) === 'D') {
+          sleepMicros(t.tid === this.pid ? 20 : 100);
           ev = pollTid(t.tid, keep);
         } else ev = pollTid(t.tid, keep, true);
       }
