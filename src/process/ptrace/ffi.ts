@@ -1,7 +1,8 @@
 /**
  * The only module that imports koffi: thin synchronous bindings to libc's `ptrace`, `waitpid`,
  * `waitid`, `tgkill`,
- * `setpriority`/`sched_setscheduler` (for the calling thread only).
+ * `setpriority`/`sched_setscheduler` (for the calling thread only), and `flock` (process locks,
+ * which Node's fs lacks).
  *
  * Every ptrace request must come from the thread that attached (the kernel records the tracer
  * task, not the process), so these functions are only ever called synchronously from the Node
@@ -41,6 +42,7 @@ const waitidFn = libc.func('waitid', 'int', ['int', 'int', 'void *', 'int']) as 
   info: ArrayBufferView,
   options: number,
 ) => number;
+const flockFn = libc.func('flock', 'int', ['int', 'int']) as (fd: number, op: number) => number;
 const tgkillFn = libc.func('tgkill', 'int', ['int', 'int', 'int']) as (tgid: number, tid: number, sig: number) => number;
 const gettidFn = libc.func('gettid', 'int', []) as () => number;
 const schedSetschedulerFn = libc.func('sched_setscheduler', 'int', ['int', 'int', 'int32_t *']) as (
@@ -109,6 +111,20 @@ export function waitidPeek(tid: number, flags: number): number {
 /** tgkill(tgid, tid, sig): re-queues a signal we had to take from a thread. Returns 0 or -errno. */
 export function tgkill(tgid: number, tid: number, sig: number): number {
   const r = tgkillFn(tgid, tid, sig);
+  return r === -1 ? -lastErrno() : r;
+}
+
+/** flock(2) operations. */
+export const LOCK_EX = 2;
+export const LOCK_NB = 4;
+
+/**
+ * flock(fd, op) on a file descriptor from node:fs. Returns 0 or -errno (-EWOULDBLOCK when another
+ * open file description holds the lock). The kernel releases the lock when the last descriptor of
+ * that open file is closed — also when the holder dies.
+ */
+export function flock(fd: number, op: number): number {
+  const r = flockFn(fd, op);
   return r === -1 ? -lastErrno() : r;
 }
 
