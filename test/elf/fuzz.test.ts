@@ -9,18 +9,8 @@ import { describe, expect, it, beforeAll } from 'vitest';
 import { ElfError } from '../../src/errors.js';
 import { parseElf, type ElfFile } from '../../src/elf/index.js';
 import { compile } from '../helpers/native.js';
+import { prng } from '../helpers/prng.js';
 
-/** mulberry32: tiny deterministic PRNG. */
-function prng(seed: number): () => number {
-  let a = seed >>> 0;
-  return () => {
-    a = (a + 0x6d2b79f5) >>> 0;
-    let t = a;
-    t = Math.imul(t ^ (t >>> 15), t | 1);
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
-    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
-  };
-}
 
 interface Target {
   offset: number;

@@ -4,9 +4,9 @@
  * Updating goes through /proc/PID/map_files/START-END opened read-write, so the mapping stays
  * read-only inside the target at all times.
  */
-import { closeSync, openSync, readSync, writeSync } from 'node:fs';
+import { closeSync, openSync, writeSync } from 'node:fs';
 import { ProcessError } from '../../errors.js';
-import type { Mapping } from '../../process/index.js';
+import { readFileRange, type Mapping } from '../../process/index.js';
 import {
   decodeRecordBody,
   emptyRecord,
@@ -43,19 +43,9 @@ function mapFilesPath(pid: number, m: Mapping): string {
   return m.mapFilesPath ?? `/proc/${pid}/map_files/${m.start.toString(16)}-${m.end.toString(16)}`;
 }
 
-function preadFully(fd: number, offset: number, length: number): Uint8Array {
-  const buf = new Uint8Array(length);
-  let done = 0;
-  while (done < length) {
-    const n = readSync(fd, buf, done, length - done, offset + done);
-    if (n === 0) break;
-    done += n;
-  }
-  return buf.subarray(0, done);
-}
 
 function readFromFd(fd: number, pid: number): { record: PatchRecord; slot: 0 | 1 | null } {
-  const slots = ([0, 1] as const).map((i) => readRecordSlot((off, len) => preadFully(fd, i * RECORD_SLOT_SIZE + off, len))) as [
+  const slots = ([0, 1] as const).map((i) => readRecordSlot((off, len) => readFileRange(fd, i * RECORD_SLOT_SIZE + off, len))) as [
     ReturnType<typeof readRecordSlot>,
     ReturnType<typeof readRecordSlot>,
   ];

@@ -94,3 +94,18 @@ export class MemoryFile {
     }
   }
 }
+
+/**
+ * Reads up to `length` bytes of a file at `offset` (pread until done or end of file); returns the
+ * bytes read (shorter at end of file).
+ */
+export function readFileRange(fd: number, offset: number, length: number): Uint8Array {
+  const buf = new Uint8Array(length);
+  let done = 0;
+  while (done < length) {
+    const n = readSync(fd, buf, done, length - done, offset + done);
+    if (n === 0) break;
+    done += n;
+  }
+  return buf.subarray(0, done);
+}

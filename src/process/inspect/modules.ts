@@ -3,11 +3,12 @@
  * the file's program headers. File headers are read through /proc/PID/map_files so a deleted or
  * replaced file still resolves to the inode that is really mapped.
  */
-import { closeSync, fstatSync, openSync, readSync } from 'node:fs';
+import { closeSync, fstatSync, openSync } from 'node:fs';
 import { basename } from 'node:path';
 import { ElfError } from '../../errors.js';
 import { PT_LOAD, PT_NOTE, parseElf, type ElfFile, type ElfProgramHeader } from '../../elf/index.js';
 import type { Auxv, Mapping } from './procfs.js';
+import { readFileRange } from './memory.js';
 
 /** What the inspector keeps of a mapped ELF image: its headers, not its bytes. */
 export interface ElfImageSummary {
@@ -106,16 +107,6 @@ export interface Module {
 const summaryCache = new Map<string, ElfImageSummary | null>();
 const SUMMARY_CACHE_MAX = 4096;
 
-function readAt(fd: number, offset: number, length: number): Uint8Array {
-  const buf = new Uint8Array(length);
-  let done = 0;
-  while (done < length) {
-    const n = readSync(fd, buf, done, length - done, offset + done);
-    if (n === 0) break;
-    done += n;
-  }
-  return buf.subarray(0, done);
-}
 
 /**
  * Reads the ELF header, program headers and notes of a mapped file (only the prefix of the file
@@ -136,19 +127,19 @@ export function readElfSummaryFromFile(path: string): ElfImageSummary | undefine
     if (cached !== undefined) return cached ?? undefined;
     const size = Number(st.size);
     let result: ElfImageSummary | undefined;
-    const head = readAt(fd, 0, Math.min(size, 4096));
+    const head = readFileRange(fd, 0, Math.min(size, 4096));
     if (isElfMagic(head) && head.byteLength >= 64) {
       const dv = new DataView(head.buffer, head.byteOffset, head.byteLength);
       const phEnd = Number(dv.getBigUint64(32, true)) + dv.getUint16(54, true) * dv.getUint16(56, true);
       // Read only the prefix holding the program headers and the notes (files can be ~100 MB).
-      let prefix = phEnd > head.byteLength && phEnd <= size ? readAt(fd, 0, phEnd) : head;
+      let prefix = phEnd > head.byteLength && phEnd <= size ? readFileRange(fd, 0, phEnd) : head;
       const hdr = parseElfHeaders(prefix, path);
       if (hdr) {
         let need = prefix.byteLength;
         for (const ph of hdr.programHeaders) {
           if (ph.type === PT_NOTE && ph.offset + ph.filesz <= BigInt(size)) need = Math.max(need, Number(ph.offset + ph.filesz));
         }
-        if (need > prefix.byteLength) prefix = readAt(fd, 0, need);
+        if (need > prefix.byteLength) prefix = readFileRange(fd, 0, need);
         const full = need > hdr.bytes.byteLength ? parseElfHeaders(prefix, path) : hdr;
         if (full) {
           try {
