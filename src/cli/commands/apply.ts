@@ -5,35 +5,10 @@
 import type { Command } from 'commander';
 import { HotpatchError, RefusedError, UsageError } from '../../errors.js';
 import { applyPackageFile, describe, type ApplyReport, type ProcessResult, type RunOutcome } from '../../patch/updater/index.js';
+import { parsePidOption, parseTimeoutOption, parseConcurrencyOption, collect } from '../options.js';
 import { EXIT_ERROR, EXIT_OK, EXIT_PARTIAL, EXIT_REFUSED } from '../exit-codes.js';
 import { printJson, progress, say } from '../output.js';
 import type { SetExitCode } from './index.js';
-
-/** Parses a --pid value. */
-export function parsePidOption(text: string): number {
-  const pid = /^\d+$/.test(text) ? Number(text) : NaN;
-  if (!Number.isSafeInteger(pid) || pid <= 0 || pid > 0x3fffffff) throw new UsageError('USAGE_BAD_PID', `--pid ${text} is not a valid process id`);
-  return pid;
-}
-
-/** Parses a --timeout value in seconds into milliseconds. */
-export function parseTimeoutOption(text: string, option = '--timeout'): number {
-  const s = Number(text);
-  if (!Number.isFinite(s) || s < 0 || s > 3600) throw new UsageError('USAGE_BAD_TIMEOUT', `${option} ${text} is not a number of seconds between 0 and 3600`);
-  return Math.round(s * 1000);
-}
-
-/** Parses --concurrency. */
-export function parseConcurrencyOption(text: string): number {
-  const n = /^\d+$/.test(text) ? Number(text) : NaN;
-  if (!Number.isSafeInteger(n) || n < 1 || n > 256) throw new UsageError('USAGE_BAD_CONCURRENCY', `--concurrency ${text} is not a number between 1 and 256`);
-  return n;
-}
-
-/** Collects a repeatable option. */
-export function collect(v: string, prev: string[]): string[] {
-  return [...prev, v];
-}
 
 /** JSON result entry (cli.md: `{"pid","status","patchId","pauseMicros","reason"?}` plus extra fields). */
 export function resultJson(pid: number, patchId: string, status: string, pauseMicros: number, extra: Record<string, unknown> = {}, reason?: string): Record<string, unknown> {

@@ -22,7 +22,7 @@ import {
   type GuardEvent,
 } from '../../guard/index.js';
 import { progress } from '../output.js';
-import { collect, parsePidOption } from './apply.js';
+import { collect, parsePidOption } from '../options.js';
 import type { SetExitCode } from './index.js';
 import { parseStructures } from './verify.js';
 

@@ -5,7 +5,7 @@ import { listPatches, RECORD_MAPS_PATH, type ProcessPatches } from '../../patch/
 import { enumerateProcessIds } from '../../process/index.js';
 import { printJson, progress, say } from '../output.js';
 import { readFileSync } from 'node:fs';
-import { parsePidOption } from './apply.js';
+import { parsePidOption } from '../options.js';
 import type { SetExitCode } from './index.js';
 
 /** PIDs whose /proc/PID/maps shows a hotpatch record (cheap text search, no parsing). */

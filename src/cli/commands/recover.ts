@@ -4,7 +4,8 @@
  */
 import type { Command } from 'commander';
 import { recoverProcesses } from '../../patch/updater/index.js';
-import { collect, exitCodeOf, parseConcurrencyOption, parsePidOption, parseTimeoutOption, printResults, runCommand } from './apply.js';
+import { exitCodeOf, printResults, runCommand } from './apply.js';
+import { collect, parseConcurrencyOption, parsePidOption, parseTimeoutOption } from '../options.js';
 import { progress } from '../output.js';
 import type { SetExitCode } from './index.js';
 

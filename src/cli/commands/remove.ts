@@ -6,7 +6,8 @@ import type { Command } from 'commander';
 import { UsageError } from '../../errors.js';
 import { readPackageFile } from '../../patch/package/index.js';
 import { removeFromProcesses } from '../../patch/updater/index.js';
-import { collect, exitCodeOf, parseConcurrencyOption, parsePidOption, parseTimeoutOption, printResults, runCommand } from './apply.js';
+import { exitCodeOf, printResults, runCommand } from './apply.js';
+import { collect, parseConcurrencyOption, parsePidOption, parseTimeoutOption } from '../options.js';
 import { progress, say } from '../output.js';
 import type { SetExitCode } from './index.js';
 

@@ -4,6 +4,7 @@ import { UsageError } from '../../errors.js';
 import { scanAllProcesses, scanFile, scanProcess, type ModuleScan } from '../../scan/index.js';
 import { EXIT_PARTIAL } from '../exit-codes.js';
 import { printJson, progress, say } from '../output.js';
+import { parsePidOption } from '../options.js';
 import type { SetExitCode } from './index.js';
 
 interface ScanCliOptions {
@@ -14,12 +15,6 @@ interface ScanCliOptions {
   checkBranches?: boolean;
 }
 
-function parsePid(text: string): number {
-  if (!/^\d+$/.test(text)) throw new UsageError('USAGE_BAD_PID', `--pid needs a process id (a positive integer), got ${JSON.stringify(text)}`);
-  const pid = Number(text);
-  if (!Number.isSafeInteger(pid) || pid <= 0 || pid > 0x3fffffff) throw new UsageError('USAGE_BAD_PID', `--pid ${text} is not a valid process id`);
-  return pid;
-}
 
 function moduleLine(m: ModuleScan): string {
   if (m.error) return `  ${m.path}: not scanned: ${m.error.message}`;
@@ -80,7 +75,7 @@ export function register(program: Command, setExitCode: SetExitCode): void {
         return;
       }
 
-      const proc = opts.pid !== undefined ? scanProcess(parsePid(opts.pid), options) : undefined;
+      const proc = opts.pid !== undefined ? scanProcess(parsePidOption(opts.pid), options) : undefined;
       const result = proc ?? scanFile(file!, options);
       if (json) {
         printJson(result);

@@ -19,7 +19,7 @@ import {
 } from '../../guard/index.js';
 import { EXIT_ERROR, EXIT_FINDINGS, EXIT_OK, EXIT_PARTIAL } from '../exit-codes.js';
 import { printJson, progress, say } from '../output.js';
-import { collect, parsePidOption } from './apply.js';
+import { collect, parsePidOption } from '../options.js';
 import type { SetExitCode } from './index.js';
 
 /** Parses --structures "0,1,3". */
