@@ -14,7 +14,7 @@ import { RECORD_MAPS_PATH, RECORD_SLOT_SIZE, encodeRecordSlot, readRecordFromMap
 import { createPackage, encodePackage } from '../../src/patch/package/index.js';
 import type { PatchPlan } from '../../src/patch/plan.js';
 import { signPackage, writeKeyFiles } from '../../src/patch/trust/index.js';
-import { applyPackageFile } from '../../src/patch/updater/index.js';
+import { applyPackageFile, removeFromProcesses } from '../../src/patch/updater/index.js';
 import { openProcess } from '../../src/process/index.js';
 import { killTargetsAfterAll } from '../helpers/native.js';
 import { buildFixtures, command, findingsOf, pokeMemory, startVictim, summary, type Fixtures } from './helpers.js';
@@ -148,6 +148,32 @@ describe('verify: sanctioned patches (10)', () => {
     expect(readSite(t.pid, a.compute)).toEqual(signed);
     expect(await command(t, 'run')).toContain('compute=42');
     expect(await findingsOf(t.pid, { caches: new VerifierCaches(), trustedKeys: [pubKey] })).toEqual([]);
+    await t.kill();
+  });
+
+  it('after remove, the arena (freed code, or retired code still signed) verifies clean', async () => {
+    const { t } = await patchedVictim();
+    const id = readRecordFromMappings(t.pid, openProcess(t.pid).enumerateMappings())!.patches[0]!.id;
+    const removed = await removeFromProcesses(id, { pids: [t.pid] });
+    expect(removed.results[0]?.status, JSON.stringify(removed.results)).toBe('removed');
+    expect(await command(t, 'run')).not.toContain('compute=42');
+    const f = await findingsOf(t.pid, { caches: new VerifierCaches(), trustedKeys: [pubKey] });
+    expect(f, summary(f)).toEqual([]);
+    await t.kill();
+  });
+
+  it('code written into the free space of a patch arena is a finding', async () => {
+    const { t } = await patchedVictim();
+    const p = openProcess(t.pid);
+    const rec = readRecordFromMappings(t.pid, p.enumerateMappings())!;
+    const arena = p.enumerateMappings().find((m) => m.protection.execute && rec.arenas.some((a) => m.start >= a.start && m.end <= a.end))!;
+    p.close();
+    const spot = arena.end - 64n; // past the patch's code: free arena space
+    pokeMemory(t.pid, spot, Uint8Array.of(0x48, 0x31, 0xc0, 0xc3)); // xor rax, rax; ret
+    const f = await findingsOf(t.pid, { caches: new VerifierCaches(), trustedKeys: [pubKey] });
+    const bad = f.find((x) => x.code === 10 && x.kind === 'patch-modified' && x.address === spot);
+    expect(bad, summary(f)).toBeDefined();
+    expect(f.some((x) => x.code === 5), summary(f)).toBe(true); // no longer a trusted arena
     await t.kill();
   });
 

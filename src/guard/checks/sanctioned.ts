@@ -224,9 +224,27 @@ export function sanctionedState(ctx: ProcessContext): SanctionedState {
         st.findings.push(finding);
       }
     }
+    // Removed patches whose code threads may still run (retired) keep their signed code too.
+    for (const p of record.patches) {
+      if (p.state !== 'removed') continue;
+      if (verifyPatch(ctx, p, new Map()).problems.length > 0) continue;
+      verifiedArenas.push(p.code);
+      if (p.data !== null) verifiedArenas.push(p.data);
+    }
     for (const a of record.arenas) {
-      if (verifiedArenas.some((v) => v.start >= a.start && v.end <= a.end)) {
-        for (const m of ctx.mappings) if (m.start >= a.start && m.end <= a.end) st.arenas.add(m.start);
+      for (const m of ctx.mappings) {
+        if (m.start < a.start || m.end > a.end) continue;
+        const stray = m.protection.execute ? strayArenaByte(ctx, m.start, m.end, verifiedArenas) : undefined;
+        if (stray === undefined) {
+          st.arenas.add(m.start);
+          continue;
+        }
+        const actual = ctx.proc.readMemory(stray, Number(m.end - stray < 16n ? m.end - stray : 16n));
+        st.findings.push(makeFinding({
+          pid: ctx.pid, code: 10, kind: 'patch-modified', severity: 'critical', module: RECORD_MAPS_PATH, address: stray, actual,
+          detail: `the patch arena at 0x${m.start.toString(16)} holds code at 0x${stray.toString(16)} that no verified patch accounts for`,
+          instructions: { expected: [], actual: describeHook(actual, stray).texts },
+        }));
       }
     }
     return st;
@@ -236,4 +254,26 @@ export function sanctionedState(ctx: ProcessContext): SanctionedState {
 /** Checks structure 10 for one process. */
 export function checkSanctioned(ctx: ProcessContext): Finding[] {
   return sanctionedState(ctx).findings;
+}
+
+/**
+ * The first byte of the executable arena mapping [start, end) outside every verified patch range
+ * that is neither 0 (never used) nor int3 (freed code), or undefined when there is none.
+ */
+function strayArenaByte(ctx: ProcessContext, start: bigint, end: bigint, verified: ReadonlyArray<{ start: bigint; end: bigint }>): bigint | undefined {
+  let bytes: Uint8Array;
+  try {
+    bytes = ctx.proc.readMemory(start, Number(end - start));
+  } catch {
+    return undefined; // unreadable: structure 5 reports what it can see
+  }
+  ctx.bytesVerified += bytes.length;
+  const covered = verified.filter((v) => v.start < end && v.end > start).sort((x, y) => (x.start < y.start ? -1 : 1));
+  let i = 0;
+  for (const v of [...covered, { start: end, end }]) {
+    const stop = Number((v.start > start ? v.start : start) - start);
+    for (; i < stop; i++) if (bytes[i] !== 0 && bytes[i] !== 0xcc) return start + BigInt(i);
+    i = Math.max(i, Number((v.end < end ? v.end : end) - start));
+  }
+  return undefined;
 }
