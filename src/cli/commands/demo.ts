@@ -11,7 +11,7 @@ export function register(program: Command, setExitCode: SetExitCode): void {
     .description('build a buggy sample service, patch it live under load, remove, re-apply, cold-patch, and guard it')
     .option('--json', 'print a JSON report on stdout (the narration goes to stderr)')
     .option('--keep', 'keep the work directory (binaries, keys, package)')
-    .addHelpText('after', '\nExample:\n  hotpatch demo            # about a minute; needs gcc and root (ptrace)\n')
+    .addHelpText('after', '\nExample:\n  hotpatch demo            # about 10 seconds; needs gcc and root (ptrace)\n')
     .action(async (opts: { json?: boolean; keep?: boolean }) => {
       const report = await runDemo({ json: opts.json ?? false, keep: opts.keep ?? false });
       if (opts.json) printJson(report);

@@ -71,7 +71,7 @@ export function register(program: Command, setExitCode: SetExitCode): void {
     .option('--json', 'findings and events as JSON lines on stdout (the default; human lines go to stderr)')
     .option('--json-log <FILE>', 'append the JSON lines to FILE instead of stdout')
     .option('--state-dir <DIR>', 'where first-seen identities, credential baselines and restores are kept', DEFAULT_STATE_DIR)
-    .option('--trust <PUBFILE>', 'trusted patch signer public key (repeatable)', collect, [])
+    .option('--trust <PUBFILE>', 'trusted patch signer public key (repeatable; else HOTPATCH_TRUSTED_KEYS, else /etc/hotpatch/trusted.d/*.pub)', collect, [])
     .option('--structures <LIST>', 'only these structure codes, comma-separated (default: all 0-10)')
     .option('--no-ptrace', 'skip structure 7 (signal handlers), the only check that briefly stops the target')
     .option('--duration <SECONDS>', 'stop after this long (default: run until SIGTERM/SIGINT)')

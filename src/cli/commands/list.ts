@@ -57,7 +57,7 @@ export function register(program: Command, setExitCode: SetExitCode): void {
       }
       if (processes.every((p) => p.patches.length === 0)) say(false, opts.pid !== undefined ? `process ${opts.pid} has no patches` : 'no patched processes');
       for (const p of processes) {
-        if (p.patches.length === 0 && opts.pid === undefined) continue;
+        if (p.patches.length === 0 && !p.transaction) continue;
         say(false, `${p.pid} ${p.exe}${p.transaction ? `  (unfinished ${p.transaction.op} of ${p.transaction.patchId}: run hotpatch recover --pid ${p.pid})` : ''}`);
         for (const x of p.patches) {
           say(false, `  ${x.id}  ${x.state.padEnd(8)} ${x.module}  ${x.functions.join(', ')}  signer: ${x.signer ?? '(unsigned)'}`);

@@ -50,7 +50,7 @@ export function register(program: Command, setExitCode: SetExitCode): void {
     .description('check running processes for tampering: code, data, import/export tables, injected code, hidden modules, signal handlers, credentials, vDSO, sanctioned patches')
     .option('--pid <PID>', 'process to check (repeatable)', collect, [])
     .option('--all', 'check every process')
-    .option('--trust <PUBFILE>', 'trusted patch signer public key (repeatable)', collect, [])
+    .option('--trust <PUBFILE>', 'trusted patch signer public key (repeatable; else HOTPATCH_TRUSTED_KEYS, else /etc/hotpatch/trusted.d/*.pub)', collect, [])
     .option('--policy <FILE>', 'guard policy file (JSON, see docs/guard.md)')
     .option('--state-dir <DIR>', `guard state to compare with (first-seen file identities, credential baselines; default ${DEFAULT_STATE_DIR} when it exists)`)
     .option('--structures <LIST>', 'only these structure codes, comma-separated (default: all 0-10)')
