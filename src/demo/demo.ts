@@ -1,5 +1,5 @@
 /**
- * `hotpatch demo`: the whole system on a real program, in about a minute. It builds a small
+ * `hotpatch demo`: the whole system on a real program, in about ten seconds. It builds a small
  * multi-threaded HTTP service with a memory-leak bug and its fix, runs it under load, shows the bug
  * from a client's side, builds and signs a patch, applies it live, removes and re-applies it, installs
  * the cold patch, then plays an attacker who hooks the patched function and shows the guard finding and
