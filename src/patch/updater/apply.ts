@@ -11,7 +11,7 @@ import { checkColdFile, installCold, type ColdResult } from './cold.js';
 import { findImageProcesses, type ImageProcess } from './discover.js';
 import { loadPackage, type LoadedPackage } from './package.js';
 import { outcomeOf, resultFromError, type ProcessResult, type RunOutcome } from './result.js';
-import { DEFAULT_CONCURRENCY, mapBounded, runEngineOp } from './run.js';
+import { forEachProcess, runEngineOp } from './run.js';
 
 /** Which processes an operation works on: explicit pids, or every process (`all`). */
 export interface ProcessSelection {
@@ -134,14 +134,7 @@ export async function applyPackage(loaded: LoadedPackage, options: ApplyPackageO
     }
   }
 
-  const concurrency = options.concurrency ?? DEFAULT_CONCURRENCY;
-  let done = 0;
-  const hot = await mapBounded(targets, concurrency, async (t) => {
-    const r = await applyOne(loaded, t, options);
-    done++;
-    if (options.all || targets.length > 1) progress(progressLine(done, targets.length, r));
-    return r;
-  });
+  const hot = await forEachProcess(targets, options, (t) => applyOne(loaded, t, options));
   results.push(...hot);
   results.sort((a, b) => a.pid - b.pid);
 
@@ -177,11 +170,6 @@ function refusalFor(pid: number, patchId: string, f: () => unknown, exe: string,
   } catch (e) {
     return { ...resultFromError(pid, patchId, e), exe, module };
   }
-}
-
-/** One short line per finished process for the progress output on stderr. */
-export function progressLine(done: number, total: number, r: ProcessResult): string {
-  return `[${done}/${total}] pid ${r.pid}: ${r.status}${r.code && r.status !== 'patched' && r.status !== 'removed' ? ` (${r.code})` : ''}`;
 }
 
 /** One line describing a result (the CLI's human output). */

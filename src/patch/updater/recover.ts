@@ -1,10 +1,10 @@
 /** `recover` over one or many processes: finish or undo what an interrupted apply or remove left. */
 import { recoverProcess, type ProcessPatches } from '../engine/index.js';
 import { readProcStat } from '../../process/index.js';
-import { progressLine, type RunOptions } from './apply.js';
+import type { RunOptions } from './apply.js';
 import { findPatchedProcesses } from './discover.js';
 import { outcomeOf, resultFromError, type ProcessResult, type RunOutcome } from './result.js';
-import { DEFAULT_CONCURRENCY, mapBounded, runEngineOp } from './run.js';
+import { forEachProcess, runEngineOp } from './run.js';
 import { UsageError } from '../../errors.js';
 
 /** What `recover` did. */
@@ -61,8 +61,7 @@ export async function recoverProcesses(options: RunOptions): Promise<RecoverRepo
   } else {
     targets = [...new Set(options.pids!)].map((pid) => ({ pid }));
   }
-  let done = 0;
-  const results = await mapBounded(targets, options.concurrency ?? DEFAULT_CONCURRENCY, async (t): Promise<ProcessResult> => {
+  const results = await forEachProcess(targets, options, async (t): Promise<ProcessResult> => {
     let r: ProcessResult;
     try {
       const x = await runEngineOp(t.pid, () => recoverProcess(t.pid, options.timeoutMs !== undefined ? { timeoutMs: options.timeoutMs } : {}), options);
@@ -74,8 +73,6 @@ export async function recoverProcesses(options: RunOptions): Promise<RecoverRepo
     } catch (e) {
       r = { ...resultFromError(t.pid, null, e, options.all === true), ...(t.exe ? { exe: t.exe } : {}) };
     }
-    done++;
-    if (options.all || targets.length > 1) progress(progressLine(done, targets.length, r));
     return r;
   });
   const all = [...results, ...untouched].sort((a, b) => a.pid - b.pid);

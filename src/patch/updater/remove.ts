@@ -5,11 +5,11 @@
 import { HotpatchError, UsageError } from '../../errors.js';
 import { removePatch } from '../engine/index.js';
 import type { PatchPackage } from '../package/index.js';
-import { progressLine, type RunOptions } from './apply.js';
+import type { RunOptions } from './apply.js';
 import { coldStatePath, removeCold, type ColdResult } from './cold.js';
 import { findPatchedProcesses } from './discover.js';
 import { outcomeOf, resultFromError, type ProcessResult, type RunOutcome } from './result.js';
-import { DEFAULT_CONCURRENCY, mapBounded, runEngineOp } from './run.js';
+import { forEachProcess, runEngineOp } from './run.js';
 import { existsSync } from 'node:fs';
 
 /** Options of {@link removeFromProcesses}. */
@@ -79,8 +79,7 @@ export async function removeFromProcesses(patchId: string, options: RemovePatchO
     }
   }
 
-  let done = 0;
-  const hot = await mapBounded(targets, options.concurrency ?? DEFAULT_CONCURRENCY, async (t) => {
+  const hot = await forEachProcess(targets, options, async (t) => {
     const base = { ...(t.exe ? { exe: t.exe } : {}), ...(t.module ? { module: t.module } : {}) };
     let r: ProcessResult;
     if (options.dryRun) {
@@ -98,8 +97,6 @@ export async function removeFromProcesses(patchId: string, options: RemovePatchO
         r = { ...resultFromError(t.pid, patchId, e, options.all === true), ...base };
       }
     }
-    done++;
-    if (options.all || targets.length > 1) progress(progressLine(done, targets.length, r));
     return r;
   });
   results.push(...hot);

@@ -9,12 +9,13 @@
  * correct for ptrace, and a freeze is never lengthened by another process's work. `concurrency`
  * bounds how many operations are in flight.
  *
- * Locking: the engine takes a per-target lock for every operation (src/patch/engine/lock.ts: a
- * lock file per pid + start time whose owner's liveness is checked, so a SIGKILLed holder never
- * blocks the next command). The updater does not add a second lock; it only waits (up to
- * `lockWaitMs`) while another hotpatch process holds it.
+ * Locking: the engine takes a per-target lock for every operation (src/patch/engine/lock.ts: an
+ * flock on a file per pid + start time, dropped by the kernel when its holder dies, so a SIGKILLed
+ * holder never blocks the next command). The updater does not add a second lock; it only waits (up
+ * to `lockWaitMs`) while another hotpatch process holds it.
  */
 import { HotpatchError } from '../../errors.js';
+import type { ProcessResult } from './result.js';
 
 /** Error code of the engine's lock when another live hotpatch process holds it. */
 export const PROCESS_LOCKED = 'PROCESS_LOCKED';
@@ -99,4 +100,28 @@ export function runEngineOp<T>(pid: number, op: () => Promise<T>, options: { loc
     TICK_MS,
     (ms) => progress(`pid ${pid}: still working after ${(ms / 1000).toFixed(0)} s (a thread may be inside the code to switch: retrying up to --timeout)`),
   );
+}
+
+/** One short line per finished process for the progress output on stderr. */
+export function progressLine(done: number, total: number, r: ProcessResult): string {
+  return `[${done}/${total}] pid ${r.pid}: ${r.status}${r.code && r.status !== 'patched' && r.status !== 'removed' ? ` (${r.code})` : ''}`;
+}
+
+/**
+ * Runs `op` (which must turn errors into results) for every target, at most `concurrency` at
+ * once, with a progress line per finished process when there are several. Results keep the
+ * targets' order.
+ */
+export async function forEachProcess<T>(
+  targets: readonly T[],
+  options: { concurrency?: number; all?: boolean; onProgress?: (line: string) => void },
+  op: (target: T) => Promise<ProcessResult>,
+): Promise<ProcessResult[]> {
+  let done = 0;
+  return mapBounded(targets, options.concurrency ?? DEFAULT_CONCURRENCY, async (t) => {
+    const r = await op(t);
+    done++;
+    if (options.all || targets.length > 1) options.onProgress?.(progressLine(done, targets.length, r));
+    return r;
+  });
 }
