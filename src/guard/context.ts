@@ -16,6 +16,7 @@ import { DpkgChecksums, IdentityCache } from './identity.js';
 import { ImageCache, type ModuleImage } from './image.js';
 import type { Policy, ProcessIdentity } from './policy.js';
 import type { GuardState } from './state.js';
+import type { TrustedKeySet } from '../patch/trust/index.js';
 
 /** A registered uprobe: file path and file offset of the probed instruction. */
 export interface Uprobe {
@@ -79,8 +80,8 @@ export interface CheckOptions {
    * a full comparison found it clean. 0: always compare (the default for `verify`).
    */
   cleanCacheMs: number;
-  /** Trusted public key files for sanctioned patches. */
-  trustedKeys: string[];
+  /** Trusted signers of sanctioned patches, loaded once (a missing or bad key file is an error before any check). */
+  trust: TrustedKeySet;
   /** Allow checks that briefly stop the target with ptrace (structure 7). */
   allowPtrace: boolean;
 }

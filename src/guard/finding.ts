@@ -63,6 +63,9 @@ export function severityRank(s: Severity): number {
  * - `vdso-modified`;
  * - `patch-signature`, `patch-modified`, `patch-site-modified`, `patch-record`: sanctioned patch
  *   problems (`patch-site-modified`: a site lost its signed jump; `restore` writes it back);
+ * - `patch-untrusted`: a site of an intact patch that is unsigned or signed by a key that is not
+ *   trusted (one finding per site, named by the patched function; `restore` removes the patch
+ *   through the engine when trusted signers are configured);
  * - `unverifiable`: a structure could not be checked (e.g. text relocations, unreadable memory).
  */
 export type FindingKind =
@@ -89,6 +92,7 @@ export type FindingKind =
   | 'seccomp-disabled'
   | 'vdso-modified'
   | 'patch-signature'
+  | 'patch-untrusted'
   | 'patch-modified'
   | 'patch-record'
   | 'unverifiable';
@@ -120,6 +124,8 @@ export interface Finding {
   instructions?: { expected: string[]; actual: string[] };
   /** Where a hook or a pointer leads: "module+0xOFF (symbol)" or "anonymous memory at 0x...". */
   destination?: string;
+  /** The hotpatch patch a structure-10 finding is about (its id in the in-process record). */
+  patchId?: string;
 }
 
 /** Fields every finding needs; the rest default to null. */
@@ -144,6 +150,7 @@ export function makeFinding(f: FindingInput): Finding {
   };
   if (f.instructions !== undefined) out.instructions = f.instructions;
   if (f.destination !== undefined) out.destination = f.destination;
+  if (f.patchId !== undefined) out.patchId = f.patchId;
   return out;
 }
 
@@ -163,6 +170,7 @@ export interface FindingJson {
   detail: string;
   instructions?: { expected: string[]; actual: string[] };
   destination?: string;
+  patchId?: string;
 }
 
 function hexBytes(b: Uint8Array | null): string | null {
@@ -191,6 +199,7 @@ export function findingToJson(f: Finding): FindingJson {
   };
   if (f.instructions !== undefined) out.instructions = f.instructions;
   if (f.destination !== undefined) out.destination = f.destination;
+  if (f.patchId !== undefined) out.patchId = f.patchId;
   return out;
 }
 

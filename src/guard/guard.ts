@@ -22,7 +22,7 @@ import { ALL_STRUCTURES, findingKey, formatFinding, type Finding, type Structure
 import { GuardMetrics } from './metrics.js';
 import { actionFor, defaultPolicy, isAllowed, matchesAny, shouldAct, type GuardAction, type Policy, type ProcessIdentity } from './policy.js';
 import { GuardState } from './state.js';
-import { runChecks } from './verify.js';
+import { loadGuardTrust, runChecks } from './verify.js';
 
 export const DEFAULT_INTERVAL_MS = 10_000;
 
@@ -127,7 +127,7 @@ export class Guard {
       state: this.state,
       caches: options.caches ?? new VerifierCaches(),
       cleanCacheMs: options.fullIntervalMs ?? 6 * this.intervalMs,
-      trustedKeys: [...(options.trustedKeys ?? []), ...this.policy.trustedKeys],
+      trust: loadGuardTrust(options.trustedKeys, this.policy),
       allowPtrace: options.allowPtrace ?? true,
     };
   }
@@ -270,7 +270,7 @@ export class Guard {
       if (f === undefined) continue;
       known.add(k);
       const action = shouldAct(this.policy, f) ? (this.#opts.action ?? actionFor(this.policy, code)) : 'log';
-      const outcome = await performAction(action, f, this.state);
+      const outcome = await performAction(action, f, { state: this.state, trustConfigured: this.#check.trust.keys.length > 0 });
       this.metrics.countFinding(code);
       this.metrics.countAction(outcome.performed);
       this.#emit({ type: 'finding', time: new Date().toISOString(), finding: f, action, outcome });

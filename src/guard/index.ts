@@ -20,7 +20,7 @@ export type { VerifyOptions, VerifyResult } from './verify.js';
 export { Guard, DEFAULT_INTERVAL_MS } from './guard.js';
 export type { GuardOptions, GuardSelection, GuardEvent } from './guard.js';
 export { GuardMetrics, serveMetrics } from './metrics.js';
-export { performAction, restoreFinding, canRestore } from './actions.js';
+export { performAction, restoreFinding, canRestore, type ActionContext } from './actions.js';
 export type { ActionOutcome } from './actions.js';
 export { sanctionedState } from './checks/sanctioned.js';
 export type { SanctionedState, SanctionedSite } from './checks/sanctioned.js';

@@ -124,7 +124,7 @@ const KINDS: readonly FindingKind[] = [
   'modified', 'inline-hook', 'breakpoint', 'file-changed', 'got-hook', 'ld-preload', 'preload-file', 'anonymous-code',
   'memfd-code', 'deleted-code', 'wx-memory', 'hidden-module', 'unlisted-module', 'handler-outside-module',
   'credentials-changed', 'effective-root', 'capabilities-gained', 'nonewprivs-cleared', 'seccomp-disabled',
-  'vdso-modified', 'patch-signature', 'patch-modified', 'patch-site-modified', 'patch-record', 'unverifiable',
+  'vdso-modified', 'patch-signature', 'patch-untrusted', 'patch-modified', 'patch-site-modified', 'patch-record', 'unverifiable',
 ];
 
 /** Parses and validates a policy document. Throws UsageError(GUARD_BAD_POLICY) naming the bad key. */

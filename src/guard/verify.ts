@@ -15,6 +15,7 @@ import { ProcessContext, VerifierCaches, type CheckOptions } from './context.js'
 import { ALL_STRUCTURES, makeFinding, type Finding, type StructureCode } from './finding.js';
 import { defaultPolicy, isAllowed, matchesAny, type Policy } from './policy.js';
 import { GuardState } from './state.js';
+import { loadTrustedKeySet, type TrustedKeySet } from '../patch/trust/index.js';
 
 /** Options of `verifyProcess` / `verifyProcesses`. All optional. */
 export interface VerifyOptions {
@@ -25,8 +26,14 @@ export interface VerifyOptions {
   caches?: VerifierCaches;
   /** Structures to check (default: all). */
   structures?: readonly StructureCode[];
-  /** Trusted signer public key files (structure 10). */
+  /**
+   * Trusted signer public key files (structure 10), used with the policy's `trustedKeys`; when
+   * both are empty, HOTPATCH_TRUSTED_KEYS, else /etc/hotpatch/trusted.d. A file that cannot be
+   * read is an error (PackageError KEY_NOT_FOUND), never "no trusted signer".
+   */
   trustedKeys?: string[];
+  /** The trusted keys already loaded (overrides `trustedKeys`; `verifyProcesses` loads them once). */
+  trust?: TrustedKeySet;
   /** Let structure 7 stop the target briefly with ptrace to read its signal handlers. Default true. */
   allowPtrace?: boolean;
   /** See CheckOptions.cleanCacheMs. Default 0 (every byte compared). */
@@ -55,9 +62,14 @@ export function checkOptions(options: VerifyOptions = {}): CheckOptions {
     state: options.state ?? new GuardState(null, false),
     caches: options.caches ?? new VerifierCaches(),
     cleanCacheMs: options.cleanCacheMs ?? 0,
-    trustedKeys: [...(options.trustedKeys ?? []), ...policy.trustedKeys],
+    trust: options.trust ?? loadGuardTrust(options.trustedKeys, policy),
     allowPtrace: options.allowPtrace ?? true,
   };
+}
+
+/** The trusted signers of `--trust` files plus the policy's (see VerifyOptions.trustedKeys). Throws on a missing or bad key file. */
+export function loadGuardTrust(trustFiles: readonly string[] | undefined, policy: Policy): TrustedKeySet {
+  return loadTrustedKeySet({ trustFiles: [...(trustFiles ?? []), ...policy.trustedKeys] });
 }
 
 /** Runs the checks of some structures in a context. Errors of one structure do not stop the others. */
@@ -124,7 +136,8 @@ export function allProcessIds(): number[] {
 
 /** Verifies several processes sharing caches; results in pid order. */
 export async function verifyProcesses(pids: readonly number[], options: VerifyOptions = {}): Promise<VerifyResult[]> {
-  const shared: VerifyOptions = { ...options, caches: options.caches ?? new VerifierCaches(), state: options.state ?? new GuardState(null, false) };
+  const trust = options.trust ?? loadGuardTrust(options.trustedKeys, options.policy ?? defaultPolicy());
+  const shared: VerifyOptions = { ...options, trust, caches: options.caches ?? new VerifierCaches(), state: options.state ?? new GuardState(null, false) };
   const out: VerifyResult[] = [];
   for (const pid of pids) out.push(await verifyProcess(pid, shared));
   return out;

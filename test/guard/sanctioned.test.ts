@@ -7,6 +7,8 @@ import { createHash } from 'node:crypto';
 import { closeSync, mkdtempSync, openSync, readFileSync, writeFileSync, writeSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { basename, join } from 'node:path';
+import { execFile } from 'node:child_process';
+import { promisify } from 'node:util';
 import { beforeAll, describe, expect, it } from 'vitest';
 import { parseElf } from '../../src/elf/index.js';
 import { GuardState, VerifierCaches, restoreFinding } from '../../src/guard/index.js';
@@ -14,9 +16,10 @@ import { RECORD_MAPS_PATH, RECORD_SLOT_SIZE, encodeRecordSlot, readRecordFromMap
 import { createPackage, encodePackage } from '../../src/patch/package/index.js';
 import type { PatchPlan } from '../../src/patch/plan.js';
 import { signPackage, writeKeyFiles } from '../../src/patch/trust/index.js';
-import { applyPackageFile, removeFromProcesses } from '../../src/patch/updater/index.js';
+import { applyPackageFile, recoverProcesses, removeFromProcesses } from '../../src/patch/updater/index.js';
+import { listPatches } from '../../src/patch/engine/index.js';
 import { openProcess } from '../../src/process/index.js';
-import { killTargetsAfterAll } from '../helpers/native.js';
+import { killTargetsAfterAll, REPO_ROOT } from '../helpers/native.js';
 import { buildFixtures, command, findingsOf, pokeMemory, startVictim, summary, type Fixtures } from './helpers.js';
 
 killTargetsAfterAll();
@@ -98,12 +101,17 @@ describe('verify: sanctioned patches (10)', () => {
     await t.kill();
   });
 
-  it('a patch by a signer that is not trusted is a finding, and its site an inline hook', async () => {
-    const { t } = await patchedVictim();
+  it('a patch by a signer that is not trusted is one finding per site, named by the patched function', async () => {
+    const { t, a } = await patchedVictim();
     const f = await findingsOf(t.pid, { caches: new VerifierCaches(), trustedKeys: [otherPub] });
-    expect(f.some((x) => x.code === 10 && x.kind === 'patch-signature' && /not a trusted signer/.test(x.detail)), summary(f)).toBe(true);
-    expect(f.some((x) => x.code === 0 && x.kind === 'inline-hook' && x.symbol === 'compute'), summary(f)).toBe(true);
-    expect(f.some((x) => x.code === 5 && x.kind === 'anonymous-code'), summary(f)).toBe(true);
+    expect(f.length, summary(f)).toBe(1);
+    const site = f[0]!;
+    expect(site.code).toBe(10);
+    expect(site.kind).toBe('patch-untrusted');
+    expect(site.address).toBe(a.compute);
+    expect(site.symbol).toBe('compute (patch site)');
+    expect(site.detail).toMatch(/^patch \S+ is signed by an untrusted signer [0-9a-f]{16}.*: trust it with --trust/);
+    expect(site.patchId).toBeDefined();
     await t.kill();
   });
 
@@ -143,7 +151,7 @@ describe('verify: sanctioned patches (10)', () => {
     const site = f.find((x) => x.code === 10 && x.kind === 'patch-site-modified');
     expect(site, summary(f)).toBeDefined();
     expect(site!.expected).toEqual(signed);
-    const outcome = await restoreFinding(site!, new GuardState(null, true));
+    const outcome = await restoreFinding(site!, { state: new GuardState(null, true), trustConfigured: true });
     expect(outcome.ok, outcome.detail).toBe(true);
     expect(readSite(t.pid, a.compute)).toEqual(signed);
     expect(await command(t, 'run')).toContain('compute=42');
@@ -204,6 +212,120 @@ describe('verify: sanctioned patches (10)', () => {
     const f = await findingsOf(t.pid, { caches: new VerifierCaches(), trustedKeys: [pubKey] });
     expect(f.some((x) => x.code === 10 && x.kind === 'patch-signature' && x.severity === 'critical' && /does not verify/.test(x.detail)), summary(f)).toBe(true);
     expect(f.some((x) => x.code === 0 && x.kind === 'inline-hook'), summary(f)).toBe(true);
+    await t.kill();
+  });
+});
+
+const CLI = join(REPO_ROOT, 'dist/src/cli/main.js');
+const run = promisify(execFile);
+
+/** Runs the CLI without any trust configured in the environment; never rejects. */
+async function cli(args: string[]): Promise<{ code: number; stdout: string; stderr: string }> {
+  const env = { ...process.env };
+  delete env.HOTPATCH_TRUSTED_KEYS;
+  try {
+    const r = await run('node', [CLI, ...args], { env, timeout: 120_000 });
+    return { code: 0, stdout: r.stdout, stderr: r.stderr };
+  } catch (e) {
+    const x = e as { code?: number; stdout?: string; stderr?: string };
+    return { code: typeof x.code === 'number' ? x.code : -1, stdout: x.stdout ?? '', stderr: x.stderr ?? '' };
+  }
+}
+
+function patchIdOf(pid: number): string {
+  return listPatches(pid).patches[0]!.id;
+}
+
+describe('restore never makes the code disagree with the record (#13)', () => {
+  it('a --trust file that does not exist is an error for verify and guard, and nothing is restored', async () => {
+    const { t, a } = await patchedVictim();
+    const before = readSite(t.pid, a.compute);
+    const missing = join(tmpdir(), 'no-such-dir-hotpatch', 'typo.pub');
+    for (const args of [
+      ['verify', '--pid', String(t.pid), '--trust', missing],
+      ['guard', '--pid', String(t.pid), '--trust', missing, '--action', 'restore', '--interval', '0.2', '--duration', '2', '--no-ptrace'],
+    ]) {
+      const r = await cli(args);
+      expect(r.code, `${args[0]}: ${r.stderr}`).toBe(1);
+      expect(r.stderr).toContain(missing);
+      expect(r.stderr).not.toMatch(/internal error|\n\s+at /);
+    }
+    expect(readSite(t.pid, a.compute)).toEqual(before);
+    expect(await command(t, 'run')).toContain('compute=42');
+    await expect(findingsOf(t.pid, { trustedKeys: [missing] })).rejects.toMatchObject({ code: 'KEY_NOT_FOUND' });
+    await t.kill();
+  });
+
+  it('guard --action restore with no trusted signer configured leaves a signed patch applied and consistent', async () => {
+    const { t, a } = await patchedVictim();
+    const before = readSite(t.pid, a.compute);
+    const dir = mkdtempSync(join(tmpdir(), 'guard-notrust-'));
+    const r = await cli(['guard', '--pid', String(t.pid), '--action', 'restore', '--interval', '0.3', '--duration', '3', '--no-ptrace', '--state-dir', dir, '--json']);
+    expect(r.code, r.stderr).toBe(0);
+    expect(r.stdout + r.stderr).toMatch(/no trusted signer is configured/);
+    expect(readSite(t.pid, a.compute)).toEqual(before);
+    expect(await command(t, 'run')).toContain('compute=42');
+    expect(listPatches(t.pid).disagreements).toEqual([]);
+    await t.kill();
+  });
+
+  it('restore of a patch by an untrusted signer removes it through the engine (list and code agree)', async () => {
+    const { t, a } = await patchedVictim();
+    const f = await findingsOf(t.pid, { caches: new VerifierCaches(), trustedKeys: [otherPub] });
+    const site = f.find((x) => x.kind === 'patch-untrusted');
+    expect(site, summary(f)).toBeDefined();
+    const outcome = await restoreFinding(site!, { state: new GuardState(null, true), trustConfigured: true });
+    expect(outcome.ok, outcome.detail).toBe(true);
+    expect(readSite(t.pid, a.compute)).toEqual(readFileBytes(fx.victim, 'compute', 5));
+    expect(await command(t, 'run')).not.toContain('compute=42');
+    const listed = listPatches(t.pid);
+    expect(listed.patches.every((p) => p.state !== 'applied'), JSON.stringify(listed.patches)).toBe(true);
+    expect(listed.disagreements).toEqual([]);
+    // And it can be applied again.
+    const again = await applyPackageFile(pkgPath, { pids: [t.pid], trustFiles: [pubKey] });
+    expect(again.results[0]?.status, JSON.stringify(again.results)).toBe('patched');
+    await t.kill();
+  });
+
+  it('restore never writes file bytes over a recorded site (structure 0/3 findings at a site are logged only)', async () => {
+    const { t, a } = await patchedVictim();
+    const signed = readSite(t.pid, a.compute);
+    const outcome = await restoreFinding(
+      {
+        pid: t.pid, code: 0, structure: 'module code', kind: 'inline-hook', module: fx.victim, offset: 0n, address: a.compute, symbol: 'compute',
+        expected: readFileBytes(fx.victim, 'compute', 5), actual: signed, severity: 'high', detail: 'test',
+      },
+      { state: new GuardState(null, true), trustConfigured: true },
+    );
+    expect(outcome.ok).toBe(false);
+    expect(outcome.detail).toMatch(/site of patch .* only the engine changes it/);
+    expect(readSite(t.pid, a.compute)).toEqual(signed);
+    await t.kill();
+  });
+
+  it('code restored behind the engine\'s back: apply and remove say so, recover reconciles, apply works again', async () => {
+    const { t, a } = await patchedVictim();
+    const id = patchIdOf(t.pid);
+    // What the old guard did: the file's bytes written over the signed patch.
+    pokeMemory(t.pid, a.compute, readFileBytes(fx.victim, 'compute', 5));
+    expect(listPatches(t.pid).disagreements.join('; ')).toMatch(/recorded as applied, but compute at 0x[0-9a-f]+ does not hold its jump/);
+    const applied = await applyPackageFile(pkgPath, { pids: [t.pid], trustFiles: [pubKey] });
+    expect(applied.results[0]?.status).toBe('failed');
+    expect(applied.results[0]?.reason).toMatch(/hotpatch recover --pid/);
+    const removed = await removeFromProcesses(id, { pids: [t.pid] });
+    expect(removed.results[0]?.reason).toMatch(/hotpatch recover --pid/);
+    const r = await cli(['recover', '--all', '--json']);
+    expect(r.code, r.stderr).toBe(0);
+    const doc = JSON.parse(r.stdout) as { results: Array<{ pid: number; status: string; actions?: Array<{ action: string }> }> };
+    const mine = doc.results.find((x) => x.pid === t.pid);
+    expect(mine?.status, r.stdout).toBe('removed');
+    expect(mine?.actions?.[0]?.action).toBe('reconciled');
+    expect(listPatches(t.pid).disagreements).toEqual([]);
+    expect((await recoverProcesses({ pids: [t.pid] })).results[0]?.status).toBe('skipped');
+    const again = await applyPackageFile(pkgPath, { pids: [t.pid], trustFiles: [pubKey] });
+    expect(again.results[0]?.status, JSON.stringify(again.results)).toBe('patched');
+    expect(await command(t, 'run')).toContain('compute=42');
+    expect(await findingsOf(t.pid, { caches: new VerifierCaches(), trustedKeys: [pubKey] })).toEqual([]);
     await t.kill();
   });
 });

@@ -81,7 +81,7 @@ describe('outcomeOf', () => {
 });
 
 describe('recoveryNeed', () => {
-  const proc = (over: Partial<ProcessPatches>): ProcessPatches => ({ pid: 10, exe: '/x', patches: [], arenas: [], transaction: null, record: null, ...over });
+  const proc = (over: Partial<ProcessPatches>): ProcessPatches => ({ pid: 10, exe: '/x', patches: [], arenas: [], transaction: null, record: null, disagreements: [], ...over });
   const patch = (state: ListedPatch['state']): ListedPatch => ({ id: 'aaaaaaaaaaaaaaaa', module: '/lib', buildId: 'ab', functions: ['f'], signer: null, packageHash: '', state, appliedAt: 0, sites: [] });
   const tx = (ownerPid: number) => ({ op: 'apply' as const, patchId: 'aaaaaaaaaaaaaaaa', ownerPid, startedAt: 0 });
 
@@ -92,5 +92,6 @@ describe('recoveryNeed', () => {
     const live = recoveryNeed(proc({ patches: [patch('pending')], transaction: tx(process.ppid) }));
     expect(live).toMatchObject({ need: false, code: 'IN_PROGRESS', reason: expect.stringMatching(/hotpatch recover --pid 10/) });
     expect(recoveryNeed(proc({ patches: [patch('pending')], transaction: tx(process.pid) }))).toEqual({ need: true }); // not "another hotpatch process"
+    expect(recoveryNeed(proc({ patches: [patch('applied')], disagreements: ['patch x is recorded as applied, but f at 0x1 does not hold its jump'] }))).toEqual({ need: true }); // code restored behind the engine's back
   });
 });

@@ -28,6 +28,7 @@ function toJson(p: ProcessPatches): unknown {
     exe: p.exe,
     patches: p.patches.map((x) => ({ id: x.id, module: x.module, functions: x.functions, signer: x.signer, state: x.state, buildId: x.buildId, packageHash: x.packageHash, appliedAt: new Date(x.appliedAt).toISOString(), sites: x.sites })),
     transaction: p.transaction,
+    disagreements: p.disagreements,
   };
 }
 
@@ -62,6 +63,7 @@ export function register(program: Command, setExitCode: SetExitCode): void {
         for (const x of p.patches) {
           say(false, `  ${x.id}  ${x.state.padEnd(8)} ${x.module}  ${x.functions.join(', ')}  signer: ${x.signer ?? '(unsigned)'}`);
         }
+        for (const d of p.disagreements) say(false, `  code disagrees with the record: ${d} (run hotpatch recover --pid ${p.pid})`);
       }
     });
 }

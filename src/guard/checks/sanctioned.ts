@@ -16,11 +16,11 @@ import { createHash, verify as edVerify } from 'node:crypto';
 import { HotpatchError } from '../../errors.js';
 import { describeHook } from '../../x86/index.js';
 import type { ElfFile } from '../../elf/index.js';
-import { RECORD_MAPS_PATH, readRecordFromMappings, type PatchRecord, type RecordPatch } from '../../patch/engine/index.js';
+import { RECORD_MAPS_PATH, readRecordFromMappings, type PatchRecord, type RecordPatch, type RecordSite } from '../../patch/engine/index.js';
 import { siteGeometry, siteWrittenBytes } from '../../patch/engine/sites.js';
 import { createSymbolLookup, layoutPatch, linkPatch, type ResolverModule } from '../../patch/linker/index.js';
 import { decodePackageContent } from '../../patch/package/index.js';
-import { loadTrustedKeys, publicKeyObject, type TrustedKey } from '../../patch/trust/index.js';
+import { publicKeyObject } from '../../patch/trust/index.js';
 import type { PatchPlan } from '../../patch/plan.js';
 import type { Module } from '../../process/index.js';
 import type { ProcessContext } from '../context.js';
@@ -64,31 +64,24 @@ function same(a: Uint8Array, b: Uint8Array): boolean {
 /** Offset of sha256(content) in the signed message: domain string, then u16 format version. */
 const DOMAIN_LENGTH = new TextEncoder().encode('hotpatch-package-signature-v1\0').length;
 
-function trustedKeys(ctx: ProcessContext): TrustedKey[] {
-  return ctx.memo('trusted-keys', () => {
-    const files = ctx.options.trustedKeys;
-    try {
-      return loadTrustedKeys(files.length > 0 ? { trustFiles: files } : {});
-    } catch {
-      return [];
-    }
-  });
-}
 
 function resolverModule(ctx: ProcessContext, m: Module): ResolverModule {
   return { name: m.name, path: m.path, loadBias: m.loadBias, elf: (): ElfFile | undefined => ctx.image(m)?.elf };
 }
 
-/** Verifies one patch; returns problems (empty when it verifies) and what it sanctions. */
-function verifyPatch(ctx: ProcessContext, p: RecordPatch, below: Map<bigint, Uint8Array>): { problems: Finding[]; sites: SanctionedSite[] } {
-  const problems: Finding[] = [];
-  const f = (kind: Finding['kind'], severity: Finding['severity'], detail: string, extra: Partial<Finding> = {}) =>
-    problems.push(makeFinding({ pid: ctx.pid, code: 10, kind, severity, module: p.module.path, detail: `patch ${p.id}: ${detail}`, ...extra }));
-  // 1. Signature and signer.
-  if (p.signing === undefined || p.content === undefined) {
-    f('patch-signature', 'high', 'unsigned patch (applied with --allow-unsigned): its provenance cannot be verified');
-    return { problems, sites: [] };
-  }
+/** Why a recorded patch is not sanctioned although its code may be intact: who signed it. */
+interface SignerProblem {
+  severity: Finding['severity'];
+  /** Completes "patch <id> ..." */
+  reason: string;
+}
+
+/**
+ * Why a recorded patch's signature cannot be believed at all (a forged or corrupted record), or
+ * undefined when it is unsigned or its signature verifies (whoever the signer is).
+ */
+export function forgedSignature(p: RecordPatch): string | undefined {
+  if (p.signing === undefined || p.content === undefined) return undefined;
   const s = p.signing;
   let sigOk = false;
   try {
@@ -96,19 +89,43 @@ function verifyPatch(ctx: ProcessContext, p: RecordPatch, below: Map<bigint, Uin
   } catch {
     sigOk = false;
   }
+  if (!sigOk) return 'the recorded signature does not verify';
   const contentHash = s.message.subarray(DOMAIN_LENGTH + 2, DOMAIN_LENGTH + 2 + 32);
-  if (!sigOk || !same(contentHash, sha256(p.content))) {
-    f('patch-signature', 'critical', !sigOk ? 'the recorded signature does not verify' : 'the recorded package content is not what was signed');
+  return same(contentHash, sha256(p.content)) ? undefined : 'the recorded package content is not what was signed';
+}
+
+/** The signer problem of a recorded patch, or undefined when it is signed by a trusted key. */
+function signerProblem(ctx: ProcessContext, p: RecordPatch): SignerProblem | { forged: string } | undefined {
+  const forged = forgedSignature(p);
+  if (forged !== undefined) return { forged };
+  if (p.signing === undefined || p.content === undefined) {
+    return { severity: 'high', reason: 'is unsigned (applied with --allow-unsigned): its provenance cannot be verified; remove it or apply a signed build' };
+  }
+  const s = p.signing;
+  if (ctx.options.trust.keys.some((k) => same(k.publicKey, s.publicKey))) return undefined;
+  const who = `${s.keyId}${s.signer ? ` (${s.signer})` : ''}`;
+  if (ctx.options.trust.keys.length === 0) {
+    return { severity: 'high', reason: `is signed by key ${who}, but no trusted signer is configured (${ctx.options.trust.origin.join(', ')}): trust it with --trust KEY.pub` };
+  }
+  return { severity: 'high', reason: `is signed by an untrusted signer ${who}: trust it with --trust KEY.pub if it is yours` };
+}
+
+/** Verifies one patch; returns problems (empty when it verifies) and what it sanctions. */
+function verifyPatch(ctx: ProcessContext, p: RecordPatch, below: Map<bigint, Uint8Array>): { problems: Finding[]; sites: SanctionedSite[]; signer?: SignerProblem } {
+  const problems: Finding[] = [];
+  const f = (kind: Finding['kind'], severity: Finding['severity'], detail: string, extra: Partial<Finding> = {}) =>
+    problems.push(makeFinding({ pid: ctx.pid, code: 10, kind, severity, module: p.module.path, detail: `patch ${p.id}: ${detail}`, patchId: p.id, ...extra }));
+  // 1. Signature and signer.
+  const signer = signerProblem(ctx, p);
+  if (signer !== undefined && 'forged' in signer) {
+    f('patch-signature', 'critical', signer.forged);
     return { problems, sites: [] };
   }
-  if (!trustedKeys(ctx).some((k) => same(k.publicKey, s.publicKey))) {
-    f('patch-signature', 'high', `signed by key ${s.keyId}${s.signer ? ` (${s.signer})` : ''}, which is not a trusted signer`);
-    return { problems, sites: [] };
-  }
+  if (signer !== undefined) return { problems, sites: [], signer };
   // 2. The plan, the module it targets and the signed code linked where the record says it lives.
   let plan: PatchPlan;
   try {
-    plan = decodePackageContent(p.content).plan;
+    plan = decodePackageContent(p.content!).plan;
   } catch (e) {
     f('patch-record', 'critical', `the signed content cannot be decoded: ${(e as Error).message}`);
     return { problems, sites: [] };
@@ -187,19 +204,36 @@ export function sanctionedState(ctx: ProcessContext): SanctionedState {
     if (record.transaction !== null) return st;
     const top = new Map<bigint, Uint8Array>();
     const siteNames = new Map<bigint, string>();
+    const sitePatch = new Map<bigint, string>();
     const verifiedArenas: { start: bigint; end: bigint }[] = [];
+    const unsanctioned: Array<{ start: bigint; end: bigint }> = [];
     for (const p of record.patches) {
       if (p.state !== 'applied') continue;
-      const { problems, sites } = verifyPatch(ctx, p, top);
-      st.findings.push(...problems);
-      if (problems.length === 0) {
+      const { problems, sites, signer } = verifyPatch(ctx, p, top);
+      if (signer !== undefined) {
+        // Intact but not sanctioned: one finding per site, named by the patched function. The
+        // arena belongs to the patch and is not reported again as injected memory.
+        for (const site of p.sites) st.findings.push(siteFinding(ctx, p, site, signer));
+        if (p.sites.length > 0) {
+          unsanctioned.push(p.code);
+          if (p.data !== null) unsanctioned.push(p.data);
+        }
+      } else st.findings.push(...problems);
+      if (problems.length === 0 && signer === undefined) {
         for (const s of sites) {
           top.set(s.address, s.bytes);
           st.claimed.push(s);
           siteNames.set(s.address, s.function);
+          sitePatch.set(s.address, p.id);
         }
         verifiedArenas.push(p.code);
         if (p.data !== null) verifiedArenas.push(p.data);
+      }
+      if (signer !== undefined) {
+        // The record owns these bytes (its signature verifies, only the signer is not trusted):
+        // structure 0 must not judge (or restore) them against the file behind the engine's
+        // back — that would leave the record saying "applied" over original code.
+        for (const site of p.sites) st.claimed.push({ address: site.address, bytes: site.written, function: site.function });
       }
     }
     // Memory at each site must hold the top-most verified patch's bytes.
@@ -216,7 +250,7 @@ export function sanctionedState(ctx: ProcessContext): SanctionedState {
         const hook = describeHook(mem, address);
         const finding = makeFinding({
           pid: ctx.pid, code: 10, kind: 'patch-site-modified', severity: 'critical', module: mod?.path ?? null, address,
-          offset: mod ? address - mod.loadBias : null, symbol: `${siteNames.get(address)} (patch site)`,
+          offset: mod ? address - mod.loadBias : null, symbol: `${siteNames.get(address)} (patch site)`, patchId: sitePatch.get(address)!,
           expected: bytes, actual: mem, detail: 'a patched site does not hold the bytes its signed patch specifies',
           instructions: { expected: describeHook(bytes, address).texts, actual: hook.texts },
         });
@@ -227,14 +261,15 @@ export function sanctionedState(ctx: ProcessContext): SanctionedState {
     // Removed patches whose code threads may still run (retired) keep their signed code too.
     for (const p of record.patches) {
       if (p.state !== 'removed') continue;
-      if (verifyPatch(ctx, p, new Map()).problems.length > 0) continue;
+      const v = verifyPatch(ctx, p, new Map());
+      if (v.problems.length > 0 || v.signer !== undefined) continue;
       verifiedArenas.push(p.code);
       if (p.data !== null) verifiedArenas.push(p.data);
     }
     for (const a of record.arenas) {
       for (const m of ctx.mappings) {
         if (m.start < a.start || m.end > a.end) continue;
-        const stray = m.protection.execute ? strayArenaByte(ctx, m.start, m.end, verifiedArenas) : undefined;
+        const stray = m.protection.execute ? strayArenaByte(ctx, m.start, m.end, [...verifiedArenas, ...unsanctioned]) : undefined;
         if (stray === undefined) {
           st.arenas.add(m.start);
           continue;
@@ -248,6 +283,16 @@ export function sanctionedState(ctx: ProcessContext): SanctionedState {
       }
     }
     return st;
+  });
+}
+
+/** The one finding for a site of an intact patch that is not sanctioned (unsigned, untrusted signer). */
+function siteFinding(ctx: ProcessContext, p: RecordPatch, site: RecordSite, signer: SignerProblem): Finding {
+  const mod = ctx.moduleAt(site.address);
+  return makeFinding({
+    pid: ctx.pid, code: 10, kind: 'patch-untrusted', severity: signer.severity, module: mod?.path ?? p.module.path, address: site.address,
+    offset: mod ? site.address - mod.loadBias : null, symbol: `${site.function} (patch site)`, patchId: p.id,
+    detail: `patch ${p.id} ${signer.reason}`,
   });
 }
 

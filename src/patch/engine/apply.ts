@@ -16,7 +16,7 @@ import { freeze, type Frozen } from './control.js';
 import { faultPoint } from './fault.js';
 import { memoryWriter } from './memory.js';
 import { RECORD_FILE_SIZE, RECORD_MEMFD_NAME, type PatchRecord, type RecordSigning, type RecordArena, type RecordPatch, type RecordSite } from './record.js';
-import { assertNoTransaction, hex, nowMicros, openSession, openStoreAt, siteStack, type Session } from './session.js';
+import { assertCodeAgrees, assertNoTransaction, hex, nowMicros, openSession, openStoreAt, siteStack, type Session } from './session.js';
 import { bytesEqual, hexBytes, siteGeometry, siteUnsafeRanges, siteWrites, siteWrittenBytes, type SiteGeometry, type SiteWrite } from './sites.js';
 import { switchWithRetry, type GuardedRange } from './switch.js';
 import { freeUnusedRetired, retiredRanges, unmapFresh } from './cleanup.js';
@@ -184,6 +184,7 @@ export async function applyPatch(pid: number, plan: PatchPlan, options: ApplyOpt
   try {
     faultPoint('apply:locked', pid);
     assertNoTransaction(s.record, pid);
+    assertCodeAgrees(s);
     const base: Omit<ApplyResult, 'status'> = {
       pid, patchId: options.patchId, pauseMicros: 0, frozenWorkMicros: 0, setupPauseMicros: 0, totalPauseMicros: 0, attempts: 0, threads: 0, totalMicros: 0, functions: [],
     };

@@ -5,6 +5,7 @@
 import { openProcess } from '../../process/index.js';
 import type { PatchRecord, RecordArena, RecordTransaction, SiteState } from './record.js';
 import { readRecordFromMappings } from './record-store.js';
+import { codeDisagreements } from './session.js';
 
 export interface ListedSite {
   function: string;
@@ -37,6 +38,11 @@ export interface ProcessPatches {
   transaction: RecordTransaction | null;
   /** The raw record (null when the process was never patched). */
   record: PatchRecord | null;
+  /**
+   * Sites whose code disagrees with the record (no operation in progress): an applied patch's
+   * jump is gone, or a removed patch's jump is back. `hotpatch recover` reconciles them.
+   */
+  disagreements: string[];
 }
 
 /** Lists the patches recorded in process `pid`. */
@@ -45,7 +51,7 @@ export function listPatches(pid: number): ProcessPatches {
   try {
     const exe = proc.getExePath();
     const record = readRecordFromMappings(pid, proc.enumerateMappings());
-    if (!record) return { pid, exe, patches: [], arenas: [], transaction: null, record: null };
+    if (!record) return { pid, exe, patches: [], arenas: [], transaction: null, record: null, disagreements: [] };
     const patches: ListedPatch[] = record.patches.map((p) => ({
       id: p.id,
       module: p.module.path,
@@ -61,8 +67,10 @@ export function listPatches(pid: number): ProcessPatches {
         return l;
       }),
     }));
-    return { pid, exe, patches, arenas: record.arenas, transaction: record.transaction, record };
+    const disagreements = record.transaction ? [] : codeDisagreements(record, (a, n) => proc.readMemory(a, n));
+    return { pid, exe, patches, arenas: record.arenas, transaction: record.transaction, record, disagreements };
   } finally {
     proc.close();
   }
 }
+

@@ -8,7 +8,7 @@ import { freeUnusedRetired, retiredRanges } from './cleanup.js';
 import { faultPoint } from './fault.js';
 import { writeSitesAllOrNothing } from './apply.js';
 import type { RecordPatch, RecordSite } from './record.js';
-import { assertNoTransaction, hex, livePatches, nowMicros, openSession, siteStack } from './session.js';
+import { assertCodeAgrees, assertNoTransaction, hex, livePatches, nowMicros, openSession, siteStack } from './session.js';
 import { bytesEqual, hexBytes, siteUnsafeRanges, siteWrites, type SiteGeometry } from './sites.js';
 import { switchWithRetry, type GuardedRange } from './switch.js';
 
@@ -50,6 +50,7 @@ export async function removePatch(pid: number, patchId: string, options: RemoveO
   try {
     faultPoint('remove:locked', pid);
     assertNoTransaction(s.record, pid);
+    assertCodeAgrees(s);
     const patch = livePatches(s.record).find((p) => p.id === patchId);
     if (!patch || !s.store) {
       throw new HotpatchError('PATCH_NOT_APPLIED', `patch ${patchId} is not applied to process ${pid} (see \`hotpatch list --pid ${pid}\`)`);

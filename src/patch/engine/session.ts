@@ -7,6 +7,7 @@ import { openProcess, type Mapping, type Process } from '../../process/index.js'
 import { lockProcess, type ProcessLock } from './lock.js';
 import { emptyRecord, type PatchRecord, type RecordPatch, type RecordSite } from './record.js';
 import { findRecordMapping, RecordStore } from './record-store.js';
+import { bytesEqual } from './sites.js';
 
 /** An engine session on one process: process handle, lock, record (store when it exists). */
 export interface Session {
@@ -98,6 +99,17 @@ export function assertNoTransaction(record: PatchRecord, pid: number): void {
   }
 }
 
+/**
+ * Throws RECORD_DISAGREES when the code disagrees with the record (see codeDisagreements): an
+ * apply would say "already patched" over original code, a remove would find foreign bytes.
+ */
+export function assertCodeAgrees(s: Session): void {
+  const found = codeDisagreements(s.record, (a, n) => s.proc.readMemory(a, n));
+  if (found.length > 0) {
+    throw new HotpatchError('RECORD_DISAGREES', `process ${s.pid}: ${found[0]}${found.length > 1 ? ` (and ${found.length - 1} more)` : ''}; something changed the code without hotpatch: run \`hotpatch recover --pid ${s.pid}\` to reconcile, then retry; nothing was changed`);
+  }
+}
+
 /** Patches that are in effect (not removed), in application order. */
 export function livePatches(record: PatchRecord): RecordPatch[] {
   return record.patches.filter((p) => p.state !== 'removed');
@@ -116,4 +128,29 @@ export function hex(v: bigint): string {
 
 export function nowMicros(): number {
   return Number(process.hrtime.bigint() / 1000n);
+}
+
+/** Sites whose code disagrees with the record (ProcessPatches.disagreements). An unreadable site counts as a disagreement. */
+export function codeDisagreements(record: PatchRecord, read: (address: bigint, length: number) => Uint8Array): string[] {
+  const out: string[] = [];
+  const at = (address: bigint, length: number): Uint8Array | undefined => {
+    try {
+      return read(address, length);
+    } catch {
+      return undefined;
+    }
+  };
+  for (const p of record.patches) {
+    for (const site of p.sites) {
+      const stack = siteStack(record, site.address);
+      const actual = at(site.address, site.written.length);
+      const where = `${site.function} at 0x${site.address.toString(16)}`;
+      if (p.state === 'applied' && stack[stack.length - 1]?.patch === p) {
+        if (actual === undefined || !bytesEqual(actual, site.written)) out.push(`patch ${p.id} is recorded as applied, but ${where} does not hold its jump`);
+      } else if (p.state === 'removed' && stack.length === 0 && actual !== undefined && bytesEqual(actual, site.written)) {
+        out.push(`patch ${p.id} is recorded as removed, but ${where} holds its jump again`);
+      }
+    }
+  }
+  return out;
 }

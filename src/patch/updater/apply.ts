@@ -172,6 +172,12 @@ function refusalFor(pid: number, patchId: string, f: () => unknown, exe: string,
   }
 }
 
+const RECOVER_ACTION_TEXT = {
+  undone: 'undid the interrupted apply of',
+  finished: 'finished the interrupted removal of',
+  reconciled: 'reconciled the record with the code (the patch\'s jump was gone; it is now recorded as removed) for',
+} as const;
+
 /** One line describing a result (the CLI's human output). */
 export function describe(r: ProcessResult): string {
   const who = `pid ${r.pid}${r.exe ? ` (${r.exe})` : ''}`;
@@ -180,7 +186,7 @@ export function describe(r: ProcessResult): string {
       return `${who}: patched ${r.patchId}, pause ${Math.round(r.pauseMicros)} µs`;
     case 'removed':
       return r.actions && r.actions.length > 0
-        ? `${who}: recovered (${r.actions.map((a) => `${a.action === 'undone' ? 'undid the interrupted apply of' : 'finished the interrupted removal of'} ${a.patchId}`).join(', ')})`
+        ? `${who}: recovered (${r.actions.map((a) => `${RECOVER_ACTION_TEXT[a.action]} ${a.patchId}`).join(', ')})`
         : `${who}: removed ${r.patchId}, pause ${Math.round(r.pauseMicros)} µs`;
     default:
       return `${who}: ${r.status}${r.reason ? `: ${r.reason}` : ''}`;

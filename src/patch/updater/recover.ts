@@ -13,10 +13,10 @@ export interface RecoverReport {
   outcome: RunOutcome;
 }
 
-/** Whether a process's record shows an operation interrupted by a patcher that died. */
+/** Whether a process's record shows an operation interrupted by a patcher that died, or code that disagrees with it. */
 export function recoveryNeed(p: ProcessPatches): { need: true } | { need: false; code: string; reason: string } {
   const unfinished = p.patches.some((x) => x.state === 'pending' || x.state === 'removing');
-  if (!p.transaction && !unfinished) return { need: false, code: 'NOTHING_TO_RECOVER', reason: 'nothing to recover: the record is consistent' };
+  if (!p.transaction && !unfinished && p.disagreements.length === 0) return { need: false, code: 'NOTHING_TO_RECOVER', reason: 'nothing to recover: the record is consistent' };
   const owner = p.transaction?.ownerPid;
   if (owner !== undefined && owner !== process.pid && isAlive(owner)) {
     return { need: false, code: 'IN_PROGRESS', reason: `hotpatch process ${owner} is working on it right now (${p.transaction!.op} of ${p.transaction!.patchId}); nothing was changed (if that process is not hotpatch, run \`hotpatch recover --pid ${p.pid}\`)` };
@@ -36,7 +36,8 @@ function isAlive(pid: number): boolean {
 /**
  * Recovers the selected processes (`all`: every process whose record shows an interrupted
  * operation; the other patched processes are listed as skipped). Each result is
- * `removed` (with `actions`: an interrupted apply `undone`, an interrupted remove `finished`; either
+ * `removed` (with `actions`: an interrupted apply `undone`, an interrupted remove `finished`, code
+ * that disagreed with the record `reconciled`; in each case
  * way the patch's sites hold their original bytes) or `skipped` with code NOTHING_TO_RECOVER.
  */
 export async function recoverProcesses(options: RunOptions): Promise<RecoverReport> {

@@ -48,7 +48,7 @@ export interface ProcessResult {
   dryRun?: boolean;
   /** Functions switched (apply) or what recover did. */
   functions?: string[];
-  actions?: Array<{ patchId: string; action: 'undone' | 'finished'; sitesRestored: number }>;
+  actions?: Array<{ patchId: string; action: 'undone' | 'finished' | 'reconciled'; sitesRestored: number }>;
 }
 
 /** Summary of a run over one or more processes. */
