@@ -40,6 +40,8 @@ export interface Policy {
   actions: { default: GuardAction } & Partial<Record<StructureCode, GuardAction>>;
   /** Findings below this severity are reported but never acted on. */
   actOnSeverity: Severity;
+  /** `verify` exits 5 only for a finding of at least this severity (default high; `--fail-on` overrides). */
+  failOn: Severity;
   /** Public key files of trusted patch signers (used in addition to --trust). */
   trustedKeys: string[];
   /**
@@ -62,6 +64,7 @@ export function defaultPolicy(): Policy {
     ignore: [],
     actions: { default: 'log' },
     actOnSeverity: 'low',
+    failOn: 'high',
     trustedKeys: [],
     jit: 'recognised',
     allowBreakpoints: false,
@@ -127,6 +130,11 @@ const KINDS: readonly FindingKind[] = [
   'vdso-modified', 'patch-signature', 'patch-untrusted', 'patch-modified', 'patch-site-modified', 'patch-record', 'unverifiable',
 ];
 
+function parseSeverity(v: unknown, key: string, source: string): Severity {
+  if (typeof v !== 'string' || !(SEVERITIES as readonly string[]).includes(v)) throw bad(source, `${key} must be one of ${SEVERITIES.join(', ')}`);
+  return v as Severity;
+}
+
 /** Parses and validates a policy document. Throws UsageError(GUARD_BAD_POLICY) naming the bad key. */
 export function parsePolicy(text: string, source = '(inline)'): Policy {
   let doc: unknown;
@@ -136,7 +144,7 @@ export function parsePolicy(text: string, source = '(inline)'): Policy {
     throw bad(source, `not valid JSON (${(e as Error).message})`);
   }
   if (!isObject(doc)) throw bad(source, 'the document must be a JSON object');
-  checkKeys(doc, ['protect', 'ignore', 'actions', 'actOnSeverity', 'trustedKeys', 'jit', 'allowBreakpoints', 'allow'], 'the policy', source);
+  checkKeys(doc, ['protect', 'ignore', 'actions', 'actOnSeverity', 'failOn', 'trustedKeys', 'jit', 'allowBreakpoints', 'allow'], 'the policy', source);
   const p = defaultPolicy();
   p.source = source;
   p.protect = parseMatchers(doc.protect, 'protect', source);
@@ -150,11 +158,8 @@ export function parsePolicy(text: string, source = '(inline)'): Policy {
       }
     } else throw bad(source, 'actions must be an action name or an object {"default": ..., "0": ..., ...}');
   }
-  if (doc.actOnSeverity !== undefined) {
-    if (typeof doc.actOnSeverity !== 'string' || !(SEVERITIES as readonly string[]).includes(doc.actOnSeverity))
-      throw bad(source, `actOnSeverity must be one of ${SEVERITIES.join(', ')}`);
-    p.actOnSeverity = doc.actOnSeverity as Severity;
-  }
+  if (doc.actOnSeverity !== undefined) p.actOnSeverity = parseSeverity(doc.actOnSeverity, 'actOnSeverity', source);
+  if (doc.failOn !== undefined) p.failOn = parseSeverity(doc.failOn, 'failOn', source);
   if (doc.trustedKeys !== undefined) {
     if (!Array.isArray(doc.trustedKeys)) throw bad(source, 'trustedKeys must be an array of public key file paths');
     p.trustedKeys = doc.trustedKeys.map((k, i) => str(k, `trustedKeys[${i}]`, source));

@@ -4,13 +4,13 @@
  * how long an item goes unchecked holds; metrics are served on loopback; the CLI speaks JSON lines.
  */
 import { execFile, spawn } from 'node:child_process';
-import { copyFileSync, mkdtempSync, readFileSync } from 'node:fs';
+import { copyFileSync, mkdtempSync, readFileSync, writeFileSync } from 'node:fs';
 import { request } from 'node:http';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { promisify } from 'node:util';
 import { afterEach, beforeAll, describe, expect, it } from 'vitest';
-import { Guard, GuardMetrics, GuardState, parsePolicy, serveMetrics, type GuardEvent } from '../../src/guard/index.js';
+import { Guard, GuardMetrics, GuardState, parsePolicy, serveMetrics, SEVERITIES, severityRank, type GuardEvent, type Severity } from '../../src/guard/index.js';
 import { REPO_ROOT, killTargetsAfterAll } from '../helpers/native.js';
 import { buildFixtures, command, jmpRel32, pokeMemory, startVictim, u64le, type Fixtures } from './helpers.js';
 
@@ -165,6 +165,29 @@ describe('CLI: hotpatch verify and hotpatch guard', () => {
       return false;
     }
   })();
+
+  it.skipIf(!cliBuilt)('verify exits 5 only for findings at or above --fail-on (default high, policy failOn)', async () => {
+    const { t } = await startVictim(fx.victim, { ...process.env, LD_PRELOAD: fx.preload });
+    const exitOf = async (extra: string[]) => {
+      const r = await run('node', [CLI, 'verify', '--pid', String(t.pid), '--no-ptrace', '--json', ...extra]).then((x) => ({ code: 0, stdout: x.stdout }), (e: { code: number; stdout: string }) => e);
+      return { code: r.code, doc: JSON.parse(r.stdout) as { failOn: string; findings: Array<{ severity: Severity }> } };
+    };
+    const base = await exitOf([]);
+    expect(base.doc.findings.length).toBeGreaterThan(0);
+    expect(base.doc.failOn).toBe('high');
+    const worst = base.doc.findings.map((f) => f.severity).sort((x, y) => severityRank(y) - severityRank(x))[0]!;
+    expect(severityRank(worst)).toBeLessThan(severityRank('high')); // an interposer, not a hook
+    expect(base.code).toBe(0);
+    expect((await exitOf(['--fail-on', worst])).code).toBe(5);
+    const above = SEVERITIES[severityRank(worst) + 1]!;
+    expect((await exitOf(['--fail-on', above])).code).toBe(0);
+    const dir = mkdtempSync(join(tmpdir(), 'guard-failon-'));
+    writeFileSync(join(dir, 'policy.json'), JSON.stringify({ failOn: worst }));
+    expect((await exitOf(['--policy', join(dir, 'policy.json')])).code).toBe(5);
+    const bad = await run('node', [CLI, 'verify', '--pid', String(t.pid), '--fail-on', 'urgent']).catch((e: { code: number; stderr: string }) => e);
+    expect((bad as { code: number }).code).toBe(2);
+    await t.kill();
+  });
 
   it.skipIf(!cliBuilt)('verify --json prints the documented shape and exits 5 on findings, 0 when clean', async () => {
     const { t, a } = await startVictim(fx.victim);

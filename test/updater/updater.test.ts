@@ -200,6 +200,13 @@ describe('hotpatch apply --cold', () => {
     expect(after.ino).not.toBe(before.ino);
     const backup = statSync(join(f.app, `.libfix.so.hotpatch-${f.patchId}.orig`));
     expect(backup.ino).toBe(before.ino); // the original itself, as the running processes map it
+    // The original hotpatch kept is not "deleted code" (#13): verify is clean for a patched
+    // process that maps it, while a library deleted by someone else still is a finding.
+    const clean = await cli(['verify', '--pid', String(alphas[0]!.pid), '--trust', f.pub, '--no-ptrace', '--json']);
+    expect(JSON.parse(clean.stdout).findings, clean.stdout).toEqual([]);
+    expect(clean.code).toBe(0);
+    const deleted = await cli(['verify', '--pid', String(beta.pid), '--trust', f.pub, '--no-ptrace', '--json']);
+    expect(JSON.parse(deleted.stdout).findings.map((x: { kind: string }) => x.kind), deleted.stdout).toContain('deleted-code');
 
     const fresh = await startTarget(f.alpha, ['1'], { env: { ...process.env, LD_LIBRARY_PATH: f.app } });
     try {

@@ -15,12 +15,21 @@ import {
   formatFinding,
   loadPolicy,
   verifyProcesses,
+  SEVERITIES,
+  severityRank,
+  type Severity,
   type StructureCode,
 } from '../../guard/index.js';
 import { EXIT_ERROR, EXIT_FINDINGS, EXIT_OK, EXIT_PARTIAL } from '../exit-codes.js';
 import { printJson, progress, say } from '../output.js';
 import { collect, parsePidOption } from '../options.js';
 import type { SetExitCode } from './index.js';
+
+/** Parses --fail-on SEVERITY. */
+export function parseSeverityOption(text: string): Severity {
+  if (!(SEVERITIES as readonly string[]).includes(text)) throw new UsageError('USAGE_BAD_SEVERITY', `--fail-on: "${text}" is not a severity (${SEVERITIES.join(', ')})`);
+  return text as Severity;
+}
 
 /** Parses --structures "0,1,3". */
 export function parseStructures(text: string): StructureCode[] {
@@ -41,6 +50,7 @@ interface VerifyCliOptions {
   json?: boolean;
   stateDir?: string;
   structures?: string;
+  failOn?: string;
   ptrace: boolean;
 }
 
@@ -54,14 +64,16 @@ export function register(program: Command, setExitCode: SetExitCode): void {
     .option('--policy <FILE>', 'guard policy file (JSON, see docs/guard.md)')
     .option('--state-dir <DIR>', `guard state to compare with (first-seen file identities, credential baselines; default ${DEFAULT_STATE_DIR} when it exists)`)
     .option('--structures <LIST>', 'only these structure codes, comma-separated (default: all 0-10)')
+    .option('--fail-on <SEVERITY>', `exit 5 only for a finding of at least this severity: ${SEVERITIES.join(', ')} (default: the policy's failOn, high)`)
     .option('--no-ptrace', 'skip structure 7 (signal handlers), the only check that briefly stops the target')
     .option('--json', 'print one JSON document on stdout')
-    .addHelpText('after', '\nExit codes: 0 clean, 5 findings, 1 error (no named process could be checked), 4 some named processes could not be checked, 2 usage.\n\nExamples:\n  hotpatch verify --pid 1234\n  hotpatch verify --all --json\n')
+    .addHelpText('after', '\nExit codes: 0 clean (or only findings below --fail-on), 5 findings, 1 error (no named process could be checked), 4 some named processes could not be checked, 2 usage.\n\nExamples:\n  hotpatch verify --pid 1234\n  hotpatch verify --all --json\n')
     .action(async (opts: VerifyCliOptions) => {
       const json = opts.json ?? false;
       if ((opts.pid.length > 0) === (opts.all === true)) throw new UsageError('USAGE_PID_OR_ALL', 'give --pid PID (repeatable) or --all');
       const pids = opts.all ? allProcessIds() : opts.pid.map(parsePidOption);
       const policy = opts.policy !== undefined ? loadPolicy(opts.policy) : defaultPolicy();
+      const failOn = opts.failOn !== undefined ? parseSeverityOption(opts.failOn) : policy.failOn;
       const stateDir = opts.stateDir ?? (existsSync(DEFAULT_STATE_DIR) ? DEFAULT_STATE_DIR : null);
       const state = new GuardState(stateDir, false);
       const structures = opts.structures !== undefined ? parseStructures(opts.structures) : [...ALL_STRUCTURES];
@@ -75,17 +87,20 @@ export function register(program: Command, setExitCode: SetExitCode): void {
       if (json) {
         printJson({
           checked: { processes: checked.length, bytes },
+          failOn,
           findings: findings.map(findingToJson),
           // Kernel threads and processes that exited meanwhile are not worth listing for --all.
           skipped: results.filter((r) => !r.checked && !(opts.all && /kernel thread|exited|does not exist/.test(r.error ?? ''))).map((r) => ({ pid: r.pid, reason: r.error ?? '' })),
         });
       } else {
         for (const f of findings) say(false, formatFinding(f));
-        say(false, `${checked.length} process(es) checked, ${bytes} bytes compared, ${findings.length} finding(s)`);
+        const below = findings.filter((f) => severityRank(f.severity) < severityRank(failOn)).length;
+        say(false, `${checked.length} process(es) checked, ${bytes} bytes compared, ${findings.length} finding(s)${below > 0 ? ` (${below} below --fail-on ${failOn})` : ''}`);
       }
       // Findings first; else a named process that could not be checked is an error (1), or a
       // partial result (4) when others were checked.
       const unchecked = !opts.all && results.some((r) => !r.checked);
-      setExitCode(findings.length > 0 ? EXIT_FINDINGS : unchecked ? (checked.length > 0 ? EXIT_PARTIAL : EXIT_ERROR) : EXIT_OK);
+      const failing = findings.some((f) => severityRank(f.severity) >= severityRank(failOn));
+      setExitCode(failing ? EXIT_FINDINGS : unchecked ? (checked.length > 0 ? EXIT_PARTIAL : EXIT_ERROR) : EXIT_OK);
     });
 }

@@ -8,6 +8,7 @@ import { openProcess, type Mapping, type Module } from '../../process/index.js';
 import { describeHook, iterateInstructions } from '../../x86/index.js';
 import type { ProcessContext, VerifierCaches } from '../context.js';
 import { makeFinding, type Finding, type FindingKind, type Severity } from '../finding.js';
+import { coldInstallBackupOf } from '../cold-install.js';
 import { ModuleImage } from '../image.js';
 import { matchesAny } from '../policy.js';
 import { linkMapEntryOf, readLinkMap } from './linkmap.js';
@@ -83,6 +84,8 @@ export function checkInjected(ctx: ProcessContext): Finding[] {
       kind = 'memfd-code';
       detail = `executable mapping of memfd ${mp.path}${wx ? ' (writable and executable)' : ''}: code loaded without a file on disk`;
     } else if (mp.isFile && mp.deleted) {
+      // The original a cold patch replaced: structure 0 still compares its code with that inode.
+      if (!wx && coldInstallBackupOf(mp) !== undefined) continue;
       const mod = ctx.moduleAt(mp.start);
       const listed = mod !== undefined && linkMapEntryOf(ctx, mod, readLinkMap(ctx).entries) !== undefined;
       kind = 'deleted-code';
