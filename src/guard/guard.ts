@@ -20,11 +20,11 @@ import { performAction, type ActionOutcome } from './actions.js';
 import { ProcessContext, VerifierCaches, type CheckOptions } from './context.js';
 import { ALL_STRUCTURES, findingKey, formatFinding, type Finding, type StructureCode } from './finding.js';
 import { GuardMetrics } from './metrics.js';
-import { actionFor, defaultPolicy, isAllowed, matchesAny, shouldAct, type GuardAction, type Policy, type ProcessIdentity } from './policy.js';
+import { actionFor, DEFAULT_INTERVAL_MS, defaultPolicy, isAllowed, matchesAny, shouldAct, type GuardAction, type Policy, type ProcessIdentity } from './policy.js';
 import { GuardState } from './state.js';
 import { loadGuardTrust, runChecks } from './verify.js';
 
-export const DEFAULT_INTERVAL_MS = 10_000;
+export { DEFAULT_INTERVAL_MS } from './policy.js';
 
 /** What the guard protects. With none of these, the policy's `protect` list decides. */
 export interface GuardSelection {

@@ -11,6 +11,9 @@ import { ALL_STRUCTURES, SEVERITIES, severityRank, type Finding, type FindingKin
 
 export const GUARD_BAD_POLICY = 'GUARD_BAD_POLICY';
 
+/** Default cycle length of `hotpatch guard` (ms). */
+export const DEFAULT_INTERVAL_MS = 10_000;
+
 /** What the guard does when a finding is confirmed. */
 export type GuardAction = 'log' | 'stop' | 'kill' | 'restore';
 export const GUARD_ACTIONS: readonly GuardAction[] = ['log', 'stop', 'kill', 'restore'];

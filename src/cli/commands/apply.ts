@@ -4,7 +4,7 @@
  */
 import type { Command } from 'commander';
 import { HotpatchError, RefusedError, UsageError } from '../../errors.js';
-import { applyPackageFile, describe, type ApplyReport, type ProcessResult, type RunOutcome } from '../../patch/updater/index.js';
+import type { ApplyReport, ProcessResult, RunOutcome } from '../../patch/updater/index.js';
 import { parsePidOption, parseTimeoutOption, parseConcurrencyOption, collect } from '../options.js';
 import { EXIT_ERROR, EXIT_OK, EXIT_PARTIAL, EXIT_REFUSED } from '../exit-codes.js';
 import { printJson, progress, say } from '../output.js';
@@ -35,7 +35,8 @@ export async function runCommand<T>(json: boolean, op: () => Promise<T>): Promis
 }
 
 /** Prints per-process results: JSON as given, else one line each and a summary with what to do next. */
-export function printResults(json: boolean, doc: Record<string, unknown> & { results: ProcessResult[] }, outcome: RunOutcome, hint: string): void {
+export async function printResults(json: boolean, doc: Record<string, unknown> & { results: ProcessResult[] }, outcome: RunOutcome, hint: string): Promise<void> {
+  const { describe } = await import('../../patch/updater/index.js');
   if (json) {
     printJson(doc);
   } else {
@@ -94,6 +95,7 @@ Examples:
       timeout: string; lockWait: string; concurrency: string; dryRun?: boolean; json?: boolean;
     }) => {
       const json = opts.json ?? false;
+      const { applyPackageFile } = await import('../../patch/updater/index.js');
       const report = await runCommand(json, async () => {
         const pids = opts.pid.map(parsePidOption);
         if (opts.file.length > 0 && !opts.cold) throw new UsageError('USAGE', '--file only makes sense with --cold');
@@ -108,7 +110,7 @@ Examples:
       for (const n of report.notes) progress(`note: ${n}`);
       const s = summary(report, opts.all === true);
       if (s) progress(s);
-      printResults(json, { package: report.package, results: report.results, cold: report.cold, notes: report.notes }, report.outcome,
+      await printResults(json, { package: report.package, results: report.results, cold: report.cold, notes: report.notes }, report.outcome,
         'fix the cause and run the same command again (patched processes report already-patched)');
       if (!json) for (const c of report.cold) say(false, `cold: ${c.path}: ${c.status}${c.status === 'installed' ? ` (original kept as ${c.backupPath}; roll back with \`hotpatch remove ${report.package.id} --cold --file ${c.path}\`)` : ''}`);
       setExitCode(exitCodeOf(report.outcome));

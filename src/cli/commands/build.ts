@@ -7,7 +7,7 @@ import { readFileSync, statSync } from 'node:fs';
 import { basename } from 'node:path';
 import type { Command } from 'commander';
 import { HotpatchError, UsageError } from '../../errors.js';
-import { buildPatch, BuildRefusedError, type BuildResult } from '../../patch/builder/index.js';
+import type { BuildResult } from '../../patch/builder/index.js';
 import { createPackage, encodePackage, makeColdPayload, writeFileAtomic, type PatchPackage } from '../../patch/package/index.js';
 import { readPrivateKeyFile, signPackage } from '../../patch/trust/index.js';
 import { EXIT_REFUSED } from '../exit-codes.js';
@@ -75,8 +75,9 @@ export function register(program: Command, setExitCode: SetExitCode): void {
       '\nBuild both files with the same flags, ideally:\n  -O2 -fpatchable-function-entry=7,5 -ffunction-sections -Wl,--emit-relocs (-g to check struct layouts)\n' +
         '\nExample:\n  hotpatch build --old /usr/sbin/server --new build/server -o fix.hpk --key release.key\n',
     )
-    .action((opts: BuildCliOptions) => {
+    .action(async (opts: BuildCliOptions) => {
       const json = opts.json ?? false;
+      const { buildPatch, BuildRefusedError } = await import('../../patch/builder/index.js');
       const oldBytes = readInput(opts.old, 'old');
       const newBytes = readInput(opts.new, 'new');
       const large = oldBytes.length + newBytes.length > PROGRESS_THRESHOLD;

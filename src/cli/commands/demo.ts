@@ -1,6 +1,5 @@
 /** `hotpatch demo`: the whole system on a real program (see src/demo/demo.ts). */
 import type { Command } from 'commander';
-import { runDemo } from '../../demo/demo.js';
 import { EXIT_ERROR } from '../exit-codes.js';
 import { printJson } from '../output.js';
 import type { SetExitCode } from './index.js';
@@ -13,6 +12,7 @@ export function register(program: Command, setExitCode: SetExitCode): void {
     .option('--keep', 'keep the work directory (binaries, keys, package)')
     .addHelpText('after', '\nExample:\n  hotpatch demo            # about 10 seconds; needs gcc and root (ptrace)\n')
     .action(async (opts: { json?: boolean; keep?: boolean }) => {
+      const { runDemo } = await import('../../demo/demo.js');
       const report = await runDemo({ json: opts.json ?? false, keep: opts.keep ?? false });
       if (opts.json) printJson(report);
       if (!report.ok) setExitCode(EXIT_ERROR);

@@ -7,20 +7,12 @@ import { appendFileSync } from 'node:fs';
 import type { Server } from 'node:http';
 import type { Command } from 'commander';
 import { UsageError } from '../../errors.js';
-import {
-  DEFAULT_INTERVAL_MS,
-  DEFAULT_STATE_DIR,
-  GUARD_ACTIONS,
-  Guard,
-  GuardMetrics,
-  GuardState,
-  defaultPolicy,
-  findingToJson,
-  loadPolicy,
-  serveMetrics,
-  type GuardAction,
-  type GuardEvent,
-} from '../../guard/index.js';
+// Light modules only at start-up: the guard itself (checks, x86 decoder, FFI) is loaded by the action.
+import type { GuardEvent } from '../../guard/guard.js';
+import { findingToJson } from '../../guard/finding.js';
+import { DEFAULT_INTERVAL_MS, GUARD_ACTIONS, defaultPolicy, loadPolicy, type GuardAction } from '../../guard/policy.js';
+import { DEFAULT_STATE_DIR, GuardState } from '../../guard/state.js';
+import { GuardMetrics, serveMetrics } from '../../guard/metrics.js';
 import { progress } from '../output.js';
 import { collect, parsePidOption } from '../options.js';
 import type { SetExitCode } from './index.js';
@@ -77,6 +69,7 @@ export function register(program: Command, setExitCode: SetExitCode): void {
     .option('--duration <SECONDS>', 'stop after this long (default: run until SIGTERM/SIGINT)')
     .addHelpText('after', '\nExamples:\n  hotpatch guard --exe /usr/sbin/nginx --action restore --metrics 9464\n  hotpatch guard --all --policy /etc/hotpatch/guard.json --json-log /var/log/hotpatch-guard.jsonl\n')
     .action(async (opts: GuardCliOptions) => {
+      const { Guard } = await import('../../guard/guard.js');
       const selections = [opts.pid.length > 0, opts.all === true, opts.exe.length > 0].filter(Boolean).length;
       if (selections > 1) throw new UsageError('USAGE_SELECTION', 'give only one of --pid, --all, --exe');
       const policy = opts.policy !== undefined ? loadPolicy(opts.policy) : defaultPolicy();

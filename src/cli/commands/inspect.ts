@@ -4,9 +4,12 @@ import { X86Error } from '../../errors.js';
 import { readPackageFile, type PatchPackage } from '../../patch/package/index.js';
 import type { Relocation, RelocationTarget } from '../../patch/plan.js';
 import { loadTrustedKeySet, verifyPackageSignature, type SignatureVerdict } from '../../patch/trust/index.js';
-import { decodeFunction } from '../../x86/index.js';
+import type { decodeFunction as DecodeFunction } from '../../x86/index.js';
 import { hex, printJson, progress, say } from '../output.js';
 import type { SetExitCode } from './index.js';
+
+/** The x86 decoder, loaded only for --code (iced-x86 costs most of the start-up time). */
+let decodeFunction: typeof DecodeFunction | undefined;
 
 function describeTarget(t: RelocationTarget): string {
   switch (t.kind) {
@@ -34,7 +37,7 @@ interface CodeLine {
 /** Decodes new code at offset 0 (its arena address is chosen at apply time); notes relocated fields. */
 function decodeCode(code: Uint8Array, relocs: readonly Relocation[]): CodeLine[] {
   const lines: CodeLine[] = [];
-  for (const insn of decodeFunction(code, 0n)) {
+  for (const insn of decodeFunction!(code, 0n)) {
     const start = Number(insn.address);
     const end = start + insn.length;
     lines.push({
@@ -162,8 +165,9 @@ export function register(program: Command, setExitCode: SetExitCode): void {
     .option('--trust <PUBFILE>', 'trusted public key to check the signer against (repeatable; else HOTPATCH_TRUSTED_KEYS, else /etc/hotpatch/trusted.d)', (v: string, prev: string[]) => [...prev, v], [] as string[])
     .option('--json', 'print one JSON document on stdout')
     .addHelpText('after', '\nExamples:\n  hotpatch inspect fix.hpk\n  hotpatch inspect fix.hpk --code --trust release.key.pub\n  hotpatch inspect fix.hpk --json | jq .functions\n')
-    .action((file: string, opts: { code?: boolean; trust: string[]; json?: boolean }) => {
+    .action(async (file: string, opts: { code?: boolean; trust: string[]; json?: boolean }) => {
       const json = opts.json ?? false;
+      if (opts.code) ({ decodeFunction } = await import('../../x86/index.js'));
       const { pkg, bytes } = readPackageFile(file);
       const keys = loadTrustedKeySet({ trustFiles: opts.trust }).keys;
       const verdict = verifyPackageSignature(pkg, keys);

@@ -1,8 +1,10 @@
 /** `hotpatch list [--pid PID]`: the patches recorded in running processes, read from the targets alone. */
 import type { Command } from 'commander';
 import { HotpatchError } from '../../errors.js';
-import { listPatches, RECORD_MAPS_PATH, type ProcessPatches } from '../../patch/engine/index.js';
-import { enumerateProcessIds } from '../../process/index.js';
+// Direct imports: the engine's index loads the x86 encoder and the FFI, which list does not need.
+import { listPatches, type ProcessPatches } from '../../patch/engine/list.js';
+import { RECORD_MAPS_PATH } from '../../patch/engine/record.js';
+import { enumerateProcessIds } from '../../process/inspect/index.js';
 import { printJson, progress, say } from '../output.js';
 import { readFileSync } from 'node:fs';
 import { parsePidOption } from '../options.js';

@@ -3,7 +3,6 @@
  * Thin: the work is in src/patch/updater (recoverProcesses) and the engine (recoverProcess).
  */
 import type { Command } from 'commander';
-import { recoverProcesses } from '../../patch/updater/index.js';
 import { exitCodeOf, printResults, runCommand } from './apply.js';
 import { collect, parseConcurrencyOption, parsePidOption, parseTimeoutOption } from '../options.js';
 import { progress } from '../output.js';
@@ -33,6 +32,7 @@ Examples:
     )
     .action(async (opts: { pid: string[]; all?: boolean; timeout: string; lockWait: string; concurrency: string; json?: boolean }) => {
       const json = opts.json ?? false;
+      const { recoverProcesses } = await import('../../patch/updater/index.js');
       const report = await runCommand(json, () =>
         recoverProcesses({
           pids: opts.pid.map(parsePidOption), all: opts.all === true,
@@ -41,7 +41,7 @@ Examples:
         }),
       );
       const results = report.results.map((r) => ({ ...r, ...(r.actions && r.actions[0] ? { action: r.actions[0].action, sitesRestored: r.actions[0].sitesRestored } : {}) }));
-      printResults(json, { results }, report.outcome, 'run `hotpatch recover` again, or restart the process if it keeps failing');
+      await printResults(json, { results }, report.outcome, 'run `hotpatch recover` again, or restart the process if it keeps failing');
       setExitCode(exitCodeOf(report.outcome));
     });
 }

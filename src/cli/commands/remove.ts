@@ -5,7 +5,6 @@
 import type { Command } from 'commander';
 import { UsageError } from '../../errors.js';
 import { readPackageFile } from '../../patch/package/index.js';
-import { removeFromProcesses } from '../../patch/updater/index.js';
 import { exitCodeOf, printResults, runCommand } from './apply.js';
 import { collect, parseConcurrencyOption, parsePidOption, parseTimeoutOption } from '../options.js';
 import { progress, say } from '../output.js';
@@ -46,6 +45,7 @@ Examples:
       concurrency: string; dryRun?: boolean; json?: boolean;
     }) => {
       const json = opts.json ?? false;
+      const { removeFromProcesses } = await import('../../patch/updater/index.js');
       const report = await runCommand(json, async () => {
         if ((opts.file.length > 0 || opts.package !== undefined) && !opts.cold) throw new UsageError('USAGE', '--file and --package only make sense with --cold');
         return removeFromProcesses(patchId, {
@@ -56,7 +56,7 @@ Examples:
         });
       });
       if (opts.all && report.results.length === 0) progress(`no process has patch ${patchId}; nothing to remove`);
-      printResults(json, { patchId, results: report.results, cold: report.cold }, report.outcome, 'see `hotpatch list` and run the same command again');
+      await printResults(json, { patchId, results: report.results, cold: report.cold }, report.outcome, 'see `hotpatch list` and run the same command again');
       if (!json) for (const c of report.cold) say(false, `cold: ${c.path}: ${c.status}`);
       setExitCode(exitCodeOf(report.outcome));
     });

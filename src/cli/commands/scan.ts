@@ -1,7 +1,7 @@
 /** `hotpatch scan (FILE | --pid PID | --all)`: hotpatchable functions per module. */
 import type { Command } from 'commander';
 import { UsageError } from '../../errors.js';
-import { scanAllProcesses, scanFile, scanProcess, type ModuleScan } from '../../scan/index.js';
+import type { ModuleScan } from '../../scan/index.js';
 import { EXIT_PARTIAL } from '../exit-codes.js';
 import { printJson, progress, say } from '../output.js';
 import { parsePidOption } from '../options.js';
@@ -44,11 +44,12 @@ export function register(program: Command, setExitCode: SetExitCode): void {
     .option('-v, --functions', 'list every function, not only the per-module summary (with --all: per-module lines, and function lists in --json)')
     .option('--check-branches', 'decode whole functions and refuse entries that a branch lands inside (slower)')
     .option('--json', 'print one JSON document on stdout')
-    .action((file: string | undefined, opts: ScanCliOptions) => {
+    .action(async (file: string | undefined, opts: ScanCliOptions) => {
       const chosen = [file !== undefined, opts.pid !== undefined, opts.all === true].filter(Boolean).length;
       if (chosen !== 1) throw new UsageError('USAGE_SCAN_TARGET', 'scan needs exactly one of FILE, --pid PID or --all (see hotpatch scan --help)');
       const json = opts.json === true;
       const options = { checkBranches: opts.checkBranches === true };
+      const { scanAllProcesses, scanFile, scanProcess } = await import('../../scan/index.js');
 
       if (opts.all) {
         const r = scanAllProcesses(options);

@@ -5,21 +5,10 @@
 import { existsSync } from 'node:fs';
 import type { Command } from 'commander';
 import { UsageError } from '../../errors.js';
-import {
-  ALL_STRUCTURES,
-  DEFAULT_STATE_DIR,
-  GuardState,
-  allProcessIds,
-  defaultPolicy,
-  findingToJson,
-  formatFinding,
-  loadPolicy,
-  verifyProcesses,
-  SEVERITIES,
-  severityRank,
-  type Severity,
-  type StructureCode,
-} from '../../guard/index.js';
+// Light modules only at start-up: the checks (x86 decoder, FFI) are loaded by the action.
+import { ALL_STRUCTURES, findingToJson, formatFinding, SEVERITIES, severityRank, type Severity, type StructureCode } from '../../guard/finding.js';
+import { defaultPolicy, loadPolicy } from '../../guard/policy.js';
+import { DEFAULT_STATE_DIR, GuardState } from '../../guard/state.js';
 import { EXIT_ERROR, EXIT_FINDINGS, EXIT_OK, EXIT_PARTIAL } from '../exit-codes.js';
 import { printJson, progress, say } from '../output.js';
 import { collect, parsePidOption } from '../options.js';
@@ -70,6 +59,7 @@ export function register(program: Command, setExitCode: SetExitCode): void {
     .addHelpText('after', '\nExit codes: 0 clean (or only findings below --fail-on), 5 findings, 1 error (no named process could be checked), 4 some named processes could not be checked, 2 usage.\n\nExamples:\n  hotpatch verify --pid 1234\n  hotpatch verify --all --json\n')
     .action(async (opts: VerifyCliOptions) => {
       const json = opts.json ?? false;
+      const { allProcessIds, verifyProcesses } = await import('../../guard/verify.js');
       if ((opts.pid.length > 0) === (opts.all === true)) throw new UsageError('USAGE_PID_OR_ALL', 'give --pid PID (repeatable) or --all');
       const pids = opts.all ? allProcessIds() : opts.pid.map(parsePidOption);
       const policy = opts.policy !== undefined ? loadPolicy(opts.policy) : defaultPolicy();

@@ -2,10 +2,10 @@
  * listPatches: what the in-process record of a process says, read from the target alone (no lock,
  * no ptrace). Used by `hotpatch list`, and the model for how the guard reads the record.
  */
-import { openProcess } from '../../process/index.js';
+import { openProcess } from '../../process/inspect/index.js';
 import type { PatchRecord, RecordArena, RecordTransaction, SiteState } from './record.js';
 import { readRecordFromMappings } from './record-store.js';
-import { codeDisagreements } from './session.js';
+import { codeDisagreements } from './stack.js';
 
 export interface ListedSite {
   function: string;

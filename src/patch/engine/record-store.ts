@@ -6,7 +6,7 @@
  */
 import { closeSync, openSync, writeSync } from 'node:fs';
 import { ProcessError } from '../../errors.js';
-import { readFileRange, type Mapping } from '../../process/index.js';
+import { readFileRange, type Mapping } from '../../process/inspect/index.js';
 import {
   decodeRecordBody,
   emptyRecord,

@@ -5,9 +5,9 @@
 import { HotpatchError } from '../../errors.js';
 import { openProcess, type Mapping, type Process } from '../../process/index.js';
 import { lockProcess, type ProcessLock } from './lock.js';
-import { emptyRecord, type PatchRecord, type RecordPatch, type RecordSite } from './record.js';
+import { emptyRecord, type PatchRecord } from './record.js';
 import { findRecordMapping, RecordStore } from './record-store.js';
-import { bytesEqual } from './sites.js';
+import { codeDisagreements } from './stack.js';
 
 /** An engine session on one process: process handle, lock, record (store when it exists). */
 export interface Session {
@@ -110,18 +110,6 @@ export function assertCodeAgrees(s: Session): void {
   }
 }
 
-/** Patches that are in effect (not removed), in application order. */
-export function livePatches(record: PatchRecord): RecordPatch[] {
-  return record.patches.filter((p) => p.state !== 'removed');
-}
-
-/** The live sites at `address`, bottom (first applied) to top. */
-export function siteStack(record: PatchRecord, address: bigint): Array<{ patch: RecordPatch; site: RecordSite }> {
-  const out: Array<{ patch: RecordPatch; site: RecordSite }> = [];
-  for (const p of livePatches(record)) for (const s of p.sites) if (s.address === address) out.push({ patch: p, site: s });
-  return out;
-}
-
 export function hex(v: bigint): string {
   return `0x${v.toString(16)}`;
 }
@@ -130,27 +118,5 @@ export function nowMicros(): number {
   return Number(process.hrtime.bigint() / 1000n);
 }
 
-/** Sites whose code disagrees with the record (ProcessPatches.disagreements). An unreadable site counts as a disagreement. */
-export function codeDisagreements(record: PatchRecord, read: (address: bigint, length: number) => Uint8Array): string[] {
-  const out: string[] = [];
-  const at = (address: bigint, length: number): Uint8Array | undefined => {
-    try {
-      return read(address, length);
-    } catch {
-      return undefined;
-    }
-  };
-  for (const p of record.patches) {
-    for (const site of p.sites) {
-      const stack = siteStack(record, site.address);
-      const actual = at(site.address, site.written.length);
-      const where = `${site.function} at 0x${site.address.toString(16)}`;
-      if (p.state === 'applied' && stack[stack.length - 1]?.patch === p) {
-        if (actual === undefined || !bytesEqual(actual, site.written)) out.push(`patch ${p.id} is recorded as applied, but ${where} does not hold its jump`);
-      } else if (p.state === 'removed' && stack.length === 0 && actual !== undefined && bytesEqual(actual, site.written)) {
-        out.push(`patch ${p.id} is recorded as removed, but ${where} holds its jump again`);
-      }
-    }
-  }
-  return out;
-}
+
+export { livePatches, siteStack } from './stack.js';

@@ -8,6 +8,7 @@
  * - plain: 5 bytes at the entry (receive `jmp rel32`).
  */
 import { RefusedError } from '../../errors.js';
+import { bytesEqual, hexBytes } from './bytes.js';
 import { encodeJmpRel32, encodeJmpShort, JMP_REL32_SIZE, JMP_SHORT_SIZE } from '../../x86/index.js';
 import type { EntryPlan } from '../plan.js';
 import type { AddressRange } from '../../process/index.js';
@@ -120,12 +121,4 @@ export function classifySiteBytes(g: SiteGeometry, actual: Uint8Array, original:
   return sawWritten ? 'written' : 'original';
 }
 
-export function bytesEqual(a: Uint8Array, b: Uint8Array): boolean {
-  if (a.length !== b.length) return false;
-  for (let i = 0; i < a.length; i++) if (a[i] !== b[i]) return false;
-  return true;
-}
-
-export function hexBytes(b: Uint8Array): string {
-  return Array.from(b, (x) => x.toString(16).padStart(2, '0')).join(' ');
-}
+export { bytesEqual, hexBytes };
