@@ -15,6 +15,7 @@ import { ProcessContext, VerifierCaches, type CheckOptions } from './context.js'
 import { ALL_STRUCTURES, makeFinding, type Finding, type StructureCode } from './finding.js';
 import { defaultPolicy, isAllowed, matchesAny, type Policy } from './policy.js';
 import { GuardState } from './state.js';
+import { loadTrustedKeySet, type TrustedKeySet } from '../patch/trust/keys.js';
 
 /** Options of `verifyProcess` / `verifyProcesses`. All optional. */
 export interface VerifyOptions {
@@ -60,6 +61,17 @@ export function checkOptions(options: VerifyOptions = {}): CheckOptions {
   };
 }
 
+/**
+ * Loads the trusted signers structure 10 will use (`trustedKeys` plus the policy's, else
+ * HOTPATCH_TRUSTED_KEYS, else /etc/hotpatch/trusted.d), so that a key file that is missing, invalid
+ * or changeable by another user is an error (KEY_NOT_FOUND, KEY_INVALID, TRUST_UNSAFE) before
+ * anything is verified, rather than every sanctioned patch turning into a finding.
+ */
+export function loadVerifierTrust(options: Pick<VerifyOptions, 'trustedKeys' | 'policy'> = {}): TrustedKeySet {
+  const files = [...(options.trustedKeys ?? []), ...(options.policy?.trustedKeys ?? [])];
+  return loadTrustedKeySet(files.length > 0 ? { trustFiles: files } : {});
+}
+
 /** Runs the checks of some structures in a context. Errors of one structure do not stop the others. */
 export async function runChecks(ctx: ProcessContext, structures: readonly StructureCode[]): Promise<Finding[]> {
   const want = new Set(structures);
@@ -93,6 +105,7 @@ function gone(e: unknown): boolean {
  * findings (it can no longer be tampered with).
  */
 export async function verifyProcess(pid: number, options: VerifyOptions = {}): Promise<VerifyResult> {
+  loadVerifierTrust(options);
   const opts = checkOptions(options);
   const structures = [...(options.structures ?? ALL_STRUCTURES)];
   let ctx: ProcessContext;

@@ -3,10 +3,10 @@
  *  [--policy FILE] [--metrics PORT] [--json-log FILE] [--state-dir DIR]`: the long-running guard.
  * Findings go out as JSON lines (stdout, or --json-log FILE) and as human lines on stderr.
  */
-import { appendFileSync } from 'node:fs';
 import type { Server } from 'node:http';
 import type { Command } from 'commander';
 import { UsageError } from '../../errors.js';
+import { appendPrivateFile } from '../../fs/index.js';
 import {
   DEFAULT_INTERVAL_MS,
   DEFAULT_STATE_DIR,
@@ -17,6 +17,7 @@ import {
   defaultPolicy,
   findingToJson,
   loadPolicy,
+  loadVerifierTrust,
   serveMetrics,
   type GuardAction,
   type GuardEvent,
@@ -82,9 +83,10 @@ export function register(program: Command, setExitCode: SetExitCode): void {
       const policy = opts.policy !== undefined ? loadPolicy(opts.policy) : defaultPolicy();
       if (selections === 0 && policy.protect.length === 0) throw new UsageError('USAGE_SELECTION', 'say what to protect: --pid PID, --all, --exe PATH, or a policy with "protect"');
       if (opts.action !== undefined && !(GUARD_ACTIONS as readonly string[]).includes(opts.action)) throw new UsageError('USAGE_BAD_ACTION', `--action must be one of ${GUARD_ACTIONS.join(', ')}`);
+      loadVerifierTrust({ trustedKeys: opts.trust, policy }); // missing or unsafe trust is an error now, not a finding later
       const intervalMs = seconds(opts.interval, '--interval', 0.05);
       const metrics = new GuardMetrics();
-      const writeJson = opts.jsonLog !== undefined ? (line: string) => appendFileSync(opts.jsonLog!, `${line}\n`) : (line: string) => process.stdout.write(`${line}\n`);
+      const writeJson = opts.jsonLog !== undefined ? (line: string) => appendPrivateFile(opts.jsonLog!, `${line}\n`, 'guard JSON log') : (line: string) => process.stdout.write(`${line}\n`);
       const guard = new Guard({
         pids: opts.pid.map(parsePidOption),
         all: opts.all === true,
