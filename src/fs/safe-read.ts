@@ -20,8 +20,11 @@ export interface TrustedReadOptions {
   what: string;
   /** Error code when unsafe (default TRUST_UNSAFE). */
   code?: typeof TRUST_UNSAFE | typeof PATH_UNSAFE;
-  /** Refuse a file with more than one hard link (state files are private, single-link). */
-  singleLink?: boolean;
+  /**
+   * A private file (guard state): the final component must not be a symbolic link at all (even a
+   * safe one) and must have exactly one hard link.
+   */
+  private?: boolean;
   /** Size limit in bytes (default MAX_TRUSTED_FILE_SIZE). */
   maxBytes?: number;
 }
@@ -46,14 +49,15 @@ function readAll(fd: number, st: Stats, max: number, path: string): Buffer {
 export function readTrustedFile(path: string, options: TrustedReadOptions): Buffer {
   const o = { code: options.code ?? TRUST_UNSAFE, what: options.what, kind: 'file' as const };
   const checked = checkPath(path, o);
-  if (options.singleLink === true && checked.stat.nlink !== 1) {
+  if (options.private === true && checked.stat.nlink !== 1) {
     throw unsafe(o, path, checked.path, `has ${checked.stat.nlink} hard links`, `move it away (a hard link may point to another user's file)`);
   }
   let fd: number;
   try {
-    fd = openSync(checked.path, O_READ_NOFOLLOW);
+    // A private file is opened by the name given, so a final symbolic link fails (ELOOP).
+    fd = openSync(options.private === true ? path : checked.path, O_READ_NOFOLLOW);
   } catch (e) {
-    if ((e as NodeJS.ErrnoException).code === 'ELOOP') throw unsafe(o, path, checked.path, 'was replaced by a symbolic link', 'check who changes it');
+    if ((e as NodeJS.ErrnoException).code === 'ELOOP') throw unsafe(o, path, path, 'is a symbolic link', 'remove it; hotpatch never creates one');
     throw e;
   }
   try {
@@ -78,12 +82,12 @@ export function listTrustedDirectory(dir: string, what: string): { path: string;
 }
 
 /**
- * Reads a private file (guard state): like {@link readTrustedFile} with one hard link only, or
- * undefined when it does not exist.
+ * Reads a private file (guard state): like {@link readTrustedFile}, no final symbolic link and one
+ * hard link only; undefined when it does not exist.
  */
 export function readPrivateFile(path: string, what: string): Buffer | undefined {
   try {
-    return readTrustedFile(path, { what, singleLink: true });
+    return readTrustedFile(path, { what, private: true });
   } catch (e) {
     if ((e as NodeJS.ErrnoException).code === 'ENOENT') return undefined;
     throw e;
