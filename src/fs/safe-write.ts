@@ -123,9 +123,10 @@ export function appendPrivateFile(path: string, text: string, what = 'log file')
   const dir = checkOutputDirectory(dirname(resolve(path)), what);
   const target = join(dir.path, basename(path));
   const o = { code: PATH_UNSAFE, what } as const;
+  if (lstatOrUndefined(target)?.isSymbolicLink()) throw unsafe(o, target, target, 'is a symbolic link', 'remove it; hotpatch never writes through links');
   let fd: number;
   try {
-    fd = openSync(target, O_APPEND_NOFOLLOW, 0o600);
+    fd = openSync(target, O_APPEND_NOFOLLOW, 0o600); // O_NOFOLLOW: a link planted after the check fails too
   } catch (e) {
     if ((e as NodeJS.ErrnoException).code === 'ELOOP') throw unsafe(o, target, target, 'is a symbolic link', 'remove it; hotpatch never writes through links');
     throw e;

@@ -18,9 +18,9 @@
  */
 import { createPrivateKey, createPublicKey, generateKeyPairSync, type KeyObject } from 'node:crypto';
 import { lstatSync, readFileSync } from 'node:fs';
-import { join } from 'node:path';
+import { dirname, join, resolve } from 'node:path';
 import { HotpatchError, PackageError } from '../../errors.js';
-import { listTrustedDirectory, readTrustedFile, writeFileAtomic } from '../../fs/index.js';
+import { checkOutputDirectory, listTrustedDirectory, readTrustedFile, writeFileAtomic } from '../../fs/index.js';
 import { keyIdOf } from '../package/codec.js';
 
 /** The public key file's first word. */
@@ -124,6 +124,7 @@ export function writeKeyFiles(
 ): { keyFile: string; publicKeyFile: string; keyId: string } {
   const pair = generateKeyPair(options.comment);
   const publicKeyFile = `${keyFile}.pub`;
+  checkOutputDirectory(dirname(resolve(keyFile)), 'private key', true);
   if (!options.force) {
     for (const p of [keyFile, publicKeyFile]) {
       if (keyExists(p)) throw new PackageError('KEY_EXISTS', `${p} already exists; choose another name or pass --force to overwrite it`);
