@@ -31,3 +31,18 @@ export class RefusedError extends HotpatchError {}
 
 /** Wrong command-line usage (exit code 2). */
 export class UsageError extends HotpatchError {}
+
+/**
+ * A file or directory the tools rely on can be changed, replaced or redirected by a user other
+ * than root and the invoking user (owner, mode, symbolic or hard link); nothing was read or
+ * written through it. Codes: TRUST_UNSAFE (trust material: keys, policy, guard state),
+ * PATH_UNSAFE (a file the tools write).
+ */
+export class UnsafePathError extends HotpatchError {
+  /** The path whose owner, mode or type is the problem. */
+  readonly path: string;
+  constructor(code: string, message: string, path: string, options?: { cause?: unknown }) {
+    super(code, message, options);
+    this.path = path;
+  }
+}

@@ -6,4 +6,5 @@ export * from './process/index.js';
 export * from './patch/index.js';
 export * from './guard/index.js';
 export * from './scan/index.js';
+export * from './fs/index.js';
 export type * from './patch/plan.js';

@@ -22,7 +22,7 @@ import { ALL_STRUCTURES, findingKey, formatFinding, type Finding, type Structure
 import { GuardMetrics } from './metrics.js';
 import { actionFor, DEFAULT_INTERVAL_MS, defaultPolicy, isAllowed, matchesAny, shouldAct, type GuardAction, type Policy, type ProcessIdentity } from './policy.js';
 import { GuardState } from './state.js';
-import { loadGuardTrust, runChecks } from './verify.js';
+import { loadVerifierTrust, runChecks } from './verify.js';
 
 export { DEFAULT_INTERVAL_MS } from './policy.js';
 
@@ -127,7 +127,7 @@ export class Guard {
       state: this.state,
       caches: options.caches ?? new VerifierCaches(),
       cleanCacheMs: options.fullIntervalMs ?? 6 * this.intervalMs,
-      trust: loadGuardTrust(options.trustedKeys, this.policy),
+      trust: loadVerifierTrust({ trustedKeys: options.trustedKeys ?? [], policy: this.policy }),
       allowPtrace: options.allowPtrace ?? true,
     };
   }

@@ -15,7 +15,7 @@ export { readLinkMap } from './checks/linkmap.js';
 export type { LinkMapEntry, LinkMapResult } from './checks/linkmap.js';
 export { recognisedRuntimes } from './checks/memory.js';
 export type { JitRuntime } from './checks/memory.js';
-export { verifyProcess, verifyProcesses, allProcessIds, runChecks, checkOptions } from './verify.js';
+export { verifyProcess, verifyProcesses, allProcessIds, runChecks, checkOptions, loadVerifierTrust } from './verify.js';
 export type { VerifyOptions, VerifyResult } from './verify.js';
 export { Guard, DEFAULT_INTERVAL_MS } from './guard.js';
 export type { GuardOptions, GuardSelection, GuardEvent } from './guard.js';

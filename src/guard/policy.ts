@@ -4,12 +4,14 @@
  * The file format is JSON, documented in docs/guard.md; parsing is strict (unknown keys are errors,
  * so a typo never silently weakens protection).
  */
-import { readFileSync } from 'node:fs';
 import { basename } from 'node:path';
-import { UsageError } from '../errors.js';
+import { HotpatchError, UsageError } from '../errors.js';
+import { readTrustedFile } from '../fs/index.js';
 import { ALL_STRUCTURES, SEVERITIES, severityRank, type Finding, type FindingKind, type Severity, type StructureCode } from './finding.js';
 
 export const GUARD_BAD_POLICY = 'GUARD_BAD_POLICY';
+/** Size limit of a policy file. */
+export const MAX_POLICY_SIZE = 4 * 1024 * 1024;
 
 /** Default cycle length of `hotpatch guard` (ms). */
 export const DEFAULT_INTERVAL_MS = 10_000;
@@ -200,12 +202,17 @@ export function parsePolicy(text: string, source = '(inline)'): Policy {
   return p;
 }
 
-/** Reads and parses a policy file. */
+/**
+ * Reads and parses a policy file. A policy allows findings and names trusted keys, so the file and
+ * every directory above it must be safe from other users (UnsafePathError TRUST_UNSAFE otherwise,
+ * see src/fs/path-check.ts); the key files it names are checked the same way when they are loaded.
+ */
 export function loadPolicy(path: string): Policy {
   let text: string;
   try {
-    text = readFileSync(path, 'utf8');
+    text = readTrustedFile(path, { what: 'policy file', maxBytes: MAX_POLICY_SIZE }).toString('utf8');
   } catch (e) {
+    if (e instanceof HotpatchError) throw e;
     throw new UsageError(GUARD_BAD_POLICY, `cannot read policy file ${path}: ${(e as Error).message}`, { cause: e });
   }
   return parsePolicy(text, path);

@@ -6,10 +6,16 @@
  *   pid + start time (a pid reused by a new process is a new key);
  * - `restores.jsonl`: one line per `restore` action (what was written back, where, when).
  * `verify` reads the state and never writes it unless asked to (`record: true`); the guard writes it.
+ *
+ * The state is trusted (a baseline decides what counts as tampering), so the directory must be
+ * changeable only by root or the invoking user, all the way up (created 0700 when missing), and its
+ * files are read and written without following links: a state file that is a symbolic link, has
+ * more than one hard link or belongs to another user is refused (UnsafePathError TRUST_UNSAFE when
+ * read, PATH_UNSAFE when written), see src/fs/ and docs/security.md.
  */
-import { appendFileSync, mkdirSync, readFileSync, renameSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { HotpatchError } from '../errors.js';
+import { appendPrivateFile, ensurePrivateDir, readPrivateFile, writeFileAtomic } from '../fs/index.js';
 
 export const DEFAULT_STATE_DIR = '/var/lib/hotpatch/guard';
 export const GUARD_BAD_STATE = 'GUARD_BAD_STATE';
@@ -48,12 +54,9 @@ export interface RestoreRecord {
 }
 
 function readJson<T>(path: string, fallback: T): T {
-  let text: string;
-  try {
-    text = readFileSync(path, 'utf8');
-  } catch {
-    return fallback;
-  }
+  const bytes = readPrivateFile(path, 'guard state file');
+  if (bytes === undefined) return fallback;
+  const text = bytes.toString('utf8');
   try {
     return JSON.parse(text) as T;
   } catch (e) {
@@ -62,10 +65,12 @@ function readJson<T>(path: string, fallback: T): T {
 }
 
 function writeJsonAtomic(path: string, value: unknown): void {
-  const tmp = `${path}.tmp${process.pid}`;
-  writeFileSync(tmp, `${JSON.stringify(value, null, 1)}\n`, { mode: 0o600 });
-  renameSync(tmp, path);
+  writeFileAtomic(path, new TextEncoder().encode(`${JSON.stringify(value, null, 1)}\n`), {
+    mode: 0o600, uid: process.geteuid?.() ?? 0, gid: process.getegid?.() ?? 0, what: 'guard state file', privateDir: true,
+  });
 }
+
+const STATE_DIR_WHAT = 'guard state directory';
 
 /** Loads and saves the guard state. Without a directory it keeps everything in memory. */
 export class GuardState {
@@ -113,16 +118,16 @@ export class GuardState {
 
   recordRestore(r: RestoreRecord): void {
     if (this.dir === null || !this.writable) return;
-    mkdirSync(this.dir, { recursive: true, mode: 0o700 });
-    appendFileSync(join(this.dir, 'restores.jsonl'), `${JSON.stringify(r)}\n`, { mode: 0o600 });
+    const dir = ensurePrivateDir(this.dir, STATE_DIR_WHAT);
+    appendPrivateFile(join(dir, 'restores.jsonl'), `${JSON.stringify(r)}\n`, 'guard restore log');
   }
 
   /** Writes changed state to disk (no-op for read-only or in-memory state). */
   save(): void {
     if (!this.dirty || this.dir === null || !this.writable) return;
-    mkdirSync(this.dir, { recursive: true, mode: 0o700 });
-    writeJsonAtomic(join(this.dir, 'identities.json'), this.identities);
-    writeJsonAtomic(join(this.dir, 'baselines.json'), this.baselines);
+    const dir = ensurePrivateDir(this.dir, STATE_DIR_WHAT);
+    writeJsonAtomic(join(dir, 'identities.json'), this.identities);
+    writeJsonAtomic(join(dir, 'baselines.json'), this.baselines);
     this.dirty = false;
   }
 }

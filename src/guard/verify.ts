@@ -15,7 +15,7 @@ import { ProcessContext, VerifierCaches, type CheckOptions } from './context.js'
 import { ALL_STRUCTURES, makeFinding, type Finding, type StructureCode } from './finding.js';
 import { defaultPolicy, isAllowed, matchesAny, type Policy } from './policy.js';
 import { GuardState } from './state.js';
-import { loadTrustedKeySet, type TrustedKeySet } from '../patch/trust/index.js';
+import { loadTrustedKeySet, type TrustedKeySet } from '../patch/trust/keys.js';
 
 /** Options of `verifyProcess` / `verifyProcesses`. All optional. */
 export interface VerifyOptions {
@@ -62,14 +62,20 @@ export function checkOptions(options: VerifyOptions = {}): CheckOptions {
     state: options.state ?? new GuardState(null, false),
     caches: options.caches ?? new VerifierCaches(),
     cleanCacheMs: options.cleanCacheMs ?? 0,
-    trust: options.trust ?? loadGuardTrust(options.trustedKeys, policy),
+    trust: options.trust ?? loadVerifierTrust({ trustedKeys: options.trustedKeys ?? [], policy }),
     allowPtrace: options.allowPtrace ?? true,
   };
 }
 
-/** The trusted signers of `--trust` files plus the policy's (see VerifyOptions.trustedKeys). Throws on a missing or bad key file. */
-export function loadGuardTrust(trustFiles: readonly string[] | undefined, policy: Policy): TrustedKeySet {
-  return loadTrustedKeySet({ trustFiles: [...(trustFiles ?? []), ...policy.trustedKeys] });
+/**
+ * Loads the trusted signers structure 10 will use (`trustedKeys` plus the policy's, else
+ * HOTPATCH_TRUSTED_KEYS, else /etc/hotpatch/trusted.d), so that a key file that is missing, invalid
+ * or changeable by another user is an error (KEY_NOT_FOUND, KEY_INVALID, TRUST_UNSAFE) before
+ * anything is verified, rather than every sanctioned patch turning into a finding.
+ */
+export function loadVerifierTrust(options: Pick<VerifyOptions, 'trustedKeys' | 'policy'> = {}): TrustedKeySet {
+  const files = [...(options.trustedKeys ?? []), ...(options.policy?.trustedKeys ?? [])];
+  return loadTrustedKeySet(files.length > 0 ? { trustFiles: files } : {});
 }
 
 /** Runs the checks of some structures in a context. Errors of one structure do not stop the others. */
@@ -136,7 +142,7 @@ export function allProcessIds(): number[] {
 
 /** Verifies several processes sharing caches; results in pid order. */
 export async function verifyProcesses(pids: readonly number[], options: VerifyOptions = {}): Promise<VerifyResult[]> {
-  const trust = options.trust ?? loadGuardTrust(options.trustedKeys, options.policy ?? defaultPolicy());
+  const trust = options.trust ?? loadVerifierTrust(options);
   const shared: VerifyOptions = { ...options, trust, caches: options.caches ?? new VerifierCaches(), state: options.state ?? new GuardState(null, false) };
   const out: VerifyResult[] = [];
   for (const pid of pids) out.push(await verifyProcess(pid, shared));

@@ -3,7 +3,6 @@
  *  [--policy FILE] [--metrics PORT] [--json-log FILE] [--state-dir DIR]`: the long-running guard.
  * Findings go out as JSON lines (stdout, or --json-log FILE) and as human lines on stderr.
  */
-import { appendFileSync } from 'node:fs';
 import type { Server } from 'node:http';
 import type { Command } from 'commander';
 import { UsageError } from '../../errors.js';
@@ -13,6 +12,7 @@ import { findingToJson } from '../../guard/finding.js';
 import { DEFAULT_INTERVAL_MS, GUARD_ACTIONS, defaultPolicy, loadPolicy, type GuardAction } from '../../guard/policy.js';
 import { DEFAULT_STATE_DIR, GuardState } from '../../guard/state.js';
 import { GuardMetrics, serveMetrics } from '../../guard/metrics.js';
+import { appendPrivateFile } from '../../fs/index.js';
 import { progress } from '../output.js';
 import { collect, parsePidOption } from '../options.js';
 import type { SetExitCode } from './index.js';
@@ -77,7 +77,7 @@ export function register(program: Command, setExitCode: SetExitCode): void {
       if (opts.action !== undefined && !(GUARD_ACTIONS as readonly string[]).includes(opts.action)) throw new UsageError('USAGE_BAD_ACTION', `--action must be one of ${GUARD_ACTIONS.join(', ')}`);
       const intervalMs = seconds(opts.interval, '--interval', 0.05);
       const metrics = new GuardMetrics();
-      const writeJson = opts.jsonLog !== undefined ? (line: string) => appendFileSync(opts.jsonLog!, `${line}\n`) : (line: string) => process.stdout.write(`${line}\n`);
+      const writeJson = opts.jsonLog !== undefined ? (line: string) => appendPrivateFile(opts.jsonLog!, `${line}\n`, 'guard JSON log') : (line: string) => process.stdout.write(`${line}\n`);
       const guard = new Guard({
         pids: opts.pid.map(parsePidOption),
         all: opts.all === true,

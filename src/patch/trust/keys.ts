@@ -11,17 +11,24 @@
  *   1. `--trust PUBFILE` (repeatable) — `trustFiles`
  *   2. the environment variable HOTPATCH_TRUSTED_KEYS — colon-separated public key files
  *   3. every `*.pub` file in /etc/hotpatch/trusted.d/ (`trustDir` overrides it, for tests)
+ * Every trusted key file, and every directory above it, must be changeable only by root or the
+ * invoking user (owner, no group/other write, links checked: see src/fs/path-check.ts and
+ * docs/security.md); otherwise loading fails with UnsafePathError TRUST_UNSAFE, never silently.
+ * `loadTrustedKeySet` is the one place trusted keys are loaded (apply, verify, guard, inspect).
  */
 import { createPrivateKey, createPublicKey, generateKeyPairSync, type KeyObject } from 'node:crypto';
-import { chmodSync, closeSync, existsSync, fsyncSync, openSync, readdirSync, readFileSync, rmSync, writeSync } from 'node:fs';
-import { join } from 'node:path';
-import { PackageError } from '../../errors.js';
+import { lstatSync, readFileSync } from 'node:fs';
+import { dirname, join, resolve } from 'node:path';
+import { HotpatchError, PackageError } from '../../errors.js';
+import { checkOutputDirectory, listTrustedDirectory, readTrustedFile, writeFileAtomic } from '../../fs/index.js';
 import { keyIdOf } from '../package/codec.js';
 
 /** The public key file's first word. */
 export const PUBLIC_KEY_PREFIX = 'hotpatch-ed25519';
 /** Environment variable naming trusted public key files (colon-separated). */
 export const TRUSTED_KEYS_ENV = 'HOTPATCH_TRUSTED_KEYS';
+/** Size limit of a public key file. */
+export const MAX_KEY_FILE_SIZE = 64 * 1024;
 /** Directory of trusted public keys used when neither --trust nor the environment names any. */
 export const DEFAULT_TRUST_DIR = '/etc/hotpatch/trusted.d';
 
@@ -83,30 +90,33 @@ export function generateKeyPair(comment?: string): {
   };
 }
 
-function writeDurable(path: string, text: string, mode: number, overwrite: boolean): void {
-  let fd: number;
+function keyExists(path: string): boolean {
   try {
-    // Never reuse an existing inode: it may be readable by others (and O_EXCL refuses symlinks).
-    if (overwrite) rmSync(path, { force: true });
-    fd = openSync(path, 'wx', mode);
+    lstatSync(path); // a dangling symbolic link counts: it is in the way
+    return true;
   } catch (e) {
-    if ((e as NodeJS.ErrnoException).code === 'EEXIST') {
-      throw new PackageError('KEY_EXISTS', `${path} already exists; choose another name or pass --force to overwrite it`);
-    }
+    if ((e as NodeJS.ErrnoException).code === 'ENOENT') return false;
+    throw e;
+  }
+}
+
+function writeKeyFile(path: string, text: string, mode: number): void {
+  try {
+    // A new inode (never one that may be readable by others), owned by us, written in a directory
+    // only root and we can change: the .pub is trust material and the key a secret.
+    writeFileAtomic(path, new TextEncoder().encode(text), {
+      mode, uid: process.geteuid?.() ?? 0, gid: process.getegid?.() ?? 0, what: mode === 0o600 ? 'private key' : 'public key', privateDir: true,
+    });
+  } catch (e) {
+    if (e instanceof HotpatchError) throw e;
     throw new PackageError('KEY_WRITE_FAILED', `cannot write ${path}: ${(e as Error).message}`, { cause: e });
   }
-  try {
-    writeSync(fd, text);
-    fsyncSync(fd);
-  } finally {
-    closeSync(fd);
-  }
-  chmodSync(path, mode); // the umask may have narrowed a public key's mode
 }
 
 /**
- * Generates a key pair and writes `keyFile` (private, mode 0600) and `keyFile.pub` (mode 0644).
- * Refuses to overwrite unless `force`.
+ * Generates a key pair and writes `keyFile` (private, mode 0600) and `keyFile.pub` (mode 0644),
+ * each replaced atomically (never written through a link). Refuses to overwrite unless `force`
+ * (KEY_EXISTS), and a directory another user could change (UnsafePathError PATH_UNSAFE).
  */
 export function writeKeyFiles(
   keyFile: string,
@@ -114,13 +124,14 @@ export function writeKeyFiles(
 ): { keyFile: string; publicKeyFile: string; keyId: string } {
   const pair = generateKeyPair(options.comment);
   const publicKeyFile = `${keyFile}.pub`;
+  checkOutputDirectory(dirname(resolve(keyFile)), 'private key', true);
   if (!options.force) {
     for (const p of [keyFile, publicKeyFile]) {
-      if (existsSync(p)) throw new PackageError('KEY_EXISTS', `${p} already exists; choose another name or pass --force to overwrite it`);
+      if (keyExists(p)) throw new PackageError('KEY_EXISTS', `${p} already exists; choose another name or pass --force to overwrite it`);
     }
   }
-  writeDurable(keyFile, pair.privateKeyPem, 0o600, options.force ?? false);
-  writeDurable(publicKeyFile, pair.publicKeyText, 0o644, options.force ?? false);
+  writeKeyFile(keyFile, pair.privateKeyPem, 0o600);
+  writeKeyFile(publicKeyFile, pair.publicKeyText, 0o644);
   return { keyFile, publicKeyFile, keyId: pair.keyId };
 }
 
@@ -159,12 +170,17 @@ export function parsePublicKey(text: string, source?: string): TrustedKey {
   return key;
 }
 
-/** Reads a public key file. Throws PackageError KEY_NOT_FOUND / KEY_INVALID. */
+/**
+ * Reads a trusted public key file. The file and every directory above it must be safe from other
+ * users (src/fs/path-check.ts): else UnsafePathError TRUST_UNSAFE. Throws PackageError
+ * KEY_NOT_FOUND / KEY_INVALID.
+ */
 export function readPublicKeyFile(path: string): TrustedKey {
   let text: string;
   try {
-    text = readFileSync(path, 'utf8');
+    text = readTrustedFile(path, { what: 'trusted key', maxBytes: MAX_KEY_FILE_SIZE }).toString('utf8');
   } catch (e) {
+    if (e instanceof HotpatchError) throw e;
     throw new PackageError('KEY_NOT_FOUND', `cannot read trusted key ${path}: ${(e as Error).message}; check the path given to --trust or ${TRUSTED_KEYS_ENV}`, { cause: e });
   }
   return parsePublicKey(text, path);
@@ -238,7 +254,8 @@ export interface TrustedKeySet {
  * Loads the trusted public keys: `--trust` files, else the files in HOTPATCH_TRUSTED_KEYS
  * (colon-separated; empty means unset), else `*.pub` in the trust directory (a missing directory
  * means no trusted keys). A named file that cannot be read or parsed is an error (PackageError
- * KEY_NOT_FOUND / KEY_INVALID): a typo must not silently leave a package untrusted.
+ * KEY_NOT_FOUND / KEY_INVALID): a typo must not silently leave a package untrusted. A key file or
+ * directory another user could change is an error too (UnsafePathError TRUST_UNSAFE).
  */
 export function loadTrustedKeySet(options: TrustOptions = {}): TrustedKeySet {
   const files = options.trustFiles?.filter((f) => f !== '') ?? [];
@@ -250,14 +267,18 @@ export function loadTrustedKeySet(options: TrustOptions = {}): TrustedKeySet {
   }
   const dir = options.trustDir ?? DEFAULT_TRUST_DIR;
   let names: string[];
+  let realDir: string;
   try {
-    names = readdirSync(dir).filter((n) => n.endsWith('.pub')).sort();
+    const listed = listTrustedDirectory(dir, 'trusted key directory');
+    realDir = listed.path;
+    names = listed.names.filter((n) => n.endsWith('.pub'));
   } catch (e) {
+    if (e instanceof HotpatchError) throw e;
     const code = (e as NodeJS.ErrnoException).code;
     if (code === 'ENOENT' || code === 'ENOTDIR') return { source: 'directory', origin: [dir], keys: [] };
     throw new PackageError('KEY_NOT_FOUND', `cannot read trusted key directory ${dir}: ${(e as Error).message}`, { cause: e });
   }
-  return { source: 'directory', origin: [dir], keys: names.map((n) => readPublicKeyFile(join(dir, n))) };
+  return { source: 'directory', origin: [dir], keys: names.map((n) => readPublicKeyFile(join(realDir, n))) };
 }
 
 /** The trusted public keys (see `loadTrustedKeySet` for the precedence). */

@@ -11,10 +11,20 @@
  *    owner, fsynced, renamed over NAME, and the directory fsynced.
  * A crash at any point leaves either the original or the fixed file at NAME, never a mix.
  * Rollback renames the backup over NAME (atomic), only while NAME still holds the fixed build.
+ *
+ * File-system boundaries (docs/security.md): NAME must not be a symbolic link and its directory,
+ * all the way up, must be changeable only by root or us (a sticky directory such as /tmp is
+ * accepted: others cannot touch entries they do not own). Nothing is written through a path that
+ * could be a planted link: the fixed file and the state file are new inodes renamed into place
+ * (src/fs/safe-write.ts), whatever is at the backup name is unlinked (never followed) before the
+ * hard link is made, the backup restored must be a regular file, and the state file is read with
+ * O_NOFOLLOW and must have one link and belong to root, us or NAME's owner. UnsafePathError
+ * PATH_UNSAFE otherwise, before anything is changed.
  */
-import { existsSync, linkSync, readFileSync, renameSync, statSync, unlinkSync } from 'node:fs';
+import { closeSync, fstatSync, linkSync, lstatSync, openSync, readSync, renameSync, unlinkSync, type Stats } from 'node:fs';
 import { basename, dirname, join } from 'node:path';
 import { HotpatchError, PackageError, RefusedError } from '../../errors.js';
+import { checkOutputDirectory, O_READ_NOFOLLOW, trustedOwners, unsafe, PATH_UNSAFE } from '../../fs/index.js';
 import { parseElf } from '../../elf/index.js';
 import { readElfSummaryFromFile } from '../../process/index.js';
 import { extractColdFile, fsyncDirectory, writeFileAtomic, type PatchPackage } from '../package/index.js';
@@ -62,13 +72,76 @@ export function coldStatePath(path: string, patchId: string): string {
 /** Reads the state file of cold patch `patchId` on `path`, or undefined when there is none. */
 export function readColdState(path: string, patchId: string): ColdState | undefined {
   const p = coldStatePath(path, patchId);
-  if (!existsSync(p)) return undefined;
+  const text = readStateText(path, p);
+  if (text === undefined) return undefined;
   try {
-    const s = JSON.parse(readFileSync(p, 'utf8')) as Partial<ColdState>;
+    const s = JSON.parse(text) as Partial<ColdState>;
     if (typeof s.targetBuildId !== 'string' || typeof s.fixedBuildId !== 'string') throw new Error('missing build-ids');
     return s as ColdState;
   } catch (e) {
     throw new HotpatchError('COLD_STATE_INVALID', `${p} is damaged (${(e as Error).message}); pass the package with --package to roll back`, { cause: e });
+  }
+}
+
+const WHAT = 'cold-patched file';
+
+function lstatOrUndefined(path: string): Stats | undefined {
+  try {
+    return lstatSync(path);
+  } catch (e) {
+    if ((e as NodeJS.ErrnoException).code === 'ENOENT') return undefined;
+    throw e;
+  }
+}
+
+/**
+ * Checks that the file to cold-patch is no symbolic link and lies in a directory only root and we
+ * can change. Throws UnsafePathError PATH_UNSAFE; returns its lstat (undefined when missing).
+ */
+export function checkColdTarget(path: string): Stats | undefined {
+  checkOutputDirectory(dirname(path), WHAT);
+  const st = lstatOrUndefined(path);
+  if (st?.isSymbolicLink()) throw unsafe({ code: PATH_UNSAFE, what: WHAT }, path, path, 'is a symbolic link', 'pass the path of the file it points to (`realpath` prints it)');
+  return st;
+}
+
+/** Reads the state file without following links; it must have one link and a trusted owner. */
+function readStateText(path: string, statePath: string): string | undefined {
+  const o = { code: PATH_UNSAFE, what: 'cold patch state file' } as const;
+  let fd: number;
+  try {
+    fd = openSync(statePath, O_READ_NOFOLLOW);
+  } catch (e) {
+    const code = (e as NodeJS.ErrnoException).code;
+    if (code === 'ENOENT') return undefined;
+    if (code === 'ELOOP') throw unsafe(o, statePath, statePath, 'is a symbolic link', 'remove it; hotpatch never creates one');
+    throw e;
+  }
+  try {
+    const st = fstatSync(fd);
+    const owners = new Set([...trustedOwners(), lstatOrUndefined(path)?.uid ?? 0]);
+    if (!st.isFile() || st.nlink !== 1) throw unsafe(o, statePath, statePath, st.isFile() ? `has ${st.nlink} hard links` : 'is not a regular file', 'remove it');
+    if (!owners.has(st.uid)) throw unsafe(o, statePath, statePath, `is owned by uid ${st.uid}`, 'remove it');
+    if (st.size > 1024 * 1024) throw unsafe(o, statePath, statePath, `is ${st.size} bytes`, 'remove it');
+    const buf = Buffer.alloc(st.size);
+    let off = 0;
+    while (off < buf.length) {
+      const n = readSync(fd, buf, off, buf.length - off, off);
+      if (n === 0) break;
+      off += n;
+    }
+    return buf.subarray(0, off).toString('utf8');
+  } finally {
+    closeSync(fd);
+  }
+}
+
+/** Removes whatever is at `p` (a planted link is unlinked, never followed). */
+function unlinkIfPresent(p: string): void {
+  try {
+    unlinkSync(p);
+  } catch (e) {
+    if ((e as NodeJS.ErrnoException).code !== 'ENOENT') throw e;
   }
 }
 
@@ -85,7 +158,7 @@ export function checkColdFile(path: string, pkg: PatchPackage): 'target' | 'fixe
   if (!pkg.cold) {
     throw new HotpatchError('COLD_NO_PAYLOAD', `package ${pkg.id} carries no fixed file: rebuild it with \`hotpatch build ... --cold\` to use --cold`);
   }
-  if (!existsSync(path)) throw new RefusedError('COLD_WRONG_FILE', `${path} does not exist; pass the installed file with --file PATH; nothing was changed`);
+  if (checkColdTarget(path) === undefined) throw new RefusedError('COLD_WRONG_FILE', `${path} does not exist; pass the installed file with --file PATH; nothing was changed`);
   const current = readFileBuildId(path);
   if (current !== null && current === pkg.cold.buildId.toLowerCase()) return 'fixed';
   if (current === null || current !== pkg.plan.target.buildId.toLowerCase()) {
@@ -116,10 +189,18 @@ export function installCold(path: string, pkg: PatchPackage, options: { dryRun?:
     throw new PackageError('PACKAGE_CORRUPT', `the fixed file in package ${pkg.id} has build-id ${fixedId ?? 'none'}, but the package declares ${cold.buildId}`);
   }
   if (options.dryRun) return resultFor(path, pkg.id, 'would-install');
-  const st = statSync(path);
+  const st = checkColdTarget(path);
+  if (st === undefined || !st.isFile()) throw new RefusedError('COLD_WRONG_FILE', `${path} is not a regular file; nothing was changed`);
   const backup = coldBackupPath(path, pkg.id);
-  if (existsSync(backup)) unlinkSync(backup); // left by an interrupted install: re-link the current original
-  linkSync(path, backup);
+  unlinkIfPresent(backup); // left by an interrupted install (or planted): re-link the current original
+  try {
+    linkSync(path, backup); // link(2) never follows a symbolic link at either name
+  } catch (e) {
+    if ((e as NodeJS.ErrnoException).code === 'EEXIST') {
+      throw unsafe({ code: PATH_UNSAFE, what: 'cold patch backup' }, backup, backup, 'was created by someone else during the install', 'check who writes in this directory');
+    }
+    throw e;
+  }
   const info: ColdState = {
     patchId: pkg.id, path, targetBuildId: pkg.plan.target.buildId.toLowerCase(), fixedBuildId: cold.buildId.toLowerCase(),
     backupPath: backup, installedAt: new Date().toISOString(),
@@ -137,6 +218,7 @@ export function installCold(path: string, pkg: PatchPackage, options: { dryRun?:
 export function removeCold(path: string, patchId: string, options: { pkg?: PatchPackage; dryRun?: boolean } = {}): ColdResult {
   const statePath = coldStatePath(path, patchId);
   const backup = coldBackupPath(path, patchId);
+  const here = checkColdTarget(path);
   let targetId: string;
   let fixedId: string;
   if (options.pkg) {
@@ -154,9 +236,9 @@ export function removeCold(path: string, patchId: string, options: { pkg?: Patch
     targetId = s.targetBuildId;
     fixedId = s.fixedBuildId;
   }
-  const current = existsSync(path) ? readFileBuildId(path) : null;
+  const current = here !== undefined ? readFileBuildId(path) : null;
   if (current === targetId) {
-    if (!options.dryRun) for (const p of [backup, statePath]) if (existsSync(p)) unlinkSync(p);
+    if (!options.dryRun) for (const p of [backup, statePath]) unlinkIfPresent(p);
     return resultFor(path, patchId, 'not-installed');
   }
   if (current !== fixedId) {
@@ -165,12 +247,14 @@ export function removeCold(path: string, patchId: string, options: { pkg?: Patch
       `${path} holds neither the fixed build ${fixedId} nor the original ${targetId} (build-id ${current ?? 'none'}): it was replaced since; nothing was changed`,
     );
   }
-  if (!existsSync(backup) || readFileBuildId(backup) !== targetId) {
+  const kept = lstatOrUndefined(backup);
+  if (kept?.isSymbolicLink()) throw unsafe({ code: PATH_UNSAFE, what: 'cold patch backup' }, backup, backup, 'is a symbolic link', 'remove it and reinstall the original from your package manager');
+  if (kept === undefined || !kept.isFile() || readFileBuildId(backup) !== targetId) {
     throw new HotpatchError('COLD_BACKUP_MISSING', `the original of ${path} is gone or changed (expected it at ${backup}); reinstall it from your package manager`);
   }
   if (options.dryRun) return resultFor(path, patchId, 'would-restore');
   renameSync(backup, path);
   fsyncDirectory(dirname(path));
-  if (existsSync(statePath)) unlinkSync(statePath);
+  unlinkIfPresent(statePath);
   return resultFor(path, patchId, 'restored');
 }
