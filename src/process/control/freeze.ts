@@ -18,6 +18,7 @@
  *  5. thaw: restore registers changed by injected syscalls, PTRACE_DETACH every thread (handing
  *     back any signal we intercepted). thaw() is idempotent and runs on every error path.
  */
+import { readFileSync } from 'node:fs';
 import { ProcessError } from '../../errors.js';
 import {
   PROCESS_KERNEL_THREAD,
@@ -886,7 +887,7 @@ export class FrozenProcess {
         this.#threads.set(tid, t);
         return t.stopped ? undefined : t;
       }
-      if (st.tracerPid !== 0) throw alreadyTraced(this.pid, st.tracerPid);
+      if (st.tracerPid !== 0) throw alreadyTraced(this.pid, st.tracerPid, tid);
       throw permissionDenied(this.pid);
     }
     const t = new ThreadState(tid);
@@ -1022,11 +1023,18 @@ export function pendingDetaches(): number {
   return deferred.size;
 }
 
-function alreadyTraced(pid: number, tracer: number): ProcessError {
-  const who = tracer === process.pid ? 'this process (it is already frozen here)' : `process ${tracer}`;
+function alreadyTraced(pid: number, tracer: number, tid = pid): ProcessError {
+  let comm = '';
+  try {
+    comm = readFileSync(`/proc/${tracer}/comm`, 'utf8').trim();
+  } catch {
+    /* the tracer exited meanwhile */
+  }
+  const who = tracer === process.pid ? 'this process (it is already frozen here)' : `process ${tracer}${comm ? ` (${comm})` : ''}`;
+  const what = tid === pid ? `process ${pid}` : `thread ${tid} of process ${pid}`;
   return fail(
     PROCESS_ALREADY_TRACED,
-    `process ${pid} is already traced by ${who}: detach the debugger/tracer (or wait for the other patcher) and retry`,
+    `${what} is already traced by ${who}: detach the debugger/tracer (or wait for the other patcher) and retry; no thread was left stopped`,
   );
 }
 
