@@ -264,7 +264,7 @@ class ThreadState implements FrozenThread {
   }
   /**
    * Sleeping in restart_syscall (a timed call restarted once already): rt_sigreturn resets the
-   * restart block, so a frame could only make it return EINTR. Never injected into.
+   * restart block, so a frame could only make it return EINTR. Never picked by default.
    */
   get inRestartedSleep(): boolean {
     const w = this.regs.words;
@@ -451,13 +451,8 @@ export class FrozenProcess {
         `thread ${t.tid} of process ${this.pid} is stopped inside a system call (${t.stop}); pick another thread`,
       );
     }
-    if (t.inRestartedSleep && t.kernel === 'same') {
-      throw fail(
-        PROCESS_INJECTION_FAILED,
-        `thread ${t.tid} of process ${this.pid} sleeps in a restarted timed call (restart_syscall): a patcher killed during an ` +
-          'injection there would make the sleep fail with EINTR; pick another thread',
-      );
-    }
+    // A thread in restart_syscall (t.inRestartedSleep) is only used when named: a patcher killed
+    // mid-injection there makes its sleep return EINTR (docs/limitations.md).
     if (t.heldSignals.length > 0 && t.kernel !== 'armed') {
       throw fail(
         PROCESS_INJECTION_FAILED,
