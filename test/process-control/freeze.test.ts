@@ -165,6 +165,45 @@ describe('freezeProcess / thaw', () => {
 });
 
 describe('freezeProcess refusals (target left untouched)', () => {
+  it('refuses when another tracer holds one (not the first) thread, stopped, naming it; no thread left stopped or attached', async () => {
+    const t = await startTarget(await threadsProg(), ['3']);
+    const tids = readdirSync(`/proc/${t.pid}/task`).map(Number).filter((x) => x !== t.pid).sort((a, b) => a - b);
+    const victim = tids[tids.length - 1]!;
+    const tracerProg = await compile({ file: 'process-control/tracer.c', flags: ['-O2'] });
+    const tracer = await startTarget(tracerProg, [String(victim)]);
+    try {
+      const taskStatus = (tid: number) => readFileSync(`/proc/${t.pid}/task/${tid}/status`, 'utf8');
+      expect(/TracerPid:\s+(\d+)/.exec(taskStatus(victim))![1]).toBe(String(tracer.pid));
+      expect(tracerOf(t.pid)).toBe(0); // the leader is not traced: only a per-thread look finds it
+      for (const stopIt of [false, true]) {
+        // A tracee the other tracer stopped (group-stop of the traced thread: it blocks any freeze).
+        if (stopIt) process.kill(t.pid, 'SIGSTOP');
+        let err: unknown;
+        try {
+          freezeProcess(t.pid, { timeoutMs: 500 }).thaw();
+        } catch (e) {
+          err = e;
+        }
+        expect(err, `stopped=${stopIt}`).toMatchObject({ code: PROCESS_ALREADY_TRACED });
+        const msg = (err as Error).message;
+        expect(msg).toContain(`thread ${victim}`);
+        expect(msg).toContain(String(tracer.pid));
+        expect(msg).toMatch(/\(prog\)|\(tracer/); // the tracer's command name
+        // Nothing of ours is left: no other thread traced by us or stopped by us.
+        for (const tid of readdirSync(`/proc/${t.pid}/task`).map(Number)) {
+          if (tid === victim) continue;
+          expect(/TracerPid:\s+(\d+)/.exec(taskStatus(tid))![1]).toBe('0');
+          if (!stopIt) expect(/State:\s+(\S)/.exec(taskStatus(tid))![1]).not.toMatch(/[tT]/);
+        }
+        if (stopIt) process.kill(t.pid, 'SIGCONT');
+      }
+      await ask(t, 'value', /value 1\b/);
+    } finally {
+      await tracer.kill();
+      await t.kill();
+    }
+  });
+
   it('refuses a process traced by another tracer, naming it', async () => {
     const t = await startTarget(await threadsProg(), ['2']);
     const tracerProg = await compile({ file: 'process-control/tracer.c', flags: ['-O2'] });

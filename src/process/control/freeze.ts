@@ -18,6 +18,7 @@
  *  5. thaw: restore registers changed by injected syscalls, PTRACE_DETACH every thread (handing
  *     back any signal we intercepted). thaw() is idempotent and runs on every error path.
  */
+import { readFileSync } from 'node:fs';
 import { ProcessError } from '../../errors.js';
 import {
   PROCESS_KERNEL_THREAD,
@@ -42,9 +43,10 @@ import {
   PTRACE_INTERRUPT,
   PTRACE_O_TRACECLONE,
   PTRACE_O_TRACEEXEC,
+  PTRACE_O_TRACESYSGOOD,
   PTRACE_SEIZE,
   PTRACE_SETREGS,
-  PTRACE_SINGLESTEP,
+  PTRACE_SYSCALL,
   SIGTRAP,
   SYS_epoll_pwait,
   SYS_epoll_pwait2,
@@ -54,9 +56,21 @@ import {
   SYS_mmap,
   SYS_mprotect,
   SYS_munmap,
+  SYS_restart_syscall,
 } from '../ptrace/constants.js';
-import { boostThread, ptrace, ptraceBuffer, ptraceGetEventMsg, restoreThread, tgkill, type SchedulingState } from '../ptrace/ffi.js';
-import { REG_ORIG_RAX, REG_R10, REG_R8, REG_R9, REG_RAX, REG_RDI, REG_RDX, REG_RIP, REG_RSI, RegisterSet } from '../ptrace/regs.js';
+import {
+  boostThread,
+  ptrace,
+  ptraceBuffer,
+  ptraceGetEventMsg,
+  ptraceGetSigmask,
+  ptraceGetXstate,
+  ptraceSetSigmask,
+  restoreThread,
+  tgkill,
+  type SchedulingState,
+} from '../ptrace/ffi.js';
+import { REG_ORIG_RAX, REG_R10, REG_R8, REG_R9, REG_RAX, REG_RDI, REG_RDX, REG_RIP, REG_RSI, REG_RSP, RegisterSet } from '../ptrace/regs.js';
 import { pollTid, sleepMicros, waitForTid, type WaitResult } from '../ptrace/tracee.js';
 import {
   PROCESS_ALREADY_TRACED,
@@ -72,7 +86,8 @@ import {
 } from './errors.js';
 import { ProcessMemory } from './memory.js';
 import { listTaskIds, readMappings, readStartTime, readStatusOrUndefined, readThreadState, readThreadWchan } from './procfs.js';
-import { findSyscallGadget } from './syscall-gadget.js';
+import { buildSigframe, frameLayout, RED_ZONE, sigframeXstate } from './sigframe.js';
+import { findInjectionGadgets, type InjectionGadgets } from './syscall-gadget.js';
 
 /**
  * Why a frozen thread is stopped.
@@ -127,7 +142,8 @@ export interface FreezeOptions {
   boostPriority?: 'fifo' | 'nice' | 'none';
 }
 
-const PTRACE_OPTIONS = PTRACE_O_TRACECLONE | PTRACE_O_TRACEEXEC;
+// TRACESYSGOOD: syscall stops (only injections ask for them) report SIGTRAP | 0x80.
+const PTRACE_OPTIONS = PTRACE_O_TRACECLONE | PTRACE_O_TRACEEXEC | PTRACE_O_TRACESYSGOOD;
 const ORIG_RAX_NONE = 0xffff_ffff_ffff_ffffn;
 const RESTART_CODES = new Set<bigint>([
   BigInt.asUintN(64, BigInt(-ERESTARTSYS)),
@@ -139,6 +155,52 @@ const RESTART_CODES = new Set<bigint>([
 const QUICK_SYSCALLS = new Set<number>([SYS_mmap, SYS_mprotect, SYS_munmap, SYS_getpid, SYS_gettid, 12 /* brk */, 25 /* mremap */, 28 /* madvise */]);
 const EINTR_U64 = BigInt.asUintN(64, BigInt(-EINTR));
 const EPOLL_CALLS = new Set<bigint>([BigInt(SYS_epoll_wait), BigInt(SYS_epoll_pwait), BigInt(SYS_epoll_pwait2)]);
+const RESTART_SYS = BigInt.asUintN(64, BigInt(-ERESTARTSYS));
+const RESTART_NOINTR = BigInt.asUintN(64, BigInt(-ERESTARTNOINTR));
+const RESTART_NOHAND = BigInt.asUintN(64, BigInt(-ERESTARTNOHAND));
+const RESTART_BLOCK = BigInt.asUintN(64, BigInt(-ERESTART_RESTARTBLOCK));
+/** pselect6 270, ppoll 271, epoll_pwait 281, rt_sigsuspend 130, io_pgetevents 333, epoll_pwait2 441 (syscall_64.tbl). */
+const TEMP_MASK_CALLS = new Set<bigint>([270n, 271n, 281n, 130n, 333n, 441n]);
+/** Every signal (PTRACE_SETSIGMASK drops SIGKILL and SIGSTOP itself). */
+const ALL_SIGNALS = 0xffff_ffff_ffff_ffffn;
+
+/** Injected system calls run by this process so far (numbers the HOTPATCH_FAULT_INJECT points). */
+let injectionCount = 0;
+
+/** Where inside an injection HOTPATCH_FAULT_INJECT may kill the patcher. */
+export const INJECT_FAULT_PHASES = ['frame-written', 'armed', 'blocked', 'entered', 'exited', 'mask-restored'] as const;
+export type InjectFaultPhase = (typeof INJECT_FAULT_PHASES)[number];
+/**
+ * Test-only: `PHASE` or `PHASE@N` kills this process with SIGKILL at the first point PHASE of an
+ * injection (or of the thaw that disarms, for `mask-restored`) once N calls were injected (1-based).
+ */
+export const INJECT_FAULT_ENV = 'HOTPATCH_FAULT_INJECT';
+
+/**
+ * The fault hook for the current injection, or undefined (the normal case: one env lookup).
+ * `mask-restored` counts the injection that armed the thread last.
+ */
+function injectFault(): ((phase: InjectFaultPhase) => void) | undefined {
+  const spec = process.env[INJECT_FAULT_ENV];
+  if (spec === undefined || spec === '') return undefined;
+  const [phase, n] = spec.split('@');
+  if (n !== undefined && injectionCount < Number(n)) return undefined;
+  return (p) => {
+    if (p === phase) process.kill(process.pid, 'SIGKILL');
+  };
+}
+
+/**
+ * Waits for a ptrace stop of a thread that runs a quick system call: a few hundred non-blocking
+ * looks first (the stop comes within microseconds on another core), then the usual polling.
+ */
+function waitSpinning(tid: number, keep: boolean, deadline: bigint): WaitResult {
+  for (let i = 0; i < 200; i++) {
+    const ev = pollTid(tid, keep);
+    if (ev.kind !== 'none') return ev;
+  }
+  return waitForTid(tid, keep, deadline);
+}
 
 /** Internal per-thread state. */
 class ThreadState implements FrozenThread {
@@ -157,6 +219,25 @@ class ThreadState implements FrozenThread {
   readonly heldSignals: number[] = [];
   /** Belongs to another thread group (a clone() without CLONE_THREAD that the kernel auto-attached). */
   foreign = false;
+  /**
+   * What the kernel holds for this thread: `same` = `regs` (or `regs` plus a pending write, see
+   * kernelRegsDiffer/regsDirty); `armed` = stopped inside or after an injected call with rsp at its
+   * restore frame; `resume` = at a syscall stop of ours with the resume state (#resumeWords).
+   */
+  kernel: 'same' | 'armed' | 'resume' = 'same';
+  /** rip of an armed thread at its syscall-exit stop (just after the gadget's `syscall`). */
+  armedRip = 0n;
+  /** Address of its restore frame (0 = none yet) and whether it still matches `regs`. */
+  frameSp = 0n;
+  frameValid = false;
+  /** Blocked mask at the freeze (PTRACE_GETSIGMASK), read at the first injection. */
+  sigmask: bigint | undefined;
+  /** We blocked every signal (PTRACE_SETSIGMASK) while it is armed. */
+  maskBlocked = false;
+  /** Signal-frame FPU state (sigframe.ts), read at the first injection. */
+  fpstate: Uint8Array | undefined;
+  /** The stack has no room for a restore frame: never picked for injections. */
+  noFrameRoom = false;
 
   constructor(tid: number) {
     this.tid = tid;
@@ -166,6 +247,28 @@ class ThreadState implements FrozenThread {
   }
   get restartPending(): boolean {
     return this.inSyscall && RESTART_CODES.has(this.regs.words[REG_RAX]!);
+  }
+  /**
+   * Stopped in a call that runs with a temporary signal mask (ppoll, pselect6, epoll_pwait(2),
+   * rt_sigsuspend, io_pgetevents): the kernel restores the real mask on the way out, which
+   * PTRACE_SETSIGMASK would cancel, and which we cannot read.
+   */
+  get temporaryMask(): boolean {
+    if (!this.inSyscall) return false;
+    const w = this.regs.words;
+    const nr = w[REG_ORIG_RAX]!;
+    // A NULL sigmask argument means no temporary mask: ppoll (4th, r10), epoll_pwait(2) (5th, r8).
+    if (nr === 271n) return w[REG_R10] !== 0n;
+    if (nr === 281n || nr === 441n) return w[REG_R8] !== 0n;
+    return TEMP_MASK_CALLS.has(nr);
+  }
+  /**
+   * Sleeping in restart_syscall (a timed call restarted once already): rt_sigreturn resets the
+   * restart block, so a frame could only make it return EINTR. Never picked by default.
+   */
+  get inRestartedSleep(): boolean {
+    const w = this.regs.words;
+    return this.inSyscall && w[REG_ORIG_RAX] === BigInt(SYS_restart_syscall) && w[REG_RAX] === RESTART_BLOCK;
   }
   /** Stopped with EINTR from an epoll wait: a candidate for restartInterruptedEpoll. */
   get epollInterrupted(): boolean {
@@ -208,6 +311,8 @@ export class FrozenProcess {
   readonly phases = { attach: 0, wait: 0, rescan: 0, rounds: 0, regs: 0, detach: 0 };
   /** Registers scratch for injections (no allocation per call). */
   readonly #scratch = new RegisterSet();
+  /** The thread default injections run on (see #pickInjectionThread). */
+  #injector: ThreadState | undefined;
 
   /** @internal use freezeProcess(). */
   constructor(pid: number, startTime: bigint, ourChild: boolean, options: Required<FreezeOptions>) {
@@ -266,6 +371,13 @@ export class FrozenProcess {
   /** Sets the registers thread `tid` will resume with (written to the kernel at once). */
   setRegisters(tid: number, regs: RegisterSet): void {
     const t = this.#thread(tid);
+    if (t.kernel !== 'same') {
+      // At a syscall stop of ours: the kernel takes the new state as the resume state.
+      t.regs.assign(regs);
+      t.frameValid = false;
+      this.#disarm(t);
+      return;
+    }
     const r = ptraceBuffer(PTRACE_SETREGS, tid, 0, regs.words);
     if (r < 0) throw this.#ptraceError('PTRACE_SETREGS', tid, -r);
     t.regs.assign(regs);
@@ -315,10 +427,19 @@ export class FrozenProcess {
 
   /**
    * Runs system call `nr` with up to six arguments in the frozen target and returns the raw
-   * result (negative = -errno). The call runs on an existing `syscall` instruction of the target
-   * (vDSO, else libc; nothing is written to run it) in thread `tid` (default: the first thread
-   * stopped by our interrupt). Every register — including orig_rax, so that a thread interrupted
-   * in a blocking call restarts it — is restored before this returns.
+   * result (negative = -errno), in thread `tid` (default: the thread the picker prefers, see
+   * #pickInjectionThread). No instruction of the target is written and no single-step is used.
+   *
+   * Self-restoring (issue #14: the target survives anything the patcher suffers): before the
+   * thread is redirected, a signal frame holding the state it resumes in (registers with the
+   * kernel's syscall restart already applied, blocked mask, full XSAVE image) is written below its
+   * red zone (sigframe.ts). The thread then runs an existing `syscall; ret` with rsp at that frame,
+   * and `ret` lands on an existing rt_sigreturn sequence. With the patcher alive we stop it at the
+   * syscall-enter and syscall-exit stops (PTRACE_SYSCALL) and read the result; it stays "armed"
+   * (stopped after the `syscall`, before the `ret`) until thaw or the next injection. If the
+   * patcher is killed at any instant, the kernel detaches the thread and it finishes the call,
+   * returns through rt_sigreturn and resumes where it was. All signals except SIGKILL/SIGSTOP are
+   * blocked while it is armed (the frame restores the mask), so no signal is taken from it.
    */
   injectSyscall(nr: number | bigint, args: ReadonlyArray<number | bigint> = [], options: { tid?: number } = {}): bigint {
     this.#check();
@@ -330,16 +451,49 @@ export class FrozenProcess {
         `thread ${t.tid} of process ${this.pid} is stopped inside a system call (${t.stop}); pick another thread`,
       );
     }
-    let gadget: bigint;
+    // A thread in restart_syscall (t.inRestartedSleep) is only used when named: a patcher killed
+    // mid-injection there makes its sleep return EINTR (docs/limitations.md).
+    if (t.heldSignals.length > 0 && t.kernel !== 'armed') {
+      throw fail(
+        PROCESS_INJECTION_FAILED,
+        `thread ${t.tid} of process ${this.pid} is stopped delivering signal ${t.heldSignals[0]}: a patcher killed during an ` +
+          'injection there would lose the signal; pick another thread',
+      );
+    }
+    let g: InjectionGadgets;
     try {
-      gadget = findSyscallGadget(this);
+      g = findInjectionGadgets(this);
     } catch (e) {
       if (!this.#alive()) throw this.#exitedError(t.tid);
       throw e;
     }
+    injectionCount++;
+    const fault = injectFault();
+    this.#maps = undefined;
     const w = this.#scratch.words;
-    w.set(t.regs.words);
-    w[REG_RIP] = gadget;
+    if (t.kernel !== 'armed') {
+      let frame: bigint;
+      try {
+        frame = this.#writeFrame(t, g);
+      } catch (e) {
+        if (options.tid === undefined && t.noFrameRoom) {
+          this.#injector = undefined;
+          return this.injectSyscall(nr, args, options); // the picker skips this thread now
+        }
+        throw e;
+      }
+      fault?.('frame-written');
+      w.set(t.regs.words);
+      w[REG_RSP] = frame;
+    } else {
+      const r = ptraceBuffer(PTRACE_GETREGS, t.tid, 0, w);
+      if (r < 0) throw this.#ptraceError('PTRACE_GETREGS', t.tid, -r);
+      // Armed: rip is just after our last `syscall`, rsp at the frame.
+      if (w[REG_RIP] !== t.armedRip || w[REG_RSP] !== t.frameSp) {
+        throw fail(PROCESS_INJECTION_FAILED, `thread ${t.tid} of process ${this.pid} is not where the last injection left it`);
+      }
+    }
+    w[REG_RIP] = g.syscallRet;
     w[REG_RAX] = BigInt.asUintN(64, BigInt(nr));
     // orig_rax = -1: no syscall-restart logic runs when the thread leaves its current stop.
     w[REG_ORIG_RAX] = ORIG_RAX_NONE;
@@ -347,56 +501,65 @@ export class FrozenProcess {
     for (let i = 0; i < 6; i++) w[argRegs[i]!] = BigInt.asUintN(64, BigInt(args[i] ?? 0));
     let r = ptraceBuffer(PTRACE_SETREGS, t.tid, 0, w);
     if (r < 0) throw this.#ptraceError('PTRACE_SETREGS', t.tid, -r);
-    t.kernelRegsDiffer = true;
-    this.#maps = undefined;
+    t.kernel = 'armed';
+    t.armedRip = g.syscallRet + 2n;
+    t.stop = 'injected';
+    t.stopSignal = SIGTRAP | 0x80;
+    fault?.('armed');
+    if (!t.maskBlocked && !t.temporaryMask) {
+      // After the redirect, never before: a patcher killed in between must not leave the thread
+      // at its own code with every signal blocked. rt_sigreturn restores the mask from the frame.
+      r = ptraceSetSigmask(t.tid, ALL_SIGNALS);
+      if (r < 0) throw this.#ptraceError('PTRACE_SETSIGMASK', t.tid, -r);
+      t.maskBlocked = true;
+    }
+    fault?.('blocked');
+    const keep = this.#keepLeaderExit && t.tid === this.pid;
+    const quick = QUICK_SYSCALLS.has(Number(nr));
+    const deadline = process.hrtime.bigint() + (quick ? 2_000_000_000n : BigInt(this.#options.timeoutMs) * 1_000_000n);
+    let entered = false;
     let result: bigint | undefined;
-    try {
-      const deadline = process.hrtime.bigint() + BigInt(this.#options.timeoutMs) * 1_000_000n;
-      for (let attempt = 0; attempt < 16 && result === undefined; attempt++) {
-        r = ptrace(PTRACE_SINGLESTEP, t.tid, 0, 0);
-        if (r < 0) throw this.#ptraceError('PTRACE_SINGLESTEP', t.tid, -r);
-        const keep = this.#keepLeaderExit && t.tid === this.pid;
-        // Never a blocking waitpid here: if the target is killed meanwhile and this thread is the
-        // group leader, its exit is only reported after the other (traced) threads are reaped, so
-        // a blocking wait on it would hang the patcher. Quick calls are polled tightly.
-        let ev = waitForTid(t.tid, keep, QUICK_SYSCALLS.has(Number(nr)) ? process.hrtime.bigint() + 2_000_000_000n : deadline);
-        if (ev.kind === 'none') {
-          // Still inside the call (it blocks): interrupt it, so the thread stops and can be restored.
-          ptrace(PTRACE_INTERRUPT, t.tid, 0, 0);
-          ev = waitForTid(t.tid, keep, process.hrtime.bigint() + 1_000_000_000n);
-          if (ev.kind === 'stopped' && ev.event === 0 && ev.signal !== SIGTRAP) t.heldSignals.push(ev.signal);
-          throw fail(
-            PROCESS_INJECTION_FAILED,
-            `injected system call ${nr} did not return within ${this.#options.timeoutMs} ms in thread ${t.tid} of process ${this.pid}; it was interrupted`,
-          );
-        }
-        if (ev.kind !== 'stopped') {
-          t.attached = false;
-          throw this.#exitedError(t.tid);
-        }
-        if (ev.event === 0 && ev.signal !== SIGTRAP) {
-          // A real signal arrived meanwhile: keep it for the thread, step again.
-          t.heldSignals.push(ev.signal);
+    for (let attempt = 0; attempt < 16 && result === undefined; attempt++) {
+      r = ptrace(PTRACE_SYSCALL, t.tid, 0, 0);
+      if (r < 0) throw this.#ptraceError('PTRACE_SYSCALL', t.tid, -r);
+      // Never a blocking waitpid here: if the target is killed meanwhile and this thread is the
+      // group leader, its exit is only reported after the other (traced) threads are reaped, so a
+      // blocking wait on it would hang the patcher. A quick call stops within microseconds.
+      const ev = waitSpinning(t.tid, keep, deadline);
+      if (ev.kind === 'none') {
+        this.#abandonCall(t, keep, entered);
+        throw fail(
+          PROCESS_INJECTION_FAILED,
+          `injected system call ${nr} did not return within ${quick ? 2000 : this.#options.timeoutMs} ms in thread ${t.tid} of process ${this.pid}; it was interrupted`,
+        );
+      }
+      if (ev.kind !== 'stopped') {
+        t.attached = false;
+        throw this.#exitedError(t.tid);
+      }
+      if (ev.event === 0 && ev.signal === (SIGTRAP | 0x80)) {
+        if (!entered) {
+          entered = true;
+          fault?.('entered');
           continue;
         }
-        if (ev.event !== 0) continue; // e.g. a group-stop arrived; step again
         r = ptraceBuffer(PTRACE_GETREGS, t.tid, 0, w);
         if (r < 0) throw this.#ptraceError('PTRACE_GETREGS', t.tid, -r);
-        if (w[REG_RIP] === gadget + 2n) result = BigInt.asIntN(64, w[REG_RAX]!);
-        else if (w[REG_RIP] !== gadget) {
+        if (w[REG_RIP] !== g.syscallRet + 2n || w[REG_ORIG_RAX] !== BigInt.asUintN(64, BigInt(nr))) {
           throw fail(
             PROCESS_INJECTION_FAILED,
-            `injected system call in thread ${t.tid} of process ${this.pid} stopped at unexpected address 0x${w[REG_RIP]!.toString(16)}`,
+            `injected system call ${nr} in thread ${t.tid} of process ${this.pid} stopped at unexpected address 0x${w[REG_RIP]!.toString(16)} (orig_rax ${BigInt.asIntN(64, w[REG_ORIG_RAX]!)})`,
           );
         }
+        result = BigInt.asIntN(64, w[REG_RAX]!);
+        fault?.('exited');
+        break;
       }
-      t.stop = 'injected';
-      t.stopSignal = SIGTRAP;
-    } finally {
-      if (t.attached) {
-        const rr = ptraceBuffer(PTRACE_SETREGS, t.tid, 0, t.regs.words);
-        if (rr === 0) t.kernelRegsDiffer = false;
-      }
+      // A signal that cannot be blocked (SIGSTOP) or one that arrived on a thread whose mask we
+      // leave alone: keep it for the thread. A group-stop or other event: resume again.
+      if (ev.event === 0 && ev.signal !== SIGTRAP) t.heldSignals.push(ev.signal);
+      attempt--; // stops that are not ours do not count
+      if (t.heldSignals.length > 64) break;
     }
     if (result === undefined) {
       throw fail(PROCESS_INJECTION_FAILED, `injected system call ${nr} did not complete in thread ${t.tid} of process ${this.pid}`);
@@ -404,15 +567,151 @@ export class FrozenProcess {
     return result;
   }
 
-  #pickInjectionThread(): ThreadState {
-    let fallback: ThreadState | undefined;
-    for (const t of this.threads as ThreadState[]) {
-      if (t.heldSignals.length > 0) continue;
-      if (t.stop === 'interrupt' || t.stop === 'injected') return t;
-      if (t.stop === 'group-stop') fallback ??= t;
+  /**
+   * A blocking injected call overran: interrupt it so the thread stops (it stays armed; the
+   * interrupted call is not restarted: rax = -EINTR, orig_rax = -1).
+   */
+  #abandonCall(t: ThreadState, keep: boolean, entered: boolean): void {
+    ptrace(PTRACE_INTERRUPT, t.tid, 0, 0);
+    for (let i = 0; i < 4; i++) {
+      const ev = waitForTid(t.tid, keep, process.hrtime.bigint() + 1_000_000_000n);
+      if (ev.kind !== 'stopped') {
+        if (ev.kind !== 'none') t.attached = false;
+        return;
+      }
+      if (ev.event === 0 && ev.signal !== SIGTRAP && ev.signal !== (SIGTRAP | 0x80)) t.heldSignals.push(ev.signal);
+      const w = this.#scratch.words;
+      if (ptraceBuffer(PTRACE_GETREGS, t.tid, 0, w) < 0) return;
+      if (w[REG_RIP] === t.armedRip) {
+        w[REG_RAX] = EINTR_U64;
+        w[REG_ORIG_RAX] = ORIG_RAX_NONE;
+        ptraceBuffer(PTRACE_SETREGS, t.tid, 0, w);
+        return;
+      }
+      if (!entered) return; // stopped before the `syscall`: rip = gadget, the frame still holds
+      ptrace(PTRACE_SYSCALL, t.tid, 0, 0);
     }
-    if (fallback) return fallback;
-    throw fail(PROCESS_INJECTION_FAILED, `no thread of process ${this.pid} is in a stop suitable to inject a system call`);
+  }
+
+  /**
+   * Writes the self-restoring frame for `t` below its red zone (once per freeze while its resume
+   * state is unchanged) and returns its address. Written while the thread's registers do not
+   * reference it, so a half-written frame is never live.
+   */
+  #writeFrame(t: ThreadState, g: InjectionGadgets): bigint {
+    if (t.frameSp !== 0n && t.frameValid) return t.frameSp;
+    if (t.sigmask === undefined) {
+      // A user shadow stack (CET) would fault on our `ret`: refuse rather than risk the thread.
+      const features = readStatusOrUndefined(`/proc/${this.pid}/task/${t.tid}/status`)?.raw['x86_Thread_features'];
+      if (features !== undefined && /\bshstk\b/.test(features)) {
+        throw fail(PROCESS_INJECTION_FAILED, `thread ${t.tid} of process ${this.pid} runs with a shadow stack (CET); injected system calls are not supported there`);
+      }
+      const m = ptraceGetSigmask(t.tid);
+      if (m < 0n) throw this.#ptraceError('PTRACE_GETSIGMASK', t.tid, Number(-m));
+      t.sigmask = m;
+    }
+    if (t.fpstate === undefined) {
+      const x = ptraceGetXstate(t.tid);
+      if (typeof x === 'number') throw this.#ptraceError('PTRACE_GETREGSET NT_X86_XSTATE', t.tid, -x);
+      try {
+        t.fpstate = sigframeXstate(x);
+      } catch (e) {
+        throw fail(PROCESS_INJECTION_FAILED, `cannot inject a system call into process ${this.pid}: ${(e as Error).message}`, e);
+      }
+    }
+    const resume = this.#resumeWords(t);
+    const rsp = resume[REG_RSP]!;
+    const at = frameLayout(rsp, t.fpstate.length);
+    const stack = this.maps().find((m) => m.start <= at.sp && rsp - RED_ZONE <= m.end);
+    if (stack === undefined || !stack.protection.write || !stack.protection.read) {
+      t.noFrameRoom = true;
+      throw fail(
+        PROCESS_INJECTION_FAILED,
+        `thread ${t.tid} of process ${this.pid} has no room for a ${Number(at.end - at.sp)}-byte restore frame below its stack pointer ` +
+          `0x${rsp.toString(16)} (its stack mapping is too small or rsp is not in writable memory); pick another thread`,
+      );
+    }
+    this.#memory.write(at.sp, buildSigframe(resume, t.sigmask, t.fpstate, g.sigreturn, at));
+    t.frameSp = at.sp;
+    t.frameValid = true;
+    return at.sp;
+  }
+
+  /**
+   * The registers `t` resumes with when it is detached from a syscall stop of ours (or returns
+   * through the frame): its registers at the freeze with the kernel's syscall restart applied by
+   * hand (arch/x86/kernel/signal.c arch_do_signal_or_restart: -ERESTARTSYS/-ERESTARTNOINTR/
+   * -ERESTARTNOHAND re-execute the call, -ERESTART_RESTARTBLOCK runs restart_syscall) and
+   * orig_rax = -1. Through the frame, restart_syscall is not usable (rt_sigreturn resets the
+   * restart block), so there the original call is re-executed with its unchanged arguments.
+   * The epoll EINTR rewind (restartInterruptedEpoll) is applied as thaw would.
+   */
+  #resumeWords(t: ThreadState, forFrame = true): BigUint64Array {
+    const w = t.regs.words.slice();
+    if (t.inSyscall) {
+      const rax = w[REG_RAX]!;
+      const orig = w[REG_ORIG_RAX]!;
+      if (rax === RESTART_SYS || rax === RESTART_NOINTR || rax === RESTART_NOHAND) {
+        w[REG_RIP] = w[REG_RIP]! - 2n;
+        w[REG_RAX] = orig;
+      } else if (rax === RESTART_BLOCK) {
+        w[REG_RIP] = w[REG_RIP]! - 2n;
+        w[REG_RAX] = forFrame && orig !== BigInt(SYS_restart_syscall) ? orig : BigInt(SYS_restart_syscall);
+      } else if (this.#epollRewindable(t)) {
+        w[REG_RIP] = w[REG_RIP]! - 2n;
+        w[REG_RAX] = orig;
+      }
+    }
+    w[REG_ORIG_RAX] = ORIG_RAX_NONE;
+    return w;
+  }
+
+  /** Takes an armed thread back to its resume state: mask first (while `ret` → rt_sigreturn still restores everything), then registers. */
+  #disarm(t: ThreadState): void {
+    if (t.maskBlocked && t.sigmask !== undefined) {
+      const r = ptraceSetSigmask(t.tid, t.sigmask);
+      if (r < 0) throw this.#ptraceError('PTRACE_SETSIGMASK', t.tid, -r);
+      t.maskBlocked = false;
+    }
+    injectFault()?.('mask-restored');
+    const r = ptraceBuffer(PTRACE_SETREGS, t.tid, 0, this.#resumeWords(t, false));
+    if (r < 0) throw this.#ptraceError('PTRACE_SETREGS', t.tid, -r);
+    t.kernel = 'resume';
+  }
+
+  /**
+   * The thread for an injection when the caller names none, best first: one stopped in user space
+   * (no call to restart); one inside a call the kernel restarts from scratch; one inside a call that
+   * returned (epoll's EINTR...); one inside a timed sleep (a patcher killed mid-injection makes it
+   * re-execute the sleep with its full duration, or see EINTR if it was already restarted); one in
+   * ppoll/pselect6/epoll_pwait/rt_sigsuspend (temporary signal mask: a patcher killed mid-injection
+   * leaves that mask in place); a thread of a stopped (group-stop) process last. Threads holding an
+   * intercepted signal are never used. The choice is kept for the whole freeze.
+   */
+  #pickInjectionThread(): ThreadState {
+    if (this.#injector !== undefined && this.#injector.attached && this.#injector.stopped) return this.#injector;
+    let best: ThreadState | undefined;
+    let bestRank = Infinity;
+    for (const t of this.threads as ThreadState[]) {
+      if ((t.heldSignals.length > 0 && t.kernel !== 'armed') || t.noFrameRoom || (t.inRestartedSleep && t.kernel === 'same')) continue;
+      let rank: number;
+      if (t.stop === 'interrupt' || t.stop === 'injected') {
+        if (!t.inSyscall) rank = 0;
+        else if (t.temporaryMask) rank = 4;
+        else if (t.regs.words[REG_RAX] === RESTART_BLOCK) rank = 3;
+        else if (t.restartPending) rank = 1;
+        else rank = 2;
+      } else if (t.stop === 'group-stop') rank = 5;
+      else continue;
+      if (t.kernel === 'armed') rank = -1;
+      if (rank < bestRank) {
+        best = t;
+        bestRank = rank;
+      }
+    }
+    if (best === undefined) throw fail(PROCESS_INJECTION_FAILED, `no thread of process ${this.pid} is in a stop suitable to inject a system call`);
+    this.#injector = best;
+    return best;
   }
 
   // ---- thaw ------------------------------------------------------------------------------------
@@ -449,8 +748,16 @@ export class FrozenProcess {
   #detach(t: ThreadState): void {
     t.attached = false;
     if (t.stopped) {
-      if (t.kernelRegsDiffer || t.regsDirty) ptraceBuffer(PTRACE_SETREGS, t.tid, 0, t.regs.words);
-      if (this.#options.restartInterruptedEpoll && t.heldSignals.length === 0 && t.epollInterrupted) this.#rewindEpoll(t);
+      if (t.kernel === 'armed') {
+        try {
+          this.#disarm(t);
+        } catch {
+          // Dead or dying: nothing to restore. Alive, it returns through its frame.
+        }
+      } else if (t.kernel === 'same') {
+        if (t.kernelRegsDiffer || t.regsDirty) ptraceBuffer(PTRACE_SETREGS, t.tid, 0, t.regs.words);
+        if (this.#epollRewindable(t)) this.#rewindEpoll(t);
+      }
     }
     const sig = t.heldSignals.shift() ?? 0;
     let r = ptrace(PTRACE_DETACH, t.tid, 0, sig);
@@ -486,22 +793,27 @@ export class FrozenProcess {
    * caused the EINTR is pending and unblocked (then the program must see the EINTR).
    */
   #rewindEpoll(t: ThreadState): void {
-    const st = readStatusOrUndefined(`/proc/${this.pid}/task/${t.tid}/status`);
-    if (st === undefined) return;
-    if (((st.sigPnd | st.shdPnd) & ~st.sigBlk) !== 0n) return;
     const rip = t.regs.words[REG_RIP]!;
-    let insn: Uint8Array;
-    try {
-      insn = this.#memory.read(rip - 2n, 2);
-    } catch {
-      return;
-    }
-    if (insn[0] !== 0x0f || insn[1] !== 0x05) return;
     const w = this.#scratch.words;
     w.set(t.regs.words);
     w[REG_RIP] = rip - 2n;
     w[REG_RAX] = w[REG_ORIG_RAX]!;
     ptraceBuffer(PTRACE_SETREGS, t.tid, 0, w);
+  }
+
+  /** Whether thaw would rewind `t`'s interrupted epoll wait (see #rewindEpoll). */
+  #epollRewindable(t: ThreadState): boolean {
+    if (!this.#options.restartInterruptedEpoll || t.heldSignals.length > 0 || !t.epollInterrupted) return false;
+    const st = readStatusOrUndefined(`/proc/${this.pid}/task/${t.tid}/status`);
+    if (st === undefined) return false;
+    if (((st.sigPnd | st.shdPnd) & ~(t.maskBlocked && t.sigmask !== undefined ? t.sigmask : st.sigBlk)) !== 0n) return false;
+    let insn: Uint8Array;
+    try {
+      insn = this.#memory.read(t.regs.words[REG_RIP]! - 2n, 2);
+    } catch {
+      return false;
+    }
+    return insn[0] === 0x0f && insn[1] === 0x05;
   }
 
   // ---- attach (used by freezeProcess) ----------------------------------------------------------
@@ -570,7 +882,7 @@ export class FrozenProcess {
         this.#threads.set(tid, t);
         return t.stopped ? undefined : t;
       }
-      if (st.tracerPid !== 0) throw alreadyTraced(this.pid, st.tracerPid);
+      if (st.tracerPid !== 0) throw alreadyTraced(this.pid, st.tracerPid, tid);
       throw permissionDenied(this.pid);
     }
     const t = new ThreadState(tid);
@@ -706,11 +1018,18 @@ export function pendingDetaches(): number {
   return deferred.size;
 }
 
-function alreadyTraced(pid: number, tracer: number): ProcessError {
-  const who = tracer === process.pid ? 'this process (it is already frozen here)' : `process ${tracer}`;
+function alreadyTraced(pid: number, tracer: number, tid = pid): ProcessError {
+  let comm = '';
+  try {
+    comm = readFileSync(`/proc/${tracer}/comm`, 'utf8').trim();
+  } catch {
+    /* the tracer exited meanwhile */
+  }
+  const who = tracer === process.pid ? 'this process (it is already frozen here)' : `process ${tracer}${comm ? ` (${comm})` : ''}`;
+  const what = tid === pid ? `process ${pid}` : `thread ${tid} of process ${pid}`;
   return fail(
     PROCESS_ALREADY_TRACED,
-    `process ${pid} is already traced by ${who}: detach the debugger/tracer (or wait for the other patcher) and retry`,
+    `${what} is already traced by ${who}: detach the debugger/tracer (or wait for the other patcher) and retry; no thread was left stopped`,
   );
 }
 

@@ -175,3 +175,46 @@ export function restoreThread(state: SchedulingState): void {
     schedSetschedulerFn(selfTid, SCHED_OTHER, schedParam);
   } else if (state.boosted === 'nice') setpriorityFn(PRIO_PROCESS, selfTid, state.nice);
 }
+
+/** NT_X86_XSTATE (include/uapi/linux/elf.h): the thread's XSAVE image, standard (non-compacted) format. */
+const NT_X86_XSTATE = 0x202;
+const PTRACE_GETREGSET = 0x4204;
+/** Largest XSAVE image we accept (AMX tiles make it ~11 KiB; signal frames never exceed this). */
+const XSTATE_MAX = 16384;
+let xstateBuf: unknown;
+let xstateAddr = 0n;
+const iov = new BigUint64Array(2);
+
+/**
+ * PTRACE_GETREGSET NT_X86_XSTATE: a copy of the thread's full XSAVE image (x87, SSE, AVX, AVX-512,
+ * PKRU... in the standard layout of the XSAVE instruction; bytes 464..511, `sw_reserved`, hold
+ * the XCR0 feature mask in their first word, arch/x86/kernel/fpu/regset.c), or -errno. The kernel
+ * writes through an iovec, so the buffer is native memory owned by this module.
+ */
+export function ptraceGetXstate(tid: number): Uint8Array | number {
+  if (xstateBuf === undefined) {
+    xstateBuf = koffi.alloc('uint8_t', XSTATE_MAX);
+    xstateAddr = BigInt(koffi.address(xstateBuf));
+  }
+  iov[0] = xstateAddr;
+  iov[1] = BigInt(XSTATE_MAX);
+  const r = ptracePtr(PTRACE_GETREGSET, tid, NT_X86_XSTATE, iov);
+  if (r === -1) return -lastErrno();
+  const len = Number(iov[1]!);
+  return new Uint8Array(koffi.view(xstateBuf, len)).slice(0, len);
+}
+
+const sigmaskCell = new BigUint64Array(1);
+
+/** PTRACE_GETSIGMASK: the thread's blocked-signal mask (bit n-1 = signal n), or a negative -errno. */
+export function ptraceGetSigmask(tid: number): bigint {
+  const r = ptracePtr(0x420a /* PTRACE_GETSIGMASK */, tid, 8, sigmaskCell);
+  return r === -1 ? BigInt(-lastErrno()) : sigmaskCell[0]!;
+}
+
+/** PTRACE_SETSIGMASK (the kernel never blocks SIGKILL/SIGSTOP). Returns 0 or -errno. */
+export function ptraceSetSigmask(tid: number, mask: bigint): number {
+  sigmaskCell[0] = BigInt.asUintN(64, mask);
+  const r = ptracePtr(0x420b /* PTRACE_SETSIGMASK */, tid, 8, sigmaskCell);
+  return r === -1 ? -lastErrno() : r;
+}
