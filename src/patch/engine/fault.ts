@@ -2,8 +2,10 @@
  * Fault injection for crash-safety tests: when the environment variable HOTPATCH_FAULT names a
  * step, the patcher kills itself with SIGKILL when it reaches that step — exactly what an operator's
  * `kill -9`, the OOM killer or a power-cut of the patcher would do. Nothing else changes behaviour.
+ * Honoured only in a development checkout (src/internal/fault-gate.ts).
  */
 import { readFileSync } from 'node:fs';
+import { faultInjectionAllowed } from '../../internal/fault-gate.js';
 
 /** Every named step of apply, in order. */
 export const APPLY_FAULT_STEPS = [
@@ -42,6 +44,8 @@ export const FAULT_TARGET_ENV = 'HOTPATCH_FAULT_TARGET';
  * HOTPATCH_FAULT_TARGET equals `step`.
  */
 export function faultPoint(step: FaultStep, pid: number): void {
+  if (process.env[FAULT_ENV] === undefined && process.env[FAULT_TARGET_ENV] === undefined) return;
+  if (!faultInjectionAllowed()) return;
   if (process.env[FAULT_ENV] === step) process.kill(process.pid, 'SIGKILL');
   if (process.env[FAULT_TARGET_ENV] === step) {
     try {

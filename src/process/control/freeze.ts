@@ -18,6 +18,7 @@
  *  5. thaw: restore registers changed by injected syscalls, PTRACE_DETACH every thread (handing
  *     back any signal we intercepted). thaw() is idempotent and runs on every error path.
  */
+import { faultInjectionAllowed } from '../../internal/fault-gate.js';
 import { readFileSync } from 'node:fs';
 import { ProcessError } from '../../errors.js';
 import {
@@ -182,7 +183,7 @@ export const INJECT_FAULT_ENV = 'HOTPATCH_FAULT_INJECT';
  */
 function injectFault(): ((phase: InjectFaultPhase) => void) | undefined {
   const spec = process.env[INJECT_FAULT_ENV];
-  if (spec === undefined || spec === '') return undefined;
+  if (spec === undefined || spec === '' || !faultInjectionAllowed()) return undefined;
   const [phase, n] = spec.split('@');
   if (n !== undefined && injectionCount < Number(n)) return undefined;
   return (p) => {
