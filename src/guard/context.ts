@@ -99,6 +99,7 @@ export class ProcessContext {
   #environ: Map<string, string> | undefined;
   #identity: ProcessIdentity | undefined;
   readonly #images = new Map<Module, ModuleImage | null>();
+  readonly #imageProblems = new Map<Module, string>();
   readonly #memo = new Map<string, unknown>();
 
   constructor(pid: number, options: CheckOptions, proc?: Process) {
@@ -184,11 +185,26 @@ export class ProcessContext {
     if (this.#images.has(mod)) return this.#images.get(mod)!;
     let img: ModuleImage | null = null;
     if (mod.kind !== 'vdso') {
-      img = (mod.mapFilesPath !== undefined ? this.caches.images.load(mod.mapFilesPath, mod.path) : null) ??
-        (!mod.deleted ? this.caches.images.load(mod.path) : null);
+      const cache = this.caches.images;
+      if (mod.mapFilesPath !== undefined) {
+        img = cache.load(mod.mapFilesPath, mod.path);
+        if (img === null && cache.lastProblem !== undefined) this.#imageProblems.set(mod, cache.lastProblem);
+      }
+      // The path only when map_files cannot be opened (not root): a problem with the mapped file
+      // itself (too big, not ELF) must not be sidestepped by whatever the name points to now.
+      if (img === null && !mod.deleted && (mod.mapFilesPath === undefined || /^cannot open/.test(this.#imageProblems.get(mod) ?? ''))) {
+        img = cache.load(mod.path);
+        if (img === null && cache.lastProblem !== undefined && !this.#imageProblems.has(mod)) this.#imageProblems.set(mod, cache.lastProblem);
+      }
+      if (img !== null) this.#imageProblems.delete(mod);
     }
     this.#images.set(mod, img);
     return img;
+  }
+
+  /** Why `image(mod)` is null (after calling it), if known. */
+  imageProblem(mod: Module): string | undefined {
+    return this.#imageProblems.get(mod);
   }
 
   /** The module one of whose mappings contains `address`. */

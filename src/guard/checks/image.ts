@@ -25,7 +25,8 @@ import {
   R_X86_64_COPY,
   R_X86_64_NONE,
 } from '../../elf/index.js';
-import type { Mapping, Module } from '../../process/index.js';
+import { ProcessError } from '../../errors.js';
+import { PROCESS_NOT_FOUND, PROCESS_ZOMBIE, type Mapping, type Module } from '../../process/index.js';
 import { describeHook, iterateInstructions } from '../../x86/index.js';
 import type { ProcessContext } from '../context.js';
 import { makeFinding, type Finding, type FindingKind, type Severity, type StructureCode } from '../finding.js';
@@ -41,6 +42,17 @@ const MAX_FINDINGS_PER_MAPPING = 32;
 /** Longest byte run in one finding; longer runs are split. */
 const MAX_RUN = 4096;
 const READ_CHUNK = 4 << 20;
+/** Longest single mapping compared (larger ones are an `unverifiable` finding about that mapping alone). */
+const MAX_MAPPING_COMPARE = 1 << 30;
+
+/** Whether the mapping is still in /proc/PID/maps (re-read, not the context's snapshot). */
+function stillMapped(ctx: ProcessContext, mp: Mapping): boolean {
+  try {
+    return ctx.proc.enumerateMappings().some((m) => m.start === mp.start && m.end === mp.end && m.inode === mp.inode);
+  } catch {
+    return false;
+  }
+}
 
 /** Tags of .dynamic entries whose d_ptr glibc rewrites to a run-time address (get-dynamic-info.h). */
 const DYN_ADJUSTED_TAGS = new Set<number>([DT_HASH, DT_PLTGOT, DT_STRTAB, DT_SYMTAB, DT_RELA, DT_REL, DT_JMPREL, DT_VERSYM, DT_GNU_HASH, DT_RELR]);
@@ -323,14 +335,32 @@ function checkMapping(ctx: ProcessContext, mod: Module, img: ModuleImage, mp: Ma
       if (at !== undefined && Date.now() - at < cacheMs) return [];
     }
   }
+  if (length > MAX_MAPPING_COMPARE) {
+    return [makeFinding({
+      pid: ctx.pid, code: mp.protection.execute ? 0 : 1, kind: 'unverifiable', severity: 'medium', module: mod.path, offset: vStart, address: mp.start,
+      detail: `mapping 0x${mp.start.toString(16)}-0x${mp.end.toString(16)} (${mp.perms}) of this module is ${length} bytes, more than the ${MAX_MAPPING_COMPARE} bytes compared per mapping; its bytes are unverified`,
+    })];
+  }
   const actual = new Uint8Array(length);
   for (let off = 0; off < length; off += READ_CHUNK) {
     const n = Math.min(READ_CHUNK, length - off);
+    let part: Uint8Array;
     try {
-      actual.set(ctx.proc.readMemory(mp.start + BigInt(off), n), off);
+      part = ctx.proc.readMemoryPartial(mp.start + BigInt(off), n);
     } catch {
-      return []; // unmapped meanwhile (dlclose, exit): nothing to verify
+      return []; // the process has gone: nothing to verify
     }
+    if (part.length < n) {
+      const bad = mp.start + BigInt(off + part.length);
+      // Unmapped meanwhile (dlclose, exit): nothing to verify. Still mapped: the pages cannot be
+      // read (the file was truncated beneath the mapping: access raises SIGBUS).
+      if (!stillMapped(ctx, mp)) return [];
+      return [makeFinding({
+        pid: ctx.pid, code: mp.protection.execute ? 0 : 1, kind: 'unverifiable', severity: 'medium', module: mod.path, offset: bad - bias, address: bad,
+        detail: `memory of this module from 0x${bad.toString(16)} to 0x${mp.end.toString(16)} (${mp.perms}) cannot be read although it is mapped: the file was probably truncated after it was mapped (file size now ${img.size} bytes); these bytes are unverified`,
+      })];
+    }
+    actual.set(part, off);
   }
   // The loader's RELRO holds its start-up data (_rtld_global_ro, __libc_enable_secure, _dl_random,
   // ...), written before it is protected: only its relocated pointers are verifiable there.
@@ -431,23 +461,43 @@ export function checkImages(ctx: ProcessContext, codes: ReadonlySet<StructureCod
   const out: Finding[] = [];
   for (const mod of ctx.modules) {
     if (mod.kind === 'vdso') continue;
-    const img = ctx.image(mod);
-    if (img === null) {
-      if (mod.mappings.some((m) => m.protection.execute)) {
-        out.push(makeFinding({
-          pid: ctx.pid, code: 0, kind: 'unverifiable', severity: 'low', module: mod.path,
-          detail: `cannot read the mapped file of this module through ${mod.mapFilesPath ?? mod.path} (needs root); its code is unverified`,
-        }));
-      }
-      continue;
+    // One module that cannot be checked (hostile file, unexpected error) is a finding about that
+    // module only: the others are still verified.
+    try {
+      out.push(...checkModule(ctx, mod, codes));
+    } catch (e) {
+      if (e instanceof ProcessError && (e.code === PROCESS_NOT_FOUND || e.code === PROCESS_ZOMBIE)) throw e;
+      out.push(makeFinding({
+        pid: ctx.pid, code: 0, kind: 'unverifiable', severity: 'medium', module: mod.path,
+        detail: `checking this module failed (${(e as Error).message}); its code and data are unverified, the other modules were checked`,
+      }));
     }
-    if (codes.has(0)) out.push(...checkFileIdentity(ctx, mod));
-    for (const mp of mod.mappings) {
-      if (mp.protection.write || !mp.protection.read && !mp.protection.execute) continue;
-      const mc = mappingCodes(img, mod, mp);
-      if (![...mc].some((c) => codes.has(c))) continue;
-      out.push(...checkMapping(ctx, mod, img, mp, codes));
+  }
+  return out;
+}
+
+function checkModule(ctx: ProcessContext, mod: Module, codes: ReadonlySet<StructureCode>): Finding[] {
+  const out: Finding[] = [];
+  const img = ctx.image(mod);
+  if (img === null) {
+    if (mod.mappings.some((m) => m.protection.execute)) {
+      const problem = ctx.imageProblem(mod);
+      const noAccess = problem === undefined || /^cannot open/.test(problem);
+      out.push(makeFinding({
+        pid: ctx.pid, code: 0, kind: 'unverifiable', severity: noAccess ? 'low' : 'medium', module: mod.path,
+        detail: noAccess
+          ? `cannot read the mapped file of this module through ${mod.mapFilesPath ?? mod.path} (needs root); its code is unverified`
+          : `the mapped file of this module cannot be verified: ${problem}; its code is unverified, the other modules were checked`,
+      }));
     }
+    return out;
+  }
+  if (codes.has(0)) out.push(...checkFileIdentity(ctx, mod));
+  for (const mp of mod.mappings) {
+    if (mp.protection.write || !mp.protection.read && !mp.protection.execute) continue;
+    const mc = mappingCodes(img, mod, mp);
+    if (![...mc].some((c) => codes.has(c))) continue;
+    out.push(...checkMapping(ctx, mod, img, mp, codes));
   }
   return out;
 }

@@ -1,0 +1,79 @@
+/**
+ * The guard is hard to fool (issue #14, part B): libraries from places others can write, code that
+ * is not an ELF module, foreign tracers and debug-register hooks, checks that could be blinded,
+ * hooks that exist only between two checks. Each attack runs on a real process (test/fixtures/
+ * guard/fool.c) and must be reported with the right structure code.
+ */
+import { chmodSync, copyFileSync, mkdtempSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { afterEach, beforeAll, describe, expect, it } from 'vitest';
+import { Guard, VerifierCaches, type GuardEvent } from '../../src/guard/index.js';
+import { compile, killTargetsAfterAll, startTarget, type Target } from '../helpers/native.js';
+import { buildFixtures, command, findingsOf, jmpRel32, pokeMemory, summary, type Fixtures } from './helpers.js';
+
+killTargetsAfterAll();
+
+let fx: Fixtures;
+let fool: string;
+let hwbp: string;
+let threadLib: string;
+const caches = new VerifierCaches();
+
+beforeAll(async () => {
+  fx = await buildFixtures();
+  [fool, hwbp, threadLib] = await Promise.all([
+    compile({ file: 'guard/fool.c', flags: ['-O2', '-g', '-ldl'], name: 'fool' }),
+    compile({ file: 'guard/hwbp.c', flags: ['-O2'], name: 'hwbp' }),
+    compile({ file: 'guard/thread-lib.c', flags: ['-O2', '-lpthread'], shared: true, name: 'libthread.so' }),
+  ]);
+});
+
+interface Fool {
+  t: Target;
+  compute: bigint;
+  evil: bigint;
+  tid: number;
+}
+
+async function startFool(): Promise<Fool> {
+  const t = await startTarget(fool);
+  const m = /^ready compute=(0x[0-9a-f]+) evil=(0x[0-9a-f]+) tid=(\d+)$/m.exec(t.output())!;
+  return { t, compute: BigInt(m[1]!), evil: BigInt(m[2]!), tid: Number(m[3]!) };
+}
+
+function scratch(prefix: string): string {
+  return mkdtempSync(join(tmpdir(), prefix));
+}
+
+describe('checks that can be blinded (4)', () => {
+  it('a 64 GiB sparse ELF mapped r-x makes only that module unverifiable; a hook elsewhere is still found', async () => {
+    const f = await startFool();
+    const big = join(scratch('guard-sparse-'), 'big.so');
+    copyFileSync(fx.preload, big);
+    expect(await command(f.t, `sparse ${big}`)).toContain('status=0');
+    pokeMemory(f.t.pid, f.compute, jmpRel32(f.compute, f.evil));
+    const found = await findingsOf(f.t.pid, { caches, structures: [0, 1, 2, 4] });
+    expect(found.some((x) => x.code === 0 && x.kind === 'inline-hook' && x.symbol === 'compute'), summary(found)).toBe(true);
+    const big0 = found.filter((x) => x.module === big);
+    expect(big0.length, summary(found)).toBe(1);
+    expect(big0[0]).toMatchObject({ code: 0, kind: 'unverifiable', severity: 'medium' });
+    expect(big0[0]!.detail).toContain('68719476736 bytes');
+    expect(found.filter((x) => x.kind === 'unverifiable' && x.module !== big), summary(found)).toEqual([]);
+    await f.t.kill();
+  });
+
+  it('a library file truncated after it was mapped is a finding about that module only', async () => {
+    const f = await startFool();
+    const lib = join(scratch('guard-trunc-'), 'trunc.so');
+    copyFileSync(fx.preload, lib);
+    expect(await command(f.t, `truncate ${lib}`)).toContain('status=0');
+    pokeMemory(f.t.pid, f.compute, jmpRel32(f.compute, f.evil));
+    const found = await findingsOf(f.t.pid, { caches, structures: [0, 1, 2, 4] });
+    expect(found.some((x) => x.code === 0 && x.kind === 'inline-hook' && x.symbol === 'compute'), summary(found)).toBe(true);
+    const mine = found.filter((x) => x.module === lib);
+    expect(mine.length, summary(found)).toBeGreaterThanOrEqual(1);
+    expect(mine.every((x) => x.kind === 'unverifiable' && x.severity === 'medium'), summary(mine)).toBe(true);
+    await f.t.kill();
+  });
+});
