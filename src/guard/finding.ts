@@ -63,6 +63,9 @@ export function severityRank(s: Severity): number {
  * - `vdso-modified`;
  * - `patch-signature`, `patch-modified`, `patch-site-modified`, `patch-record`: sanctioned patch
  *   problems (`patch-site-modified`: a site lost its signed jump; `restore` writes it back);
+ * - `foreign-tracer` (7): a thread of the process is traced (ptrace) by a process other than
+ *   hotpatch: it gets every trap and signal first and can hook code with debug registers;
+ * - `debug-register` (7): a hardware breakpoint (DR0–DR3 armed in DR7) in a thread nobody traces;
  * - `unverifiable`: a structure could not be checked (e.g. text relocations, unreadable memory).
  */
 export type FindingKind =
@@ -91,6 +94,8 @@ export type FindingKind =
   | 'patch-signature'
   | 'patch-modified'
   | 'patch-record'
+  | 'foreign-tracer'
+  | 'debug-register'
   | 'unverifiable';
 
 /** One deviation from the expected state of a protected structure. */

@@ -77,3 +77,37 @@ describe('checks that can be blinded (4)', () => {
     await f.t.kill();
   });
 });
+
+describe('debug-register and INT3 hooks by a foreign tracer (7)', () => {
+  it('reports a tracer attached to one thread that armed a hardware breakpoint, naming the tracer', async () => {
+    const f = await startFool();
+    const tracer = await startTarget(hwbp, [String(f.tid), `0x${f.compute.toString(16)}`], { readyText: 'ready attached' });
+    // No code byte changed: structure 0 is clean.
+    const code = await findingsOf(f.t.pid, { caches, structures: [0] });
+    expect(code, summary(code)).toEqual([]);
+    for (const allowPtrace of [false, true]) {
+      const found = await findingsOf(f.t.pid, { caches, structures: [7], allowPtrace });
+      expect(found.length, summary(found)).toBe(1);
+      expect(found[0]).toMatchObject({ code: 7, kind: 'foreign-tracer', severity: 'high' });
+      expect(found[0]!.detail).toContain(`pid ${tracer.pid} (hwbp`);
+      expect(found[0]!.detail).toContain(`thread(s) ${f.tid} of 2`);
+    }
+    expect(await command(f.t, 'run')).toContain('compute=16');
+    await tracer.kill();
+    await f.t.kill();
+  });
+
+  it('reads the debug registers when it can freeze the process: DR0/DR7 left armed by a detached tracer, by symbol', async () => {
+    // (On this kernel the breakpoint no longer fires after the detach, but DR0/DR7 keep their
+    // values: what a tracer leaves behind is visible. A SIGTRAP handler makes structure 7 freeze.)
+    const f = await startFool();
+    expect(await command(f.t, 'traphandler')).toContain('status=0');
+    const tracer = await startTarget(hwbp, [String(f.tid), `0x${f.compute.toString(16)}`, 'detach'], { readyText: 'ready detached' });
+    const found = await findingsOf(f.t.pid, { caches, structures: [7], allowPtrace: true });
+    expect(found.length, summary(found)).toBe(1);
+    expect(found[0]).toMatchObject({ code: 7, kind: 'debug-register', severity: 'critical', symbol: 'compute', address: f.compute, module: fool });
+    expect(found[0]!.detail).toContain(`thread ${f.tid}`);
+    await tracer.kill();
+    await f.t.kill();
+  });
+});
