@@ -53,6 +53,11 @@ export class VerifierCaches {
    * bytes were last fully compared and found equal.
    */
   readonly cleanMappings = new Map<string, number>();
+  /**
+   * Stat key (identity.ts statKey) of each module file when this verifier first saw it mapped,
+   * by pid:starttime:base:dev:inode — a later different key means the file was written while mapped.
+   */
+  readonly mappedFileStats = new Map<string, { key: string; seen: number }>();
   /** The verifier's own vDSO bytes (reference for structure 9), read once. */
   ownVdso: Uint8Array | null | undefined;
   uprobes: Uprobe[] = [];
@@ -68,6 +73,20 @@ export class VerifierCaches {
     return this.uprobes;
   }
 }
+
+let bootTimeMs: number | undefined;
+
+/** Boot time (ms since the epoch) from /proc/stat `btime` (1 s resolution). */
+export function bootTime(): number {
+  if (bootTimeMs === undefined) {
+    const m = /^btime (\d+)$/m.exec(readFileSync('/proc/stat', 'utf8'));
+    bootTimeMs = m ? Number(m[1]) * 1000 : 0;
+  }
+  return bootTimeMs;
+}
+
+/** USER_HZ: /proc/PID/stat start times are in these ticks (100 on x86-64). */
+const USER_HZ = 100;
 
 /** Options every check sees. */
 export interface CheckOptions {
@@ -106,6 +125,11 @@ export class ProcessContext {
     this.pid = pid;
     this.options = options;
     this.proc = proc ?? openProcess(pid);
+  }
+
+  /** When the process started (ms since the epoch; ±1 s: btime has 1 s resolution). */
+  get startedAtMs(): number {
+    return bootTime() + Number(this.proc.startTime) * (1000 / USER_HZ);
   }
 
   get caches(): VerifierCaches {

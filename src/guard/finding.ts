@@ -63,6 +63,12 @@ export function severityRank(s: Severity): number {
  * - `vdso-modified`;
  * - `patch-signature`, `patch-modified`, `patch-site-modified`, `patch-record`: sanctioned patch
  *   problems (`patch-site-modified`: a site lost its signed jump; `restore` writes it back);
+ * - `non-elf-code` (5): an executable mapping of a file that is not ELF (raw code from a file);
+ * - `headerless-elf` (5): an ELF file mapped executable without its first page (no ELF header
+ *   mapped at file offset 0): mapped by hand, not a module the verifier can compare;
+ * - `file-written` (0): a module file (no package vouches for it) was written after the process
+ *   started or after the guard first saw it mapped: memory equals the file, the file is not
+ *   what was loaded;
  * - `foreign-tracer` (7): a thread of the process is traced (ptrace) by a process other than
  *   hotpatch: it gets every trap and signal first and can hook code with debug registers;
  * - `debug-register` (7): a hardware breakpoint (DR0–DR3 armed in DR7) in a thread nobody traces;
@@ -94,6 +100,9 @@ export type FindingKind =
   | 'patch-signature'
   | 'patch-modified'
   | 'patch-record'
+  | 'non-elf-code'
+  | 'headerless-elf'
+  | 'file-written'
   | 'foreign-tracer'
   | 'debug-register'
   | 'unverifiable';

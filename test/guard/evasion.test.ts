@@ -111,3 +111,48 @@ describe('debug-register and INT3 hooks by a foreign tracer (7)', () => {
     await f.t.kill();
   });
 });
+
+describe('code that is not an ELF module (5, 0)', () => {
+  it('reports an executable mapping of a non-ELF file and of an ELF file without its header', async () => {
+    const f = await startFool();
+    const dir = scratch('guard-nonelf-');
+    const raw = join(dir, 'code.bin');
+    writeFileSync(raw, Buffer.alloc(4096, 0xc3));
+    const headless = join(dir, 'headless.so');
+    copyFileSync(fx.preload, headless);
+    expect(await command(f.t, `mapx ${raw} 0`)).toContain('status=0');
+    expect(await command(f.t, `mapx ${headless} 0x1000`)).toContain('status=0');
+    const found = await findingsOf(f.t.pid, { caches });
+    expect(found.length, summary(found)).toBe(2);
+    expect(found.find((x) => x.module === raw)).toMatchObject({ code: 5, kind: 'non-elf-code', severity: 'high' });
+    expect(found.find((x) => x.module === raw)!.instructions!.actual[0]).toBe('ret');
+    expect(found.find((x) => x.module === headless)).toMatchObject({ code: 5, kind: 'headerless-elf', severity: 'high', offset: 0x1000n });
+    await f.t.kill();
+  });
+
+  it('reports a loaded library whose file was rewritten in place after loading (memory equals the new file)', async () => {
+    const lib = join(scratch('guard-written-'), 'libwritten.so');
+    copyFileSync(threadLib, lib); // before the process starts: an ordinary library
+    const f = await startFool();
+    expect(await command(f.t, `dlopen ${lib}`)).toContain(' ok');
+    const v = new VerifierCaches();
+    const before = await findingsOf(f.t.pid, { caches: v, structures: [0] });
+    expect(before, summary(before)).toEqual([]);
+    await new Promise((r) => setTimeout(r, 1600)); // past the 1 s resolution of the start time
+    const { parseElf } = await import('../../src/elf/index.js');
+    const { openSync, writeSync, closeSync, readFileSync } = await import('node:fs');
+    const elf = parseElf(readFileSync(lib));
+    const beacon = elf.symbols.find((s) => s.name === 'beacon') ?? elf.getSymbol('beacon');
+    const fd = openSync(lib, 'r+');
+    writeSync(fd, Uint8Array.of(0xc3), 0, 1, Number(elf.vaddrToOffset(beacon.value)!));
+    closeSync(fd);
+    // The guard's own caches saw the mapping before: critical. A fresh verifier: high (written after start).
+    const again = await findingsOf(f.t.pid, { caches: v, structures: [0] });
+    expect(again.length, summary(again)).toBe(1);
+    expect(again[0]).toMatchObject({ code: 0, kind: 'file-written', severity: 'critical', module: lib });
+    const fresh = await findingsOf(f.t.pid, { caches: new VerifierCaches(), structures: [0] });
+    expect(fresh.length, summary(fresh)).toBe(1);
+    expect(fresh[0]).toMatchObject({ code: 0, kind: 'file-written', severity: 'high', module: lib });
+    await f.t.kill();
+  });
+});

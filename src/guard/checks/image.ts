@@ -25,11 +25,13 @@ import {
   R_X86_64_COPY,
   R_X86_64_NONE,
 } from '../../elf/index.js';
+import { statSync } from 'node:fs';
 import { ProcessError } from '../../errors.js';
 import { PROCESS_NOT_FOUND, PROCESS_ZOMBIE, type Mapping, type Module } from '../../process/index.js';
 import { describeHook, iterateInstructions } from '../../x86/index.js';
 import type { ProcessContext } from '../context.js';
 import { makeFinding, type Finding, type FindingKind, type Severity, type StructureCode } from '../finding.js';
+import { statKey } from '../identity.js';
 import { RELR_WORD, type ModuleImage, type VaddrRange } from '../image.js';
 import { bindingValues, copySource } from './imports.js';
 import { sanctionedState } from './sanctioned.js';
@@ -443,6 +445,7 @@ function checkFileIdentity(ctx: ProcessContext, mod: Module): Finding[] {
   // A deleted file (replaced on disk since it was mapped, e.g. by an update) has no path to key
   // its identity by; it is reported as structure 5 (deleted-code) instead.
   if (mod.deleted) return out;
+  const written = fileWritten(ctx, mod);
   const first = ctx.options.state.firstSeenIdentity(mod.path, { buildId: mod.buildId ?? null, sha256: id.sha256, size: id.size });
   if (first.sha256 !== id.sha256) {
     const sameBuild = first.buildId !== null && first.buildId === (mod.buildId ?? null);
@@ -452,8 +455,48 @@ function checkFileIdentity(ctx: ProcessContext, mod: Module): Finding[] {
         ? `mapped file has the build-id first seen (${first.buildId}) but different content (sha256 ${id.sha256}, first seen ${first.sha256} at ${first.firstSeen}): modified in place`
         : `mapped file differs from the one first seen at ${first.firstSeen} (build-id ${first.buildId ?? 'none'} → ${mod.buildId ?? 'none'}); if this was an update, remove its entry from the guard state`,
     }));
-  }
+  } else if (written !== undefined) out.push(written);
   return out;
+}
+
+/** Slack for the 1 s resolution of the boot time the process start is computed from. */
+const START_SLACK_MS = 1500;
+
+/**
+ * A module file that no package vouches for, written while it is mapped: memory equals the file
+ * (the page cache is the file), but the file is not what was loaded — and a first-seen identity
+ * taken now would trust it. Evidence: the file's stat changed since this verifier first saw the
+ * mapping (critical), or its mtime/ctime is after the process started (high; also the case of a
+ * file installed after the start and loaded later, which the detail says).
+ */
+function fileWritten(ctx: ProcessContext, mod: Module): Finding | undefined {
+  if (mod.mapFilesPath === undefined) return undefined;
+  let st;
+  try {
+    st = statSync(mod.mapFilesPath);
+  } catch {
+    return undefined;
+  }
+  const key = statKey(st);
+  const mk = `${ctx.pid}:${ctx.proc.startTime}:${mod.base}:${mod.dev}:${mod.inode}`;
+  const prev = ctx.caches.mappedFileStats.get(mk);
+  if (prev === undefined) ctx.caches.mappedFileStats.set(mk, { key, seen: Date.now() });
+  const changed = Math.max(st.mtimeMs, st.ctimeMs);
+  const when = new Date(changed).toISOString();
+  if (prev !== undefined && prev.key !== key) {
+    return makeFinding({
+      pid: ctx.pid, code: 0, kind: 'file-written', severity: 'critical', module: mod.path,
+      detail: `mapped file was written (modified ${when}) after the verifier first saw it mapped at ${new Date(prev.seen).toISOString()}: the code now running is the new content, not what was loaded`,
+    });
+  }
+  const started = ctx.startedAtMs;
+  if (changed > started + START_SLACK_MS) {
+    return makeFinding({
+      pid: ctx.pid, code: 0, kind: 'file-written', severity: 'high', module: mod.path,
+      detail: `mapped file was modified (mtime/ctime ${when}) after the process started (${new Date(started).toISOString()}) and no package vouches for its content: either it was changed beneath the running code (which now runs the new bytes) or it was installed after the start and loaded later`,
+    });
+  }
+  return undefined;
 }
 
 /** Runs the image comparison of every module for the requested structure codes (subset of 0, 1, 2, 4). */
