@@ -69,6 +69,9 @@ export function severityRank(s: Severity): number {
  * - `file-written` (0): a module file (no package vouches for it) was written after the process
  *   started or after the guard first saw it mapped: memory equals the file, the file is not
  *   what was loaded;
+ * - `untrusted-path` (6): a module's file or a directory on its path is writable by someone other
+ *   than root and the process' user, or it was loaded from a world-writable directory;
+ * - `late-module-thread` (6): a module no package owns, loaded after start-up, runs a thread;
  * - `foreign-tracer` (7): a thread of the process is traced (ptrace) by a process other than
  *   hotpatch: it gets every trap and signal first and can hook code with debug registers;
  * - `debug-register` (7): a hardware breakpoint (DR0–DR3 armed in DR7) in a thread nobody traces;
@@ -103,6 +106,8 @@ export type FindingKind =
   | 'non-elf-code'
   | 'headerless-elf'
   | 'file-written'
+  | 'untrusted-path'
+  | 'late-module-thread'
   | 'foreign-tracer'
   | 'debug-register'
   | 'unverifiable';

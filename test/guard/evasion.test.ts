@@ -4,7 +4,7 @@
  * hooks that exist only between two checks. Each attack runs on a real process (test/fixtures/
  * guard/fool.c) and must be reported with the right structure code.
  */
-import { chmodSync, copyFileSync, mkdtempSync, writeFileSync } from 'node:fs';
+import { chmodSync, chownSync, copyFileSync, mkdtempSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterEach, beforeAll, describe, expect, it } from 'vitest';
@@ -153,6 +153,63 @@ describe('code that is not an ELF module (5, 0)', () => {
     const fresh = await findingsOf(f.t.pid, { caches: new VerifierCaches(), structures: [0] });
     expect(fresh.length, summary(fresh)).toBe(1);
     expect(fresh[0]).toMatchObject({ code: 0, kind: 'file-written', severity: 'high', module: lib });
+    await f.t.kill();
+  });
+});
+
+describe('libraries from places others can write (6)', () => {
+  const SYSLIB = '/usr/lib/x86_64-linux-gnu/libz.so.1';
+
+  it('reports a library dlopen()ed from a world-writable directory, and its constructor thread', async () => {
+    const f = await startFool();
+    const dir = scratch('guard-ww-');
+    chmodSync(dir, 0o1777);
+    const lib = join(dir, 'libevil.so');
+    copyFileSync(threadLib, lib);
+    expect(await command(f.t, `dlopen ${lib}`)).toContain(' ok');
+    await new Promise((r) => setTimeout(r, 100)); // let the constructor's thread reach its loop
+    const found = await findingsOf(f.t.pid, { caches, structures: [6] });
+    expect(found.length, summary(found)).toBe(2);
+    expect(found.find((x) => x.kind === 'untrusted-path')).toMatchObject({ code: 6, severity: 'high', module: lib });
+    expect(found.find((x) => x.kind === 'untrusted-path')!.detail).toContain('world-writable directory');
+    expect(found.find((x) => x.kind === 'late-module-thread')).toMatchObject({ code: 6, severity: 'high', module: lib });
+    await f.t.kill();
+  });
+
+  it('reports a byte-identical copy of a system library loaded from a world-writable directory, not the original', async () => {
+    const f = await startFool();
+    const dir = scratch('guard-wwcopy-');
+    chmodSync(dir, 0o777);
+    const copy = join(dir, 'libz.so.1');
+    copyFileSync(SYSLIB, copy);
+    expect(await command(f.t, `dlopen ${copy}`)).toContain(' ok');
+    const found = await findingsOf(f.t.pid, { caches, structures: [0, 6] });
+    expect(found.length, summary(found)).toBe(1);
+    expect(found[0]).toMatchObject({ code: 6, kind: 'untrusted-path', severity: 'high', module: copy });
+    const g = await startFool();
+    expect(await command(g.t, `dlopen ${SYSLIB}`)).toContain(' ok');
+    const clean = await findingsOf(g.t.pid, { caches, structures: [0, 6] });
+    expect(clean, summary(clean)).toEqual([]);
+    await f.t.kill();
+    await g.t.kill();
+  });
+
+  it('reports a library file owned by another user, and a late library that runs a thread from a safe place', async () => {
+    const dir = scratch('guard-owner-');
+    const owned = join(dir, 'libowned.so');
+    copyFileSync(fx.preload, owned);
+    chownSync(owned, 65534, 65534);
+    const safe = join(dir, 'libsafe.so');
+    copyFileSync(threadLib, safe);
+    const f = await startFool();
+    expect(await command(f.t, `dlopen ${owned}`)).toContain(' ok');
+    expect(await command(f.t, `dlopen ${safe}`)).toContain(' ok');
+    await new Promise((r) => setTimeout(r, 100));
+    const found = await findingsOf(f.t.pid, { caches, structures: [6] });
+    expect(found.length, summary(found)).toBe(2);
+    expect(found.find((x) => x.module === owned)).toMatchObject({ kind: 'untrusted-path', severity: 'high' });
+    expect(found.find((x) => x.module === owned)!.detail).toContain('owned by nobody');
+    expect(found.find((x) => x.module === safe)).toMatchObject({ kind: 'late-module-thread', severity: 'high' });
     await f.t.kill();
   });
 });
