@@ -213,3 +213,28 @@ describe('libraries from places others can write (6)', () => {
     await f.t.kill();
   });
 });
+
+describe('time-of-check evasion: the continuous code-write signal (guard)', () => {
+  const guards: Guard[] = [];
+  afterEach(async () => {
+    await Promise.all(guards.splice(0).map((g) => g.stop()));
+  });
+
+  it('reports a hook that exists for 1.5 s only, with a 10 min interval, and its removal', async () => {
+    const f = await startFool();
+    const events: GuardEvent[] = [];
+    const guard = new Guard({ pids: [f.t.pid], intervalMs: 600_000, recheckDelayMs: 50, rescanMs: 100, allowPtrace: false, onEvent: (e) => events.push(e) });
+    guards.push(guard);
+    guard.start();
+    while (!events.some((e) => e.type === 'process' && e.event === 'watch')) await new Promise((r) => setTimeout(r, 50));
+    await new Promise((r) => setTimeout(r, 600)); // the signal's baseline is taken
+    expect(await command(f.t, 'selfhook 1500', 'selfhook')).toContain('status=0 during=-1005 after=16');
+    for (let i = 0; i < 40 && !events.some((e) => e.type === 'resolved'); i++) await new Promise((r) => setTimeout(r, 100));
+    const found = events.flatMap((e) => (e.type === 'finding' ? [e.finding] : []));
+    expect(found.length, summary(found)).toBe(1);
+    expect(found[0]).toMatchObject({ code: 0, kind: 'inline-hook', symbol: 'compute', address: f.compute });
+    expect(events.some((e) => e.type === 'resolved' && e.code === 0)).toBe(true);
+    expect(guard.signal.triggers).toBeGreaterThanOrEqual(2);
+    await f.t.kill();
+  });
+});
