@@ -66,7 +66,7 @@ export interface GuardOptions extends GuardSelection {
   /**
    * How often (ms) the cheap code-write signal (code-signal.ts) is polled for every watched
    * process; a change triggers an immediate check of its code (0) and executable memory (5, 6).
-   * Default 250; 0 disables it.
+   * Default 500; 0 disables it.
    */
   signalIntervalMs?: number;
   /** Random source in [0, 1) (tests pass a seeded one). */

@@ -66,7 +66,7 @@ export function register(program: Command, setExitCode: SetExitCode): void {
     .option('--exe <PATH|BUILDID>', 'protect processes of this executable (path or build-id; repeatable), including ones that start later', collect, [])
     .option('--interval <SECONDS>', 'cycle length: every structure of every process is checked at least once per 2 x interval', String(DEFAULT_INTERVAL_MS / 1000))
     .option('--full-interval <SECONDS>', 'longest time an unwritten (clean) mapping goes without a byte comparison (default 6 x interval)')
-    .option('--signal-interval <SECONDS>', 'how often the cheap code-write signal (page tables of code mappings) is polled per process; a change triggers an immediate check (default 0.25; 0 disables)')
+    .option('--signal-interval <SECONDS>', 'how often the cheap code-write signal (page tables of code mappings) is polled per process; a change triggers an immediate check (default 0.5; 0 disables)')
     .option('--action <ACTION>', `what to do on a confirmed finding: ${GUARD_ACTIONS.join(', ')} (default: the policy's, else log)`)
     .option('--policy <FILE>', 'guard policy file (JSON, see docs/guard.md)')
     .option('--metrics <PORT>', 'serve Prometheus metrics on http://127.0.0.1:PORT/metrics')
