@@ -121,6 +121,10 @@ async function main(): Promise<void> {
   console.log(`   first (cold) cycle: cpu ${firstCpu.toFixed(2)} s; steady state: ${((100 * steadyCpu) / Math.max(steadyWall, 0.001)).toFixed(1)} % of one core over ${steadyWall.toFixed(1)} s`);
   console.log(`   checks ${metrics.checksTotal}, bytes compared ${(metrics.bytesVerifiedTotal / MB).toFixed(1)} MB, cycles ${metrics.cyclesTotal}, last cycle ${metrics.lastFullCycleSeconds.toFixed(1)} s, longest unchecked ${metrics.maxItemAgeSeconds.toFixed(1)} s`);
   console.log(`   findings ${[...metrics.findingsTotal.values()].reduce((a, b) => a + b, 0)}, processes watched ${metrics.processesWatched}`);
+  const sig = (guard as { signal?: { polls: number; triggers: number; pollCpuMicros: number } }).signal;
+  if (sig !== undefined && sig.polls > 0) {
+    console.log(`   code-write signal: ${sig.polls} polls, ${(sig.pollCpuMicros / sig.polls).toFixed(0)} µs CPU per process per poll, ${((sig.pollCpuMicros / 1e6 / wall) * 100).toFixed(1)} % of one core, ${sig.triggers} triggered checks`);
+  }
   cleanup();
 }
 

@@ -54,6 +54,11 @@ export class VerifierCaches {
    * bytes were last fully compared and found equal.
    */
   readonly cleanMappings = new Map<string, number>();
+  /**
+   * Stat key (identity.ts statKey) of each module file when this verifier first saw it mapped,
+   * by pid:starttime:base:dev:inode — a later different key means the file was written while mapped.
+   */
+  readonly mappedFileStats = new Map<string, { key: string; seen: number }>();
   /** The verifier's own vDSO bytes (reference for structure 9), read once. */
   ownVdso: Uint8Array | null | undefined;
   uprobes: Uprobe[] = [];
@@ -69,6 +74,20 @@ export class VerifierCaches {
     return this.uprobes;
   }
 }
+
+let bootTimeMs: number | undefined;
+
+/** Boot time (ms since the epoch) from /proc/stat `btime` (1 s resolution). */
+export function bootTime(): number {
+  if (bootTimeMs === undefined) {
+    const m = /^btime (\d+)$/m.exec(readFileSync('/proc/stat', 'utf8'));
+    bootTimeMs = m ? Number(m[1]) * 1000 : 0;
+  }
+  return bootTimeMs;
+}
+
+/** USER_HZ: /proc/PID/stat start times are in these ticks (100 on x86-64). */
+const USER_HZ = 100;
 
 /** Options every check sees. */
 export interface CheckOptions {
@@ -100,12 +119,18 @@ export class ProcessContext {
   #environ: Map<string, string> | undefined;
   #identity: ProcessIdentity | undefined;
   readonly #images = new Map<Module, ModuleImage | null>();
+  readonly #imageProblems = new Map<Module, string>();
   readonly #memo = new Map<string, unknown>();
 
   constructor(pid: number, options: CheckOptions, proc?: Process) {
     this.pid = pid;
     this.options = options;
     this.proc = proc ?? openProcess(pid);
+  }
+
+  /** When the process started (ms since the epoch; ±1 s: btime has 1 s resolution). */
+  get startedAtMs(): number {
+    return bootTime() + Number(this.proc.startTime) * (1000 / USER_HZ);
   }
 
   get caches(): VerifierCaches {
@@ -185,11 +210,26 @@ export class ProcessContext {
     if (this.#images.has(mod)) return this.#images.get(mod)!;
     let img: ModuleImage | null = null;
     if (mod.kind !== 'vdso') {
-      img = (mod.mapFilesPath !== undefined ? this.caches.images.load(mod.mapFilesPath, mod.path) : null) ??
-        (!mod.deleted ? this.caches.images.load(mod.path) : null);
+      const cache = this.caches.images;
+      if (mod.mapFilesPath !== undefined) {
+        img = cache.load(mod.mapFilesPath, mod.path);
+        if (img === null && cache.lastProblem !== undefined) this.#imageProblems.set(mod, cache.lastProblem);
+      }
+      // The path only when map_files cannot be opened (not root): a problem with the mapped file
+      // itself (too big, not ELF) must not be sidestepped by whatever the name points to now.
+      if (img === null && !mod.deleted && (mod.mapFilesPath === undefined || /^cannot open/.test(this.#imageProblems.get(mod) ?? ''))) {
+        img = cache.load(mod.path);
+        if (img === null && cache.lastProblem !== undefined && !this.#imageProblems.has(mod)) this.#imageProblems.set(mod, cache.lastProblem);
+      }
+      if (img !== null) this.#imageProblems.delete(mod);
     }
     this.#images.set(mod, img);
     return img;
+  }
+
+  /** Why `image(mod)` is null (after calling it), if known. */
+  imageProblem(mod: Module): string | undefined {
+    return this.#imageProblems.get(mod);
   }
 
   /** The module one of whose mappings contains `address`. */

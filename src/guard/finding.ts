@@ -66,36 +66,58 @@ export function severityRank(s: Severity): number {
  * - `patch-untrusted`: a site of an intact patch that is unsigned or signed by a key that is not
  *   trusted (one finding per site, named by the patched function; `restore` removes the patch
  *   through the engine when trusted signers are configured);
+ * - `non-elf-code` (5): an executable mapping of a file that is not ELF (raw code from a file);
+ * - `headerless-elf` (5): an ELF file mapped executable without its first page (no ELF header
+ *   mapped at file offset 0): mapped by hand, not a module the verifier can compare;
+ * - `file-written` (0): a module file (no package vouches for it) was written after the process
+ *   started or after the guard first saw it mapped: memory equals the file, the file is not
+ *   what was loaded;
+ * - `untrusted-path` (6): a module's file or a directory on its path is writable by someone other
+ *   than root and the process' user, or it was loaded from a world-writable directory;
+ * - `late-module-thread` (6): a module no package owns, loaded after start-up, runs a thread;
+ * - `foreign-tracer` (7): a thread of the process is traced (ptrace) by a process other than
+ *   hotpatch: it gets every trap and signal first and can hook code with debug registers;
+ * - `debug-register` (7): a hardware breakpoint (DR0–DR3 armed in DR7) in a thread nobody traces;
  * - `unverifiable`: a structure could not be checked (e.g. text relocations, unreadable memory).
  */
-export type FindingKind =
-  | 'modified'
-  /** A sanctioned patch site whose bytes differ from what its signed patch wrote (restorable). */
-  | 'patch-site-modified'
-  | 'inline-hook'
-  | 'breakpoint'
-  | 'file-changed'
-  | 'got-hook'
-  | 'ld-preload'
-  | 'preload-file'
-  | 'anonymous-code'
-  | 'memfd-code'
-  | 'deleted-code'
-  | 'wx-memory'
-  | 'hidden-module'
-  | 'unlisted-module'
-  | 'handler-outside-module'
-  | 'credentials-changed'
-  | 'effective-root'
-  | 'capabilities-gained'
-  | 'nonewprivs-cleared'
-  | 'seccomp-disabled'
-  | 'vdso-modified'
-  | 'patch-signature'
-  | 'patch-untrusted'
-  | 'patch-modified'
-  | 'patch-record'
-  | 'unverifiable';
+/** Every finding kind (policies' `allow[].kind` is checked against this list). */
+export const FINDING_KINDS = [
+  'modified',
+  'patch-site-modified',
+  'inline-hook',
+  'breakpoint',
+  'file-changed',
+  'got-hook',
+  'ld-preload',
+  'preload-file',
+  'anonymous-code',
+  'memfd-code',
+  'deleted-code',
+  'wx-memory',
+  'hidden-module',
+  'unlisted-module',
+  'handler-outside-module',
+  'credentials-changed',
+  'effective-root',
+  'capabilities-gained',
+  'nonewprivs-cleared',
+  'seccomp-disabled',
+  'vdso-modified',
+  'patch-signature',
+  'patch-untrusted',
+  'patch-modified',
+  'patch-record',
+  'non-elf-code',
+  'headerless-elf',
+  'file-written',
+  'untrusted-path',
+  'late-module-thread',
+  'foreign-tracer',
+  'debug-register',
+  'unverifiable',
+] as const;
+
+export type FindingKind = (typeof FINDING_KINDS)[number];
 
 /** One deviation from the expected state of a protected structure. */
 export interface Finding {

@@ -17,6 +17,7 @@ import { readFileSync, readlinkSync } from 'node:fs';
 import { ProcessError } from '../errors.js';
 import { enumerateProcessIds, openProcess, readProcStat } from '../process/index.js';
 import { performAction, type ActionOutcome } from './actions.js';
+import { CodeWriteSignal, DEFAULT_SIGNAL_INTERVAL_MS } from './code-signal.js';
 import { ProcessContext, VerifierCaches, type CheckOptions } from './context.js';
 import { ALL_STRUCTURES, findingKey, formatFinding, type Finding, type StructureCode } from './finding.js';
 import { GuardMetrics } from './metrics.js';
@@ -62,6 +63,12 @@ export interface GuardOptions extends GuardSelection {
   log?: (line: string) => void;
   metrics?: GuardMetrics;
   caches?: VerifierCaches;
+  /**
+   * How often (ms) the cheap code-write signal (code-signal.ts) is polled for every watched
+   * process; a change triggers an immediate check of its code (0) and executable memory (5, 6).
+   * Default 500; 0 disables it.
+   */
+  signalIntervalMs?: number;
   /** Random source in [0, 1) (tests pass a seeded one). */
   random?: () => number;
 }
@@ -113,6 +120,10 @@ export class Guard {
   #loop: Promise<void> | undefined;
   #wake: (() => void) | undefined;
   #queue: Item[] = [];
+  /** The continuous cheap signal against hooks that exist only between two checks. */
+  readonly signal = new CodeWriteSignal();
+  readonly #signalMs: number;
+  #nextSignal = 0;
 
   constructor(options: GuardOptions) {
     this.#opts = options;
@@ -122,6 +133,7 @@ export class Guard {
     this.metrics = options.metrics ?? new GuardMetrics();
     this.#random = options.random ?? Math.random;
     this.#structures = [...(options.structures ?? ALL_STRUCTURES)];
+    this.#signalMs = options.signalIntervalMs ?? DEFAULT_SIGNAL_INTERVAL_MS;
     this.#check = {
       policy: this.policy,
       state: this.state,
@@ -209,6 +221,7 @@ export class Guard {
     for (const [key, w] of this.#watched) {
       if (live.has(key)) continue;
       this.#watched.delete(key);
+      this.signal.forget(key);
       this.#emit({ type: 'process', time: new Date().toISOString(), event: 'exit', pid: w.pid, exe: w.identity.exe });
       this.#log(`guard: ${w.pid} (${w.identity.exe}) exited`);
     }
@@ -295,6 +308,35 @@ export class Guard {
     });
   }
 
+  /**
+   * Polls the code-write signal of every watched process; a process whose signal changed gets its
+   * code (0) and, when its executable mappings changed, structures 5 and 6 checked now. The
+   * baseline is re-taken after those checks (so after a restore the guard itself wrote).
+   */
+  async #pollSignal(): Promise<void> {
+    for (const [key, w] of [...this.#watched]) {
+      if (!this.#running) return;
+      const change = this.signal.poll(key, w.pid);
+      if (change === null) continue;
+      const codes = (change === 'mappings' ? [0, 5, 6] : [0]).filter((c) => this.#structures.includes(c as StructureCode)) as StructureCode[];
+      for (const code of codes) await this.checkItem(w, code);
+      this.signal.rebaseline(key, w.pid);
+    }
+  }
+
+  /** Sleeps until `t`, polling the code-write signal on its own schedule meanwhile. */
+  async #sleepPolling(t: number): Promise<void> {
+    while (this.#running) {
+      if (this.#signalMs <= 0) return this.#sleepUntil(t);
+      if (Date.now() >= this.#nextSignal) {
+        await this.#pollSignal();
+        this.#nextSignal = Date.now() + this.#signalMs;
+      }
+      if (Date.now() >= t) return;
+      await this.#sleepUntil(Math.min(t, this.#nextSignal));
+    }
+  }
+
   /** One full cycle over every item (randomised times and order). */
   async cycle(): Promise<void> {
     const start = Date.now();
@@ -312,7 +354,7 @@ export class Guard {
     while (this.#running && this.#queue.length > 0) {
       const item = this.#queue[0]!;
       const wait = Math.min(item.at, nextScan);
-      await this.#sleepUntil(wait);
+      await this.#sleepPolling(wait);
       if (!this.#running) break;
       if (Date.now() >= nextScan) {
         this.rescan(end);
@@ -326,7 +368,7 @@ export class Guard {
       items++;
     }
     // A cycle lasts the whole interval even when its last item ran earlier (keeps the rate fixed).
-    await this.#sleepUntil(end);
+    await this.#sleepPolling(end);
     if (!this.#running) return;
     const seconds = (Date.now() - start) / 1000;
     this.metrics.lastFullCycleSeconds = seconds;

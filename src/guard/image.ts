@@ -206,6 +206,12 @@ function readWhole(fd: number, size: number): Uint8Array {
 }
 
 /**
+ * Largest module file read and parsed whole (1 GiB). A bigger file (a 64 GiB sparse file mapped to
+ * blind the verifier, say) is not read: its module is reported unverifiable, alone.
+ */
+export const IMAGE_MAX_BYTES = 1 << 30;
+
+/**
  * LRU cache of parsed module files bounded by total file size. Files are opened by path (use the
  * /proc/PID/map_files path so the mapped inode is read, not whatever the name points to now).
  */
@@ -214,26 +220,38 @@ export class ImageCache {
   private total = 0;
   /** Bytes of files read from disk (metrics). */
   bytesRead = 0;
+  /** Why the last `load` returned null (undefined when it returned an image). */
+  lastProblem: string | undefined;
 
   constructor(private readonly budget = 512 * 1024 * 1024) {}
 
   /** The parsed image of the file at `path`, or null when it is not a readable ELF file. */
   load(path: string, name = path): ModuleImage | null {
+    this.lastProblem = undefined;
     let fd: number;
     try {
       fd = openSync(path, 'r');
-    } catch {
+    } catch (e) {
+      this.lastProblem = `cannot open it (${(e as NodeJS.ErrnoException).code ?? (e as Error).message})`;
       return null;
     }
     try {
       const st = fstatSync(fd);
-      if (!st.isFile()) return null;
+      if (!st.isFile()) {
+        this.lastProblem = 'it is not a regular file';
+        return null;
+      }
+      if (st.size > IMAGE_MAX_BYTES) {
+        this.lastProblem = `the file is ${st.size} bytes (${st.blocks * 512} allocated), more than the ${IMAGE_MAX_BYTES} bytes the verifier reads whole`;
+        return null;
+      }
       const key = statKey(st);
       if (this.entries.has(key)) {
         const hit = this.entries.get(key)!;
         // Refresh LRU position.
         this.entries.delete(key);
         this.entries.set(key, hit);
+        if (hit === null) this.lastProblem = 'it is not a parseable ELF file';
         return hit;
       }
       const bytes = readWhole(fd, st.size);
@@ -241,7 +259,8 @@ export class ImageCache {
       let image: ModuleImage | null;
       try {
         image = new ModuleImage(parseElf(bytes, { name }), key);
-      } catch {
+      } catch (e) {
+        this.lastProblem = `it is not a parseable ELF file (${(e as Error).message})`;
         image = null;
       }
       this.entries.set(key, image);

@@ -7,7 +7,7 @@
 import { basename } from 'node:path';
 import { HotpatchError, UsageError } from '../errors.js';
 import { readTrustedFile } from '../fs/index.js';
-import { ALL_STRUCTURES, SEVERITIES, severityRank, type Finding, type FindingKind, type Severity, type StructureCode } from './finding.js';
+import { ALL_STRUCTURES, FINDING_KINDS, SEVERITIES, severityRank, type Finding, type FindingKind, type Severity, type StructureCode } from './finding.js';
 
 export const GUARD_BAD_POLICY = 'GUARD_BAD_POLICY';
 /** Size limit of a policy file. */
@@ -128,12 +128,7 @@ function parseCode(k: string | number, where: string, source: string): Structure
   return n as StructureCode;
 }
 
-const KINDS: readonly FindingKind[] = [
-  'modified', 'inline-hook', 'breakpoint', 'file-changed', 'got-hook', 'ld-preload', 'preload-file', 'anonymous-code',
-  'memfd-code', 'deleted-code', 'wx-memory', 'hidden-module', 'unlisted-module', 'handler-outside-module',
-  'credentials-changed', 'effective-root', 'capabilities-gained', 'nonewprivs-cleared', 'seccomp-disabled',
-  'vdso-modified', 'patch-signature', 'patch-untrusted', 'patch-modified', 'patch-site-modified', 'patch-record', 'unverifiable',
-];
+const KINDS: readonly FindingKind[] = FINDING_KINDS;
 
 function parseSeverity(v: unknown, key: string, source: string): Severity {
   if (typeof v !== 'string' || !(SEVERITIES as readonly string[]).includes(v)) throw bad(source, `${key} must be one of ${SEVERITIES.join(', ')}`);

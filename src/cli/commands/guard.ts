@@ -24,6 +24,7 @@ interface GuardCliOptions {
   exe: string[];
   interval: string;
   fullInterval?: string;
+  signalInterval?: string;
   action?: string;
   policy?: string;
   metrics?: string;
@@ -57,6 +58,7 @@ export function register(program: Command, setExitCode: SetExitCode): void {
     .option('--exe <PATH|BUILDID>', 'protect processes of this executable (path or build-id; repeatable), including ones that start later', collect, [])
     .option('--interval <SECONDS>', 'cycle length: every structure of every process is checked at least once per 2 x interval', String(DEFAULT_INTERVAL_MS / 1000))
     .option('--full-interval <SECONDS>', 'longest time an unwritten (clean) mapping goes without a byte comparison (default 6 x interval)')
+    .option('--signal-interval <SECONDS>', 'how often the cheap code-write signal (page tables of code mappings) is polled per process; a change triggers an immediate check (default 0.5; 0 disables)')
     .option('--action <ACTION>', `what to do on a confirmed finding: ${GUARD_ACTIONS.join(', ')} (default: the policy's, else log)`)
     .option('--policy <FILE>', 'guard policy file (JSON, see docs/guard.md)')
     .option('--metrics <PORT>', 'serve Prometheus metrics on http://127.0.0.1:PORT/metrics')
@@ -84,6 +86,7 @@ export function register(program: Command, setExitCode: SetExitCode): void {
         exe: opts.exe,
         intervalMs,
         ...(opts.fullInterval !== undefined ? { fullIntervalMs: seconds(opts.fullInterval, '--full-interval', 0) } : {}),
+        ...(opts.signalInterval !== undefined ? { signalIntervalMs: seconds(opts.signalInterval, '--signal-interval', 0) } : {}),
         ...(opts.action !== undefined ? { action: opts.action as GuardAction } : {}),
         policy,
         state: new GuardState(opts.stateDir, true),

@@ -25,10 +25,13 @@ import {
   R_X86_64_COPY,
   R_X86_64_NONE,
 } from '../../elf/index.js';
-import type { Mapping, Module } from '../../process/index.js';
+import { statSync } from 'node:fs';
+import { ProcessError } from '../../errors.js';
+import { PROCESS_NOT_FOUND, PROCESS_ZOMBIE, type Mapping, type Module } from '../../process/index.js';
 import { describeHook, iterateInstructions } from '../../x86/index.js';
 import type { ProcessContext } from '../context.js';
 import { makeFinding, type Finding, type FindingKind, type Severity, type StructureCode } from '../finding.js';
+import { statKey } from '../identity.js';
 import { RELR_WORD, type ModuleImage, type VaddrRange } from '../image.js';
 import { bindingValues, copySource } from './imports.js';
 import { sanctionedState } from './sanctioned.js';
@@ -41,6 +44,17 @@ const MAX_FINDINGS_PER_MAPPING = 32;
 /** Longest byte run in one finding; longer runs are split. */
 const MAX_RUN = 4096;
 const READ_CHUNK = 4 << 20;
+/** Longest single mapping compared (larger ones are an `unverifiable` finding about that mapping alone). */
+const MAX_MAPPING_COMPARE = 1 << 30;
+
+/** Whether the mapping is still in /proc/PID/maps (re-read, not the context's snapshot). */
+function stillMapped(ctx: ProcessContext, mp: Mapping): boolean {
+  try {
+    return ctx.proc.enumerateMappings().some((m) => m.start === mp.start && m.end === mp.end && m.inode === mp.inode);
+  } catch {
+    return false;
+  }
+}
 
 /** Tags of .dynamic entries whose d_ptr glibc rewrites to a run-time address (get-dynamic-info.h). */
 const DYN_ADJUSTED_TAGS = new Set<number>([DT_HASH, DT_PLTGOT, DT_STRTAB, DT_SYMTAB, DT_RELA, DT_REL, DT_JMPREL, DT_VERSYM, DT_GNU_HASH, DT_RELR]);
@@ -323,14 +337,32 @@ function checkMapping(ctx: ProcessContext, mod: Module, img: ModuleImage, mp: Ma
       if (at !== undefined && Date.now() - at < cacheMs) return [];
     }
   }
+  if (length > MAX_MAPPING_COMPARE) {
+    return [makeFinding({
+      pid: ctx.pid, code: mp.protection.execute ? 0 : 1, kind: 'unverifiable', severity: 'medium', module: mod.path, offset: vStart, address: mp.start,
+      detail: `mapping 0x${mp.start.toString(16)}-0x${mp.end.toString(16)} (${mp.perms}) of this module is ${length} bytes, more than the ${MAX_MAPPING_COMPARE} bytes compared per mapping; its bytes are unverified`,
+    })];
+  }
   const actual = new Uint8Array(length);
   for (let off = 0; off < length; off += READ_CHUNK) {
     const n = Math.min(READ_CHUNK, length - off);
+    let part: Uint8Array;
     try {
-      actual.set(ctx.proc.readMemory(mp.start + BigInt(off), n), off);
+      part = ctx.proc.readMemoryPartial(mp.start + BigInt(off), n);
     } catch {
-      return []; // unmapped meanwhile (dlclose, exit): nothing to verify
+      return []; // the process has gone: nothing to verify
     }
+    if (part.length < n) {
+      const bad = mp.start + BigInt(off + part.length);
+      // Unmapped meanwhile (dlclose, exit): nothing to verify. Still mapped: the pages cannot be
+      // read (the file was truncated beneath the mapping: access raises SIGBUS).
+      if (!stillMapped(ctx, mp)) return [];
+      return [makeFinding({
+        pid: ctx.pid, code: mp.protection.execute ? 0 : 1, kind: 'unverifiable', severity: 'medium', module: mod.path, offset: bad - bias, address: bad,
+        detail: `memory of this module from 0x${bad.toString(16)} to 0x${mp.end.toString(16)} (${mp.perms}) cannot be read although it is mapped: the file was probably truncated after it was mapped (file size now ${img.size} bytes); these bytes are unverified`,
+      })];
+    }
+    actual.set(part, off);
   }
   // The loader's RELRO holds its start-up data (_rtld_global_ro, __libc_enable_secure, _dl_random,
   // ...), written before it is protected: only its relocated pointers are verifiable there.
@@ -413,6 +445,7 @@ function checkFileIdentity(ctx: ProcessContext, mod: Module): Finding[] {
   // A deleted file (replaced on disk since it was mapped, e.g. by an update) has no path to key
   // its identity by; it is reported as structure 5 (deleted-code) instead.
   if (mod.deleted) return out;
+  const written = fileWritten(ctx, mod);
   const first = ctx.options.state.firstSeenIdentity(mod.path, { buildId: mod.buildId ?? null, sha256: id.sha256, size: id.size });
   if (first.sha256 !== id.sha256) {
     const sameBuild = first.buildId !== null && first.buildId === (mod.buildId ?? null);
@@ -422,8 +455,48 @@ function checkFileIdentity(ctx: ProcessContext, mod: Module): Finding[] {
         ? `mapped file has the build-id first seen (${first.buildId}) but different content (sha256 ${id.sha256}, first seen ${first.sha256} at ${first.firstSeen}): modified in place`
         : `mapped file differs from the one first seen at ${first.firstSeen} (build-id ${first.buildId ?? 'none'} → ${mod.buildId ?? 'none'}); if this was an update, remove its entry from the guard state`,
     }));
-  }
+  } else if (written !== undefined) out.push(written);
   return out;
+}
+
+/** Slack for the 1 s resolution of the boot time the process start is computed from. */
+const START_SLACK_MS = 1500;
+
+/**
+ * A module file that no package vouches for, written while it is mapped: memory equals the file
+ * (the page cache is the file), but the file is not what was loaded — and a first-seen identity
+ * taken now would trust it. Evidence: the file's stat changed since this verifier first saw the
+ * mapping (critical), or its mtime/ctime is after the process started (high; also the case of a
+ * file installed after the start and loaded later, which the detail says).
+ */
+function fileWritten(ctx: ProcessContext, mod: Module): Finding | undefined {
+  if (mod.mapFilesPath === undefined) return undefined;
+  let st;
+  try {
+    st = statSync(mod.mapFilesPath);
+  } catch {
+    return undefined;
+  }
+  const key = statKey(st);
+  const mk = `${ctx.pid}:${ctx.proc.startTime}:${mod.base}:${mod.dev}:${mod.inode}`;
+  const prev = ctx.caches.mappedFileStats.get(mk);
+  if (prev === undefined) ctx.caches.mappedFileStats.set(mk, { key, seen: Date.now() });
+  const changed = Math.max(st.mtimeMs, st.ctimeMs);
+  const when = new Date(changed).toISOString();
+  if (prev !== undefined && prev.key !== key) {
+    return makeFinding({
+      pid: ctx.pid, code: 0, kind: 'file-written', severity: 'critical', module: mod.path,
+      detail: `mapped file was written (modified ${when}) after the verifier first saw it mapped at ${new Date(prev.seen).toISOString()}: the code now running is the new content, not what was loaded`,
+    });
+  }
+  const started = ctx.startedAtMs;
+  if (changed > started + START_SLACK_MS) {
+    return makeFinding({
+      pid: ctx.pid, code: 0, kind: 'file-written', severity: 'high', module: mod.path,
+      detail: `mapped file was modified (mtime/ctime ${when}) after the process started (${new Date(started).toISOString()}) and no package vouches for its content: either it was changed beneath the running code (which now runs the new bytes) or it was installed after the start and loaded later`,
+    });
+  }
+  return undefined;
 }
 
 /** Runs the image comparison of every module for the requested structure codes (subset of 0, 1, 2, 4). */
@@ -431,23 +504,43 @@ export function checkImages(ctx: ProcessContext, codes: ReadonlySet<StructureCod
   const out: Finding[] = [];
   for (const mod of ctx.modules) {
     if (mod.kind === 'vdso') continue;
-    const img = ctx.image(mod);
-    if (img === null) {
-      if (mod.mappings.some((m) => m.protection.execute)) {
-        out.push(makeFinding({
-          pid: ctx.pid, code: 0, kind: 'unverifiable', severity: 'low', module: mod.path,
-          detail: `cannot read the mapped file of this module through ${mod.mapFilesPath ?? mod.path} (needs root); its code is unverified`,
-        }));
-      }
-      continue;
+    // One module that cannot be checked (hostile file, unexpected error) is a finding about that
+    // module only: the others are still verified.
+    try {
+      out.push(...checkModule(ctx, mod, codes));
+    } catch (e) {
+      if (e instanceof ProcessError && (e.code === PROCESS_NOT_FOUND || e.code === PROCESS_ZOMBIE)) throw e;
+      out.push(makeFinding({
+        pid: ctx.pid, code: 0, kind: 'unverifiable', severity: 'medium', module: mod.path,
+        detail: `checking this module failed (${(e as Error).message}); its code and data are unverified, the other modules were checked`,
+      }));
     }
-    if (codes.has(0)) out.push(...checkFileIdentity(ctx, mod));
-    for (const mp of mod.mappings) {
-      if (mp.protection.write || !mp.protection.read && !mp.protection.execute) continue;
-      const mc = mappingCodes(img, mod, mp);
-      if (![...mc].some((c) => codes.has(c))) continue;
-      out.push(...checkMapping(ctx, mod, img, mp, codes));
+  }
+  return out;
+}
+
+function checkModule(ctx: ProcessContext, mod: Module, codes: ReadonlySet<StructureCode>): Finding[] {
+  const out: Finding[] = [];
+  const img = ctx.image(mod);
+  if (img === null) {
+    if (mod.mappings.some((m) => m.protection.execute)) {
+      const problem = ctx.imageProblem(mod);
+      const noAccess = problem === undefined || /^cannot open/.test(problem);
+      out.push(makeFinding({
+        pid: ctx.pid, code: 0, kind: 'unverifiable', severity: noAccess ? 'low' : 'medium', module: mod.path,
+        detail: noAccess
+          ? `cannot read the mapped file of this module through ${mod.mapFilesPath ?? mod.path} (needs root); its code is unverified`
+          : `the mapped file of this module cannot be verified: ${problem}; its code is unverified, the other modules were checked`,
+      }));
     }
+    return out;
+  }
+  if (codes.has(0)) out.push(...checkFileIdentity(ctx, mod));
+  for (const mp of mod.mappings) {
+    if (mp.protection.write || !mp.protection.read && !mp.protection.execute) continue;
+    const mc = mappingCodes(img, mod, mp);
+    if (![...mc].some((c) => codes.has(c))) continue;
+    out.push(...checkMapping(ctx, mod, img, mp, codes));
   }
   return out;
 }

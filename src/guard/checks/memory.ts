@@ -1,7 +1,7 @@
 /**
  * Structure 5 (injected executable memory), 6 (module list) and 9 (vDSO). Read-only.
  */
-import { readFileSync } from 'node:fs';
+import { closeSync, openSync, readFileSync, readSync } from 'node:fs';
 import { basename } from 'node:path';
 import { parseElf } from '../../elf/index.js';
 import { openProcess, type Mapping, type Module } from '../../process/index.js';
@@ -61,6 +61,52 @@ function texts(bytes: Uint8Array, address: bigint, max = 4): string[] {
   return out;
 }
 
+/** The first bytes of the mapped file (through map_files, else the path), or null. */
+function fileHead(mp: Mapping): Uint8Array | null {
+  for (const p of [mp.mapFilesPath, mp.path]) {
+    if (p === undefined) continue;
+    let fd: number;
+    try {
+      fd = openSync(p, 'r');
+    } catch {
+      continue;
+    }
+    try {
+      const b = new Uint8Array(64);
+      const n = readSync(fd, b, 0, 64, 0);
+      return b.subarray(0, n);
+    } catch {
+      return null;
+    } finally {
+      closeSync(fd);
+    }
+  }
+  return null;
+}
+
+/**
+ * An executable mapping of a file that is not part of any ELF module: a non-ELF file (raw code
+ * loaded from disk), or an ELF file mapped without its first page (no ELF header at file offset
+ * 0 is mapped, so the dynamic linker never loaded it and the verifier has no module to compare).
+ */
+function notModuleCode(ctx: ProcessContext, mp: Mapping): Finding {
+  const head = fileHead(mp);
+  const elf = head !== null && isElf(head);
+  const bytes = ctx.proc.readMemoryPartial(mp.start, Math.min(16, Number(mp.end - mp.start)));
+  const range = `0x${mp.start.toString(16)}-0x${mp.end.toString(16)} (${mp.perms}, file offset 0x${mp.fileOffset.toString(16)})`;
+  const f = makeFinding({
+    pid: ctx.pid, code: 5, kind: elf ? 'headerless-elf' : 'non-elf-code', severity: 'high', module: mp.path, offset: mp.fileOffset, address: mp.start,
+    actual: bytes.length > 0 ? bytes : null,
+    detail: elf
+      ? `executable mapping ${range} of ELF file ${mp.path} without its ELF header (file offset 0 is not mapped): code mapped by hand, not loaded by the dynamic linker, and not verifiable as a module`
+      : head === null
+        ? `executable mapping ${range} of ${mp.path}, which cannot be read to tell what it is: code that belongs to no module`
+        : `executable mapping ${range} of ${mp.path}, which is not an ELF file: raw code loaded from a file, belonging to no module`,
+  });
+  if (bytes.length > 0) f.instructions = { expected: [], actual: texts(bytes, mp.start) };
+  return f;
+}
+
 /** Largest anonymous executable region accepted as libffi closure memory. */
 const LIBFFI_MAX_REGION = 1n << 20n;
 
@@ -74,7 +120,12 @@ export function checkInjected(ctx: ProcessContext): Finding[] {
     if (mp.path === '[vdso]' || mp.path === '[vsyscall]') continue;
     const memfd = mp.isFile && mp.path.startsWith('/memfd:');
     const wx = mp.protection.write;
-    if (mp.isFile && !memfd && !mp.deleted && !wx) continue; // module code: structures 0 and 6
+    if (mp.isFile && !memfd && !mp.deleted && !wx) {
+      // Module code: structures 0 and 6. A file mapping that belongs to no ELF module is code the
+      // verifier cannot compare with anything.
+      if (ctx.moduleAt(mp.start) === undefined) out.push(notModuleCode(ctx, mp));
+      continue;
+    }
     runtimes ??= jitAllowed(ctx);
     let kind: FindingKind;
     let severity: Severity = 'high';

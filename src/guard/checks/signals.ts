@@ -14,12 +14,14 @@ import {
   PROT_READ,
   PROT_WRITE,
   freezeProcess,
+  type FrozenProcess,
   remoteMmap,
   remoteMunmap,
 } from '../../process/index.js';
 import type { ProcessContext } from '../context.js';
 import { makeFinding, type Finding } from '../finding.js';
 import { linkMapEntryOf, readLinkMap } from './linkmap.js';
+import { checkDebugRegisters, checkTracers } from './tracer.js';
 
 /** rt_sigaction on x86-64 (arch/x86/entry/syscalls/syscall_64.tbl). */
 const SYS_rt_sigaction = 13;
@@ -44,14 +46,16 @@ export function signalName(sig: number): string {
 
 /**
  * Reads the handlers of the signals in `sigCgt` (bit n-1 = signal n) by injecting rt_sigaction
- * into the stopped target. Stops the target for the duration.
+ * into the stopped target. Stops the target for the duration; `whileFrozen` runs on the frozen
+ * process too (the debug-register read).
  */
-export function readSignalActions(pid: number, sigCgt: bigint): SignalAction[] {
+export function readSignalActions(pid: number, sigCgt: bigint, whileFrozen?: (frozen: FrozenProcess) => void): SignalAction[] {
   const signals: number[] = [];
   for (let s = 1; s <= 64; s++) if ((sigCgt >> BigInt(s - 1)) & 1n) signals.push(s);
   if (signals.length === 0) return [];
   const frozen = freezeProcess(pid, { timeoutMs: 2000 });
   try {
+    whileFrozen?.(frozen);
     const page = remoteMmap(frozen, 0n, 4096, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS);
     try {
       const out: SignalAction[] = [];
@@ -81,24 +85,35 @@ function inListedModuleCode(ctx: ProcessContext, address: bigint): boolean {
   return linkMapEntryOf(ctx, mod, lm.entries) !== undefined;
 }
 
-/** Checks structure 7 for one process. */
+/**
+ * Checks structure 7 for one process: foreign tracers (no ptrace needed), then — when ptrace is
+ * allowed, nobody traces the process and it catches signals — every handler and restorer, and the
+ * debug registers of every thread (a hardware breakpoint without a tracer only works as a hook
+ * when the process catches the SIGTRAP it raises, so a process without handlers needs no freeze).
+ */
 export function checkSignalHandlers(ctx: ProcessContext): Finding[] {
   const st = ctx.status;
-  if (st.sigCgt === 0n) return [];
-  if (!ctx.options.allowPtrace) return [];
-  if (st.tracerPid !== 0) {
-    return [makeFinding({ pid: ctx.pid, code: 7, kind: 'unverifiable', severity: 'info', detail: `signal handlers not checked: the process is traced by pid ${st.tracerPid} (reading them needs ptrace)` })];
+  const tracing = checkTracers(ctx);
+  const out: Finding[] = [...tracing.findings];
+  if (st.sigCgt === 0n || !ctx.options.allowPtrace) return out;
+  if (tracing.traced) {
+    if (tracing.findings.length === 0) {
+      out.push(makeFinding({ pid: ctx.pid, code: 7, kind: 'unverifiable', severity: 'info', detail: 'signal handlers not checked: the process is being traced by hotpatch itself' }));
+    }
+    return out;
   }
   let actions: SignalAction[];
   try {
-    actions = readSignalActions(ctx.pid, st.sigCgt);
+    actions = readSignalActions(ctx.pid, st.sigCgt, (frozen) => out.push(...checkDebugRegisters(ctx, frozen)));
   } catch (e) {
     if (e instanceof HotpatchError && e.code === PROCESS_ALREADY_TRACED) {
-      return [makeFinding({ pid: ctx.pid, code: 7, kind: 'unverifiable', severity: 'info', detail: `signal handlers not checked: ${e.message}` })];
+      // A tracer attached between the /proc read and the freeze.
+      const again = checkTracers(ctx);
+      if (again.findings.length > 0) return [...out, ...again.findings.filter((f) => !out.some((o) => o.detail === f.detail))];
+      return [...out, makeFinding({ pid: ctx.pid, code: 7, kind: 'unverifiable', severity: 'info', detail: `signal handlers not checked: ${e.message}` })];
     }
     throw e;
   }
-  const out: Finding[] = [];
   for (const a of actions) {
     if (a.handler > 1n && !inListedModuleCode(ctx, a.handler)) {
       const f = makeFinding({

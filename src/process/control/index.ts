@@ -35,7 +35,7 @@ export { allocateNear, allocateWithin, freeGaps, placementCandidates, REL32_REAC
 export { findThreadsUsing, type AddressRange, type RangeUse, type StackScanOptions } from './stack-scan.js';
 export { findSyscallGadget, prepareSyscallGadget } from './syscall-gadget.js';
 export { RegisterSet, USER_REGS_NAMES, type RegisterName } from '../ptrace/regs.js';
-export { flock, LOCK_EX, LOCK_NB } from '../ptrace/ffi.js';
+export { flock, LOCK_EX, LOCK_NB, ptracePeekUser } from '../ptrace/ffi.js';
 export {
   PROT_NONE,
   PROT_READ,

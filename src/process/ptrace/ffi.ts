@@ -42,6 +42,15 @@ const waitidFn = libc.func('waitid', 'int', ['int', 'int', 'void *', 'int']) as 
   info: ArrayBufferView,
   options: number,
 ) => number;
+// The raw system call (not glibc's wrapper) for PTRACE_PEEKUSER: the kernel stores the word at
+// `data`, so a word that happens to be -1 is not mistaken for an error.
+const syscallPeek = libc.func('syscall', 'long', ['long', 'long', 'long', 'uintptr_t', 'void *']) as (
+  nr: number,
+  req: number,
+  pid: number,
+  addr: number,
+  data: BigUint64Array,
+) => number;
 const flockFn = libc.func('flock', 'int', ['int', 'int']) as (fd: number, op: number) => number;
 const tgkillFn = libc.func('tgkill', 'int', ['int', 'int', 'int']) as (tgid: number, tid: number, sig: number) => number;
 const gettidFn = libc.func('gettid', 'int', []) as () => number;
@@ -75,6 +84,22 @@ function lastErrno(): number {
 export function ptrace(req: number, tid: number, addr: number | bigint, data: number | bigint): number {
   const r = ptraceInt(req, tid, addr, data);
   return r === -1 ? -lastErrno() : r;
+}
+
+const peekWord = new BigUint64Array(1);
+/** SYS_ptrace on x86-64 (arch/x86/entry/syscalls/syscall_64.tbl). */
+const SYS_ptrace = 101;
+/** PTRACE_PEEKUSR (include/uapi/linux/ptrace.h). */
+const PTRACE_PEEKUSER = 3;
+
+/**
+ * PTRACE_PEEKUSER: the word at `offset` in the tracee thread's `struct user` (read-only; e.g. the
+ * debug registers at offsetof(struct user, u_debugreg)). The thread must be ptrace-stopped by us.
+ * Returns the word, or a negative number (-errno) on failure.
+ */
+export function ptracePeekUser(tid: number, offset: number): bigint | number {
+  const r = syscallPeek(SYS_ptrace, PTRACE_PEEKUSER, tid, offset, peekWord);
+  return r === -1 ? -lastErrno() : peekWord[0]!;
 }
 
 /** ptrace whose `data` is a pointer to `buf` (GETREGS, SETREGS, GETEVENTMSG...). Returns 0 or -errno. */
