@@ -4,8 +4,22 @@ import { Command, CommanderError } from 'commander';
 import { HotpatchError, RefusedError, UsageError } from '../errors.js';
 import { EXIT_ERROR, EXIT_REFUSED, EXIT_USAGE } from './exit-codes.js';
 import { registerCommands } from './commands/index.js';
+import { printedJson, printJson } from './output.js';
+
+/** Whether the command line asks for JSON output (errors then come as one JSON document too). */
+function wantsJson(argv: readonly string[]): boolean {
+  const end = argv.indexOf('--');
+  return (end < 0 ? argv : argv.slice(0, end)).includes('--json');
+}
 
 export async function main(argv: string[]): Promise<number> {
+  // A closed pipe (`hotpatch scan --all | head`) ends the output, not the command with a trace.
+  for (const stream of [process.stdout, process.stderr]) {
+    stream.on('error', (e: NodeJS.ErrnoException) => {
+      if (e.code === 'EPIPE') process.exit(process.exitCode ?? 0);
+      throw e;
+    });
+  }
   const program = new Command('hotpatch')
     .description('Live patching and patch protection for running Linux x86-64 processes')
     .version('0.1.0')
@@ -19,8 +33,16 @@ export async function main(argv: string[]): Promise<number> {
     await program.parseAsync(argv);
     return exitCode;
   } catch (e) {
-    return reportError(e);
+    const code = reportError(e);
+    if (code !== 0 && wantsJson(argv) && !printedJson()) printJson({ error: errorJson(e) });
+    return code;
   }
+}
+
+function errorJson(e: unknown): { code: string; message: string } {
+  if (e instanceof HotpatchError) return { code: e.code, message: e.message };
+  if (e instanceof CommanderError) return { code: 'USAGE', message: e.message.replace(/^error: /, '') };
+  return { code: 'INTERNAL', message: (e as Error)?.message ?? String(e) };
 }
 
 function reportError(e: unknown): number {

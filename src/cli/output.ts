@@ -8,8 +8,16 @@ export function toJson(value: unknown): string {
   return JSON.stringify(value, (_k, v: unknown) => (typeof v === 'bigint' ? `0x${v.toString(16)}` : v), 2);
 }
 
+let jsonPrinted = false;
+
 export function printJson(value: unknown): void {
+  jsonPrinted = true;
   process.stdout.write(`${toJson(value)}\n`);
+}
+
+/** Whether a JSON document went to stdout already (the error handler prints one only if not). */
+export function printedJson(): boolean {
+  return jsonPrinted;
 }
 
 /** Human-readable output: to stdout when not in JSON mode, else to stderr. */

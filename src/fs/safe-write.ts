@@ -17,6 +17,7 @@
 import { randomBytes } from 'node:crypto';
 import { closeSync, constants, fchmodSync, fchownSync, fstatSync, fsyncSync, lstatSync, mkdirSync, openSync, renameSync, unlinkSync, writeSync, type Stats } from 'node:fs';
 import { basename, dirname, join, resolve } from 'node:path';
+import { HotpatchError } from '../errors.js';
 import { checkPath, trustedOwners, unsafe, PATH_UNSAFE, TRUST_UNSAFE, type CheckedPath } from './path-check.js';
 
 /** O_CREAT|O_EXCL|O_NOFOLLOW: create a new file, never open an existing one or follow a link. */
@@ -83,6 +84,25 @@ function checkReplaced(path: string, what: string, dirStat: Stats): Stats | unde
  * permission bits and owner unless `options` say otherwise. Throws UnsafePathError PATH_UNSAFE.
  */
 export function writeFileAtomic(path: string, bytes: Uint8Array, options: AtomicWriteOptions = {}): void {
+  try {
+    writeAtomically(path, bytes, options);
+  } catch (e) {
+    throw asOutputError(e, path, options.what ?? 'output file');
+  }
+}
+
+/** A file-system error (ENOENT, EACCES, EROFS, ENOSPC, ...) as a typed error that says what to do; others unchanged. */
+export function asOutputError(e: unknown, path: string, what: string): unknown {
+  const code = (e as NodeJS.ErrnoException)?.code;
+  if (e instanceof HotpatchError || typeof code !== 'string' || !/^E[A-Z]+$/.test(code)) return e;
+  const why: Record<string, string> = {
+    ENOENT: 'its directory does not exist', ENOTDIR: 'a component of the path is not a directory', EACCES: 'permission denied',
+    EPERM: 'operation not permitted', EROFS: 'the file system is read-only', ENOSPC: 'no space left on the device', EISDIR: 'it is a directory',
+  };
+  return new HotpatchError('OUTPUT_UNWRITABLE', `cannot write ${what} ${path}: ${why[code] ?? code}; choose a path in an existing directory you can write`, { cause: e });
+}
+
+function writeAtomically(path: string, bytes: Uint8Array, options: AtomicWriteOptions): void {
   const what = options.what ?? 'output file';
   const dir = checkOutputDirectory(dirname(resolve(path)), what, options.privateDir ?? false);
   const target = join(dir.path, basename(path));

@@ -2,6 +2,7 @@
  * Prometheus metrics of the guard (text exposition format 0.0.4), served on 127.0.0.1 only.
  */
 import { createServer, type Server } from 'node:http';
+import { UsageError } from '../errors.js';
 import { ALL_STRUCTURES, type StructureCode } from './finding.js';
 
 /** Counters and gauges the guard updates. */
@@ -55,7 +56,11 @@ export function serveMetrics(metrics: GuardMetrics, port: number): Promise<Serve
     }
   });
   return new Promise((res, rej) => {
-    server.once('error', rej);
+    server.once('error', (e: NodeJS.ErrnoException) => {
+      if (e.code === 'EADDRINUSE') rej(new UsageError('USAGE_PORT_IN_USE', `--metrics ${port}: the port is already in use on 127.0.0.1 (another guard?): choose another port`));
+      else if (e.code === 'EACCES') rej(new UsageError('USAGE_PORT_IN_USE', `--metrics ${port}: not allowed to listen on this port: choose a port above 1023 or run as root`));
+      else rej(e);
+    });
     server.listen(port, '127.0.0.1', () => {
       server.off('error', rej);
       res(server);

@@ -45,7 +45,11 @@ export async function printResults(json: boolean, doc: Record<string, unknown> &
     for (const r of doc.results) counts.set(r.status, (counts.get(r.status) ?? 0) + 1);
     if (doc.results.length > 1) say(false, [...counts].map(([s, n]) => `${n} ${s}`).join(', '));
   }
-  if (outcome === 'partial' || outcome === 'error') progress(`hotpatch: some processes were not changed (see the reasons above); ${hint}`);
+  if (outcome !== 'partial' && outcome !== 'error') return;
+  // Retrying cannot help a process that does not exist: say so instead of the generic hint.
+  const failed = doc.results.filter((r) => r.status === 'failed');
+  if (failed.length > 0 && failed.every((r) => r.code === 'PROCESS_NOT_FOUND')) progress(`hotpatch: no such process: ${failed.map((r) => r.pid).join(', ')} (check the pid; \`hotpatch list\` shows patched processes)`);
+  else progress(`hotpatch: some processes were not changed (see the reasons above); ${hint}`);
 }
 
 function summary(report: ApplyReport, all: boolean): string {

@@ -20,7 +20,7 @@ import { createPrivateKey, createPublicKey, generateKeyPairSync, type KeyObject 
 import { lstatSync, readFileSync } from 'node:fs';
 import { dirname, join, resolve } from 'node:path';
 import { HotpatchError, PackageError } from '../../errors.js';
-import { checkOutputDirectory, listTrustedDirectory, readTrustedFile, writeFileAtomic } from '../../fs/index.js';
+import { asOutputError, checkOutputDirectory, listTrustedDirectory, readTrustedFile, writeFileAtomic } from '../../fs/index.js';
 import { keyIdOf } from '../package/codec.js';
 
 /** The public key file's first word. */
@@ -124,7 +124,11 @@ export function writeKeyFiles(
 ): { keyFile: string; publicKeyFile: string; keyId: string } {
   const pair = generateKeyPair(options.comment);
   const publicKeyFile = `${keyFile}.pub`;
-  checkOutputDirectory(dirname(resolve(keyFile)), 'private key', true);
+  try {
+    checkOutputDirectory(dirname(resolve(keyFile)), 'private key', true);
+  } catch (e) {
+    throw asOutputError(e, keyFile, 'private key');
+  }
   if (!options.force) {
     for (const p of [keyFile, publicKeyFile]) {
       if (keyExists(p)) throw new PackageError('KEY_EXISTS', `${p} already exists; choose another name or pass --force to overwrite it`);
