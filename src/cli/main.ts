@@ -1,10 +1,46 @@
 #!/usr/bin/env node
 /** The `hotpatch` command: a thin layer over the library; one top-level catch maps errors to exit codes. */
-import { Command, CommanderError } from 'commander';
+import { Command, CommanderError, Help, type Option } from 'commander';
 import { HotpatchError, RefusedError, UsageError } from '../errors.js';
 import { EXIT_ERROR, EXIT_REFUSED, EXIT_USAGE } from './exit-codes.js';
 import { registerCommands } from './commands/index.js';
 import { printedJson, printJson } from './output.js';
+
+/**
+ * Help text within 80 columns: prose lines (not indented) are wrapped at spaces; indented lines
+ * (examples, option tables — commander wraps those itself) are left as they are.
+ */
+export function wrapProse(text: string, width = 80): string {
+  return text
+    .split('\n')
+    .map((line) => {
+      if (line.length <= width || /^\s/.test(line)) return line;
+      const out: string[] = [];
+      let cur = '';
+      for (const word of line.split(' ')) {
+        if (cur !== '' && cur.length + 1 + word.length > width) {
+          out.push(cur);
+          cur = word;
+        } else cur = cur === '' ? word : `${cur} ${word}`;
+      }
+      out.push(cur);
+      return out.join('\n');
+    })
+    .join('\n');
+}
+
+/** Option help without "(default: [])" for repeatable options that start empty. */
+function describeOption(option: Option): string {
+  const help = new Help();
+  if (!Array.isArray(option.defaultValue) || option.defaultValue.length > 0) return help.optionDescription(option);
+  const saved: unknown = option.defaultValue;
+  option.defaultValue = undefined;
+  try {
+    return help.optionDescription(option);
+  } finally {
+    option.defaultValue = saved;
+  }
+}
 
 /** Whether the command line asks for JSON output (errors then come as one JSON document too). */
 function wantsJson(argv: readonly string[]): boolean {
@@ -24,7 +60,8 @@ export async function main(argv: string[]): Promise<number> {
     .description('Live patching and patch protection for running Linux x86-64 processes')
     .version('0.1.0')
     .exitOverride()
-    .configureOutput({ writeErr: (s) => process.stderr.write(s) });
+    .configureOutput({ writeOut: (s) => process.stdout.write(wrapProse(s)), writeErr: (s) => process.stderr.write(s) })
+    .configureHelp({ optionDescription: describeOption });
   let exitCode = 0;
   registerCommands(program, (code) => {
     exitCode = code;

@@ -82,4 +82,19 @@ describe('docs/user-guide.md matches `hotpatch --help`', () => {
     }
     expect(missing, `docs/user-guide.md does not mention: ${missing.join(', ')}`).toEqual([]);
   });
+
+  it('every --help fits 80 columns and shows no "(default: [])"', async () => {
+    const { execFile } = await import('node:child_process');
+    const { promisify } = await import('node:util');
+    const run = promisify(execFile);
+    const top = (await run('node', [CLI, '--help'])).stdout;
+    const names = [...top.matchAll(/^  ([a-z]+) /gm)].map((m) => m[1]!).filter((n) => n !== 'help');
+    expect(names.length).toBeGreaterThan(10);
+    for (const name of names) {
+      const text = (await run('node', [CLI, name, '--help'])).stdout;
+      expect(text, name).not.toContain('(default: [])');
+      const long = text.split('\n').filter((l) => l.length > 80);
+      expect(long, name).toEqual([]);
+    }
+  }, 120_000);
 });

@@ -72,8 +72,8 @@ export function register(program: Command, setExitCode: SetExitCode): void {
     .option('--json', 'print one JSON document on stdout')
     .addHelpText(
       'after',
-      '\nBuild both files with the same flags, ideally:\n  -O2 -fpatchable-function-entry=7,5 -ffunction-sections -Wl,--emit-relocs (-g to check struct layouts)\n' +
-        '\nExample:\n  hotpatch build --old /usr/sbin/server --new build/server -o fix.hpk --key release.key\n',
+      '\nBuild both files with the same flags, ideally (-g also checks struct layouts):\n  -O2 -fpatchable-function-entry=7,5 -ffunction-sections -Wl,--emit-relocs\n' +
+        '\nExample:\n  hotpatch build --old /usr/sbin/server --new build/server \\\n    -o fix.hpk --key release.key\n',
     )
     .action(async (opts: BuildCliOptions) => {
       const json = opts.json ?? false;

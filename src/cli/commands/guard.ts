@@ -69,7 +69,7 @@ export function register(program: Command, setExitCode: SetExitCode): void {
     .option('--structures <LIST>', 'only these structure codes, comma-separated (default: all 0-10)')
     .option('--no-ptrace', 'skip structure 7 (signal handlers), the only check that briefly stops the target')
     .option('--duration <SECONDS>', 'stop after this long (default: run until SIGTERM/SIGINT)')
-    .addHelpText('after', '\nExamples:\n  hotpatch guard --exe /usr/sbin/nginx --action restore --metrics 9464\n  hotpatch guard --all --policy /etc/hotpatch/guard.json --json-log /var/log/hotpatch-guard.jsonl\n')
+    .addHelpText('after', '\nExamples:\n  hotpatch guard --exe /usr/sbin/nginx --action restore --metrics 9464\n  hotpatch guard --all --policy /etc/hotpatch/guard.json \\\n    --json-log /var/log/hotpatch-guard.jsonl\n')
     .action(async (opts: GuardCliOptions) => {
       const { Guard } = await import('../../guard/guard.js');
       const selections = [opts.pid.length > 0, opts.all === true, opts.exe.length > 0].filter(Boolean).length;

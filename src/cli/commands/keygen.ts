@@ -28,7 +28,8 @@ export function register(program: Command, setExitCode: SetExitCode): void {
 Examples:
   hotpatch keygen -o ~/.hotpatch/release.key -c "Release team"
   hotpatch sign fix.hpk --key ~/.hotpatch/release.key
-  cp ~/.hotpatch/release.key.pub /etc/hotpatch/trusted.d/   # on the machines that apply patches
+  # on the machines that apply patches:
+  cp ~/.hotpatch/release.key.pub /etc/hotpatch/trusted.d/
 `,
     )
     .action((opts: { output: string; comment?: string; force?: boolean; json?: boolean }) => {
