@@ -33,3 +33,26 @@ export function progress(text: string): void {
 export function hex(bytes: Uint8Array): string {
   return Buffer.from(bytes.buffer, bytes.byteOffset, bytes.byteLength).toString('hex');
 }
+
+/**
+ * A status line for long work, rewritten in place on a terminal; nothing when stderr is not a
+ * TTY or the command prints JSON (scripts and logs get no noise). Call `done()` at the end.
+ */
+export function liveStatus(json: boolean): { update(text: string): void; done(): void } {
+  if (json || !process.stderr.isTTY) return { update: () => undefined, done: () => undefined };
+  let shown = false;
+  let last = 0;
+  return {
+    update(text: string): void {
+      const now = Date.now();
+      if (now - last < 100) return; // a terminal needs no more than 10 updates a second
+      last = now;
+      const width = (process.stderr.columns || 80) - 1;
+      process.stderr.write(`\r${text.slice(0, width).padEnd(width)}`);
+      shown = true;
+    },
+    done(): void {
+      if (shown) process.stderr.write(`\r${' '.repeat((process.stderr.columns || 80) - 1)}\r`);
+    },
+  };
+}

@@ -41,6 +41,8 @@ export interface VerifyOptions {
   cleanCacheMs?: number;
   /** Include findings the policy allows (marked in detail). Default false. */
   includeAllowed?: boolean;
+  /** Called after each process of `verifyProcesses` (processes done, total, bytes compared so far). */
+  onProgress?: (done: number, total: number, bytes: number) => void;
 }
 
 export interface VerifyResult {
@@ -147,6 +149,12 @@ export async function verifyProcesses(pids: readonly number[], options: VerifyOp
   const trust = options.trust ?? loadVerifierTrust(options);
   const shared: VerifyOptions = { ...options, trust, caches: options.caches ?? new VerifierCaches(), state: options.state ?? new GuardState(null, false) };
   const out: VerifyResult[] = [];
-  for (const pid of pids) out.push(await verifyProcess(pid, shared));
+  let bytes = 0;
+  for (const pid of pids) {
+    const r = await verifyProcess(pid, shared);
+    out.push(r);
+    bytes += r.bytes;
+    options.onProgress?.(out.length, pids.length, bytes);
+  }
   return out;
 }

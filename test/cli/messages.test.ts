@@ -109,5 +109,15 @@ describe('CLI messages for user mistakes', () => {
     expect(r.stderr).not.toMatch(/EPIPE|Unhandled|\n\s+at /);
     expect([0, 4]).toContain(r.code); // 4: some process (pid 1 in a container) could not be read
   }, 120_000);
+
+  it('verify shows live progress on a terminal only (not when stderr is a pipe, not with --json)', async () => {
+    const args = `verify --pid ${process.pid} --no-ptrace`;
+    const onTty = await run('script', ['-qec', `node ${JSON.stringify(CLI)} ${args}`, '/dev/null'], { timeout: 120_000 }).catch((e: { stdout: string }) => e);
+    expect((onTty as { stdout: string }).stdout).toMatch(/hotpatch verify: 1\/1 processes, [\d.]+ MB compared/);
+    const piped = await cli(args.split(' '));
+    expect(piped.stderr).not.toMatch(/processes, [\d.]+ MB compared/);
+    const json = await run('script', ['-qec', `node ${JSON.stringify(CLI)} ${args} --json`, '/dev/null'], { timeout: 120_000 }).catch((e: { stdout: string }) => e);
+    expect((json as { stdout: string }).stdout).not.toMatch(/MB compared/);
+  }, 120_000);
 });
 

@@ -10,7 +10,7 @@ import { ALL_STRUCTURES, findingToJson, formatFinding, SEVERITIES, severityRank,
 import { defaultPolicy, loadPolicy } from '../../guard/policy.js';
 import { DEFAULT_STATE_DIR, GuardState } from '../../guard/state.js';
 import { EXIT_ERROR, EXIT_FINDINGS, EXIT_OK, EXIT_PARTIAL } from '../exit-codes.js';
-import { printJson, progress, say } from '../output.js';
+import { liveStatus, printJson, progress, say } from '../output.js';
 import { collect, parsePidOption } from '../options.js';
 import type { SetExitCode } from './index.js';
 
@@ -67,7 +67,12 @@ export function register(program: Command, setExitCode: SetExitCode): void {
       const stateDir = opts.stateDir ?? (existsSync(DEFAULT_STATE_DIR) ? DEFAULT_STATE_DIR : null);
       const state = new GuardState(stateDir, false);
       const structures = opts.structures !== undefined ? parseStructures(opts.structures) : [...ALL_STRUCTURES];
-      const results = await verifyProcesses(pids, { policy, state, trustedKeys: opts.trust, structures, allowPtrace: opts.ptrace });
+      const status = liveStatus(json);
+      const results = await verifyProcesses(pids, {
+        policy, state, trustedKeys: opts.trust, structures, allowPtrace: opts.ptrace,
+        onProgress: (done, total, b) => status.update(`hotpatch verify: ${done}/${total} processes, ${(b / 1e6).toFixed(1)} MB compared`),
+      });
+      status.done();
       const findings = results.flatMap((r) => r.findings);
       const checked = results.filter((r) => r.checked);
       if (!opts.all) {
