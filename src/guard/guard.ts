@@ -50,6 +50,9 @@ export interface GuardOptions extends GuardSelection {
   action?: GuardAction;
   policy?: Policy;
   state?: GuardState;
+  /** Trusted signer public key files (see VerifyOptions.trustFiles). */
+  trustFiles?: string[];
+  /** @deprecated the old name of `trustFiles` (still honoured). */
   trustedKeys?: string[];
   /** Structure 7 stops targets briefly with ptrace; false skips it. Default true. */
   allowPtrace?: boolean;
@@ -139,7 +142,7 @@ export class Guard {
       state: this.state,
       caches: options.caches ?? new VerifierCaches(),
       cleanCacheMs: options.fullIntervalMs ?? 6 * this.intervalMs,
-      trust: loadVerifierTrust({ trustedKeys: options.trustedKeys ?? [], policy: this.policy }),
+      trust: loadVerifierTrust({ ...options, policy: this.policy }),
       allowPtrace: options.allowPtrace ?? true,
     };
   }

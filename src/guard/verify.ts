@@ -28,10 +28,12 @@ export interface VerifyOptions {
   /** Structures to check (default: all). */
   structures?: readonly StructureCode[];
   /**
-   * Trusted signer public key files (structure 10), used with the policy's `trustedKeys`; when
+   * Trusted signer public key files (structure 10; the same name as apply's), used with the policy's `trustedKeys`; when
    * both are empty, HOTPATCH_TRUSTED_KEYS, else /etc/hotpatch/trusted.d. A file that cannot be
    * read is an error (PackageError KEY_NOT_FOUND), never "no trusted signer".
    */
+  trustFiles?: string[];
+  /** @deprecated the old name of `trustFiles` (still honoured). */
   trustedKeys?: string[];
   /** The trusted keys already loaded (overrides `trustedKeys`; `verifyProcesses` loads them once). */
   trust?: TrustedKeySet;
@@ -65,7 +67,7 @@ export function checkOptions(options: VerifyOptions = {}): CheckOptions {
     state: options.state ?? new GuardState(null, false),
     caches: options.caches ?? new VerifierCaches(),
     cleanCacheMs: options.cleanCacheMs ?? 0,
-    trust: options.trust ?? loadVerifierTrust({ trustedKeys: options.trustedKeys ?? [], policy }),
+    trust: options.trust ?? loadVerifierTrust({ ...options, policy }),
     allowPtrace: options.allowPtrace ?? true,
   };
 }
@@ -76,8 +78,8 @@ export function checkOptions(options: VerifyOptions = {}): CheckOptions {
  * or changeable by another user is an error (KEY_NOT_FOUND, KEY_INVALID, TRUST_UNSAFE) before
  * anything is verified, rather than every sanctioned patch turning into a finding.
  */
-export function loadVerifierTrust(options: Pick<VerifyOptions, 'trustedKeys' | 'policy'> = {}): TrustedKeySet {
-  const files = [...(options.trustedKeys ?? []), ...(options.policy?.trustedKeys ?? [])];
+export function loadVerifierTrust(options: Pick<VerifyOptions, 'trustFiles' | 'trustedKeys' | 'policy'> = {}): TrustedKeySet {
+  const files = [...(options.trustFiles ?? []), ...(options.trustedKeys ?? []), ...(options.policy?.trustedKeys ?? [])];
   return loadTrustedKeySet(files.length > 0 ? { trustFiles: files } : {});
 }
 

@@ -189,7 +189,7 @@ describe('docs/api.md examples, on a running process', () => {
       for (const x of p.patches) console.log(`${p.pid} ${x.id} ${x.state} ${x.functions.join(',')} signer: ${x.signer ?? '(unsigned)'}`);
     }
     // --- docs/api.md: verify
-    const v = await verifyProcess(pid, { trustedKeys: [publicKeyFile] });
+    const v = await verifyProcess(pid, { trustFiles: [publicKeyFile] });
     for (const f of v.findings) console.log(`[${f.code} ${f.structure}] ${f.severity} ${f.detail}`);
     console.log(`${v.bytes} bytes compared, ${v.findings.length} finding(s)`);
     // ---

@@ -8,7 +8,8 @@ import { join } from 'node:path';
 import { spawn, type ChildProcess } from 'node:child_process';
 import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
 import { HotpatchError } from '../../src/errors.js';
-import { applyPatch, FAULT_TARGET_ENV, removePatch, type FaultStep } from '../../src/patch/index.js';
+import { applyPatch, removePatch } from '../../src/patch/index.js';
+import { FAULT_TARGET_ENV, type FaultStep } from '../../src/patch/engine/fault.js';
 import { compile } from '../helpers/native.js';
 import { handPlan, PADDED_FIX, RETURN_42 } from './helpers.js';
 

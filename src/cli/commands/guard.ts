@@ -90,7 +90,7 @@ export function register(program: Command, setExitCode: SetExitCode): void {
         ...(opts.action !== undefined ? { action: opts.action as GuardAction } : {}),
         policy,
         state: new GuardState(opts.stateDir, true),
-        trustedKeys: opts.trust,
+        trustFiles: opts.trust,
         allowPtrace: opts.ptrace,
         ...(opts.structures !== undefined ? { structures: parseStructures(opts.structures) } : {}),
         metrics,

@@ -69,7 +69,7 @@ export function register(program: Command, setExitCode: SetExitCode): void {
       const structures = opts.structures !== undefined ? parseStructures(opts.structures) : [...ALL_STRUCTURES];
       const status = liveStatus(json);
       const results = await verifyProcesses(pids, {
-        policy, state, trustedKeys: opts.trust, structures, allowPtrace: opts.ptrace,
+        policy, state, trustFiles: opts.trust, structures, allowPtrace: opts.ptrace,
         onProgress: (done, total, b) => status.update(`hotpatch verify: ${done}/${total} processes, ${(b / 1e6).toFixed(1)} MB compared`),
       });
       status.done();

@@ -9,4 +9,3 @@ export { recoverProcess, type RecoverOptions, type RecoverResult, type RecoverAc
 export { listPatches, type ListedPatch, type ListedSite, type ProcessPatches } from './list.js';
 export * from './record.js';
 export { findRecordMapping, readRecordFromMappings, RecordStore } from './record-store.js';
-export { APPLY_FAULT_STEPS, REMOVE_FAULT_STEPS, FAULT_ENV, FAULT_TARGET_ENV, type FaultStep } from './fault.js';
