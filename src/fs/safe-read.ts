@@ -5,7 +5,8 @@
  * inode the walk checked (device and inode compared), so a component swapped after the walk is
  * never read.
  */
-import { closeSync, constants, fstatSync, openSync, readdirSync, readSync, type Stats } from 'node:fs';
+import { closeSync, constants, fstatSync, openSync, readdirSync, type Stats } from 'node:fs';
+import { readFileRange } from '../process/inspect/memory.js';
 import { checkPath, unsafe, PATH_UNSAFE, TRUST_UNSAFE } from './path-check.js';
 
 /** Default size limit of a trusted file (keys and policies are small). */
@@ -31,14 +32,8 @@ export interface TrustedReadOptions {
 
 function readAll(fd: number, st: Stats, max: number, path: string): Buffer {
   if (st.size > max) throw Object.assign(new Error(`${path} is ${st.size} bytes, more than the ${max}-byte limit`), { code: 'EFBIG' });
-  const buf = Buffer.alloc(st.size);
-  let off = 0;
-  while (off < buf.length) {
-    const n = readSync(fd, buf, off, buf.length - off, off);
-    if (n === 0) break;
-    off += n;
-  }
-  return buf.subarray(0, off);
+  const bytes = readFileRange(fd, 0, st.size);
+  return Buffer.from(bytes.buffer, bytes.byteOffset, bytes.byteLength);
 }
 
 /**

@@ -53,7 +53,8 @@ export function checkOutputDirectory(dir: string, what: string, privateDir = fal
   return checkPath(dir, { code: PATH_UNSAFE, what: `directory of ${what}`, kind: 'directory', allowStickyFinal: !privateDir });
 }
 
-function lstatOrUndefined(path: string): Stats | undefined {
+/** lstat of `path`, or undefined when nothing is there. */
+export function lstatOrUndefined(path: string): Stats | undefined {
   try {
     return lstatSync(path);
   } catch (e) {

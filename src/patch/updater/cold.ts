@@ -21,12 +21,12 @@
  * O_NOFOLLOW and must have one link and belong to root, us or NAME's owner. UnsafePathError
  * PATH_UNSAFE otherwise, before anything is changed.
  */
-import { closeSync, fstatSync, linkSync, lstatSync, openSync, readSync, renameSync, unlinkSync, type Stats } from 'node:fs';
+import { closeSync, fstatSync, linkSync, openSync, renameSync, unlinkSync, type Stats } from 'node:fs';
 import { basename, dirname, join } from 'node:path';
 import { HotpatchError, PackageError, RefusedError } from '../../errors.js';
-import { checkOutputDirectory, O_READ_NOFOLLOW, trustedOwners, unsafe, PATH_UNSAFE } from '../../fs/index.js';
+import { checkOutputDirectory, lstatOrUndefined, O_READ_NOFOLLOW, trustedOwners, unsafe, PATH_UNSAFE } from '../../fs/index.js';
 import { parseElf } from '../../elf/index.js';
-import { readElfSummaryFromFile } from '../../process/index.js';
+import { readElfSummaryFromFile, readFileRange } from '../../process/index.js';
 import { extractColdFile, fsyncDirectory, writeFileAtomic, type PatchPackage } from '../package/index.js';
 
 /** What a cold operation did to one file. */
@@ -85,15 +85,6 @@ export function readColdState(path: string, patchId: string): ColdState | undefi
 
 const WHAT = 'cold-patched file';
 
-function lstatOrUndefined(path: string): Stats | undefined {
-  try {
-    return lstatSync(path);
-  } catch (e) {
-    if ((e as NodeJS.ErrnoException).code === 'ENOENT') return undefined;
-    throw e;
-  }
-}
-
 /**
  * Checks that the file to cold-patch is no symbolic link and lies in a directory only root and we
  * can change. Throws UnsafePathError PATH_UNSAFE; returns its lstat (undefined when missing).
@@ -123,14 +114,7 @@ function readStateText(path: string, statePath: string): string | undefined {
     if (!st.isFile() || st.nlink !== 1) throw unsafe(o, statePath, statePath, st.isFile() ? `has ${st.nlink} hard links` : 'is not a regular file', 'remove it');
     if (!owners.has(st.uid)) throw unsafe(o, statePath, statePath, `is owned by uid ${st.uid}`, 'remove it');
     if (st.size > 1024 * 1024) throw unsafe(o, statePath, statePath, `is ${st.size} bytes`, 'remove it');
-    const buf = Buffer.alloc(st.size);
-    let off = 0;
-    while (off < buf.length) {
-      const n = readSync(fd, buf, off, buf.length - off, off);
-      if (n === 0) break;
-      off += n;
-    }
-    return buf.subarray(0, off).toString('utf8');
+    return Buffer.from(readFileRange(fd, 0, st.size)).toString('utf8');
   } finally {
     closeSync(fd);
   }
