@@ -7,7 +7,7 @@ import { ProcessError } from '../errors.js';
 import { enumerateProcessIds, PROCESS_KERNEL_THREAD, PROCESS_NOT_FOUND, PROCESS_ZOMBIE } from '../process/index.js';
 import { checkCredentials } from './checks/credentials.js';
 import { checkImages } from './checks/image.js';
-import { checkImports } from './checks/imports.js';
+import { checkImports, checkLinkMapForgery } from './checks/imports.js';
 import { checkInjected, checkModuleList, checkVdso } from './checks/memory.js';
 import { checkSanctioned } from './checks/sanctioned.js';
 import { checkSignalHandlers } from './checks/signals.js';
@@ -77,6 +77,7 @@ export async function runChecks(ctx: ProcessContext, structures: readonly Struct
   if (want.has(3)) await guarded(3, () => checkImports(ctx));
   if (want.has(5)) await guarded(5, () => checkInjected(ctx));
   if (want.has(6)) await guarded(6, () => checkModuleList(ctx));
+  if (want.has(6)) await guarded(6, () => checkLinkMapForgery(ctx));
   if (want.has(7)) await guarded(7, () => checkSignalHandlers(ctx));
   if (want.has(8)) await guarded(8, () => checkCredentials(ctx));
   if (want.has(9)) await guarded(9, () => checkVdso(ctx));
