@@ -8,6 +8,7 @@ import { enumerateProcessIds, PROCESS_KERNEL_THREAD, PROCESS_NOT_FOUND, PROCESS_
 import { checkCredentials } from './checks/credentials.js';
 import { checkImages } from './checks/image.js';
 import { checkImports, checkLinkMapForgery } from './checks/imports.js';
+import { checkCodePointers } from './checks/pointers.js';
 import { checkInjected, checkModuleList, checkVdso } from './checks/memory.js';
 import { checkSanctioned } from './checks/sanctioned.js';
 import { checkSignalHandlers } from './checks/signals.js';
@@ -75,6 +76,7 @@ export async function runChecks(ctx: ProcessContext, structures: readonly Struct
   const imageCodes = new Set([...want].filter((c) => c === 0 || c === 1 || c === 2 || c === 4));
   if (imageCodes.size > 0) await guarded([...imageCodes][0]!, () => checkImages(ctx, imageCodes));
   if (want.has(3)) await guarded(3, () => checkImports(ctx));
+  if (want.has(3)) await guarded(3, () => checkCodePointers(ctx));
   if (want.has(5)) await guarded(5, () => checkInjected(ctx));
   if (want.has(6)) await guarded(6, () => checkModuleList(ctx));
   if (want.has(6)) await guarded(6, () => checkLinkMapForgery(ctx));

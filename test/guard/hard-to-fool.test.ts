@@ -16,16 +16,60 @@ let hook: string;
 let audit: string;
 let lazy: string;
 let forge: string;
+let callbacks: string;
 const caches = new VerifierCaches();
 
 beforeAll(async () => {
-  [fx, hook, audit, lazy, forge] = await Promise.all([
+  [fx, hook, audit, lazy, forge, callbacks] = await Promise.all([
     buildFixtures(),
     compile({ file: 'guard/hard/hook.c', flags: ['-O2'], shared: true, name: 'libhook.so' }),
     compile({ file: 'guard/hard/audit.c', flags: ['-O2'], shared: true, name: 'libaudit.so' }),
     compile({ file: 'guard/hard/lazy.c', flags: ['-O2', '-Wl,-z,lazy'], name: 'lazy' }),
     compile({ file: 'guard/hard/forge.c', flags: ['-O2', '-Wl,-z,lazy', '-ldl'], name: 'forge' }),
+    compile({ file: 'guard/hard/callbacks.c', flags: ['-O2', '-Wl,-z,norelro'], name: 'callbacks' }),
   ]);
+});
+
+describe('function pointers in writable memory (3)', () => {
+  it('accepts a callback re-targeted to the program\'s own code, finds one re-targeted to injected code', async () => {
+    const t = await startTarget(callbacks);
+    const handler = BigInt(/handler=(0x[0-9a-f]+)/.exec(t.output())![1]!);
+    expect(await command(t, 'retarget')).toBe('retarget ok');
+    expect(await command(t, 'run')).toBe('run handler=105');
+    const clean = await findingsOf(t.pid, { caches });
+    expect(clean, summary(clean)).toEqual([]);
+    await command(t, 'hookdata');
+    expect(await command(t, 'run')).toBe('run handler=42');
+    const f = (await findingsOf(t.pid, { caches })).filter((x) => x.code === 3);
+    expect(f.length, summary(f)).toBe(1);
+    expect(f[0]).toMatchObject({ kind: 'pointer-hook', severity: 'high', module: callbacks, symbol: 'handler', address: handler });
+    expect(f[0]!.destination).toMatch(/^anonymous memory at 0x/);
+    expect(f[0]!.detail).toContain('(compute)');
+    await t.kill();
+  });
+
+  it('finds a writable .fini_array entry pointing into the heap', async () => {
+    const t = await startTarget(callbacks);
+    const fini = BigInt(/fini=(0x[0-9a-f]+)/.exec(t.output())![1]!);
+    await command(t, 'hookfini');
+    const f = await findingsOf(t.pid, { caches });
+    expect(f.length, summary(f)).toBe(1);
+    expect(f[0]).toMatchObject({ code: 3, kind: 'pointer-hook', severity: 'high', address: fini });
+    expect(f[0]!.detail).toContain('.fini_array');
+    await t.kill();
+  });
+
+  it('finds a stdio FILE whose vtable (or wide vtable) was moved outside __libc_IO_vtables', async () => {
+    const t = await startTarget(callbacks);
+    const vt = BigInt(/at (0x[0-9a-f]+)/.exec(await command(t, 'filevt'))![1]!);
+    const wvt = BigInt(/at (0x[0-9a-f]+)/.exec(await command(t, 'widevt'))![1]!);
+    const f = await findingsOf(t.pid, { caches });
+    expect(f.length, summary(f)).toBe(2);
+    expect(f.find((x) => x.symbol === 'FILE.vtable'), summary(f)).toMatchObject({ code: 3, kind: 'file-vtable', severity: 'high', address: vt });
+    expect(f.find((x) => x.symbol === 'FILE._wide_data._wide_vtable'), summary(f)).toMatchObject({ code: 3, kind: 'file-vtable', severity: 'high', address: wvt });
+    expect(f[0]!.destination).toMatch(/heap/);
+    await t.kill();
+  });
 });
 
 describe('interposition without touching an import slot (3)', () => {
