@@ -52,8 +52,18 @@ export function severityRank(s: Severity): number {
  * - `breakpoint`: INT3 while the process is traced or a uprobe is registered (benign modifier);
  * - `file-changed`: the mapped file differs from its first-seen identity or its package checksum;
  * - `got-hook`: an import slot points somewhere the dynamic linker would not bind it;
- * - `ld-preload`: an import slot is bound to a library preloaded by LD_PRELOAD (info);
- * - `preload-file`: an import slot is bound to a library from /etc/ld.so.preload;
+ * - `ld-preload`: an import slot is bound to a library preloaded by LD_PRELOAD (info), or such a
+ *   library interposes C library symbols (medium; high when no LD_PRELOAD names it);
+ * - `preload-file`: an import slot is bound to a library from /etc/ld.so.preload, or such a
+ *   library is in the lookup scope (medium);
+ * - `ld-audit`: an rtld-audit library (LD_AUDIT, or a loaded module exporting `la_version`) sees
+ *   and may redirect every symbol binding (medium);
+ * - `pointer-hook`: a function pointer the module's relocations initialise in writable data now
+ *   leads outside module code (high);
+ * - `file-vtable`: a stdio FILE object's vtable pointer lies outside the C library's
+ *   `__libc_IO_vtables` section (high);
+ * - `forged-link-map`: the dynamic linker's module list disagrees with the files (an l_name that
+ *   names another file than the one mapped, start-up modules out of DT_NEEDED order);
  * - `anonymous-code`, `memfd-code`, `deleted-code`, `wx-memory`: injected executable memory;
  * - `hidden-module`: an ELF image is mapped but absent from the dynamic linker's link_map;
  * - `unlisted-module` : link_map names a module that is not mapped;
@@ -90,6 +100,10 @@ export const FINDING_KINDS = [
   'got-hook',
   'ld-preload',
   'preload-file',
+  'ld-audit',
+  'pointer-hook',
+  'file-vtable',
+  'forged-link-map',
   'anonymous-code',
   'memfd-code',
   'deleted-code',

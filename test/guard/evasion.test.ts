@@ -228,7 +228,9 @@ describe('time-of-check evasion: the continuous code-write signal (guard)', () =
     await Promise.all(guards.splice(0).map((g) => g.stop()));
   });
 
-  it('reports a hook that exists for 2 s only, with a 10 min interval, and its removal', async () => {
+  // The hook lives 15 s, far less than the 10 min interval: only the signal can find it, and a loaded
+  // machine still has time to finish the triggered check (and its re-check) while it exists.
+  it('reports a hook that exists for 15 s only, with a 10 min interval, and its removal', async () => {
     const f = await startFool();
     const events: GuardEvent[] = [];
     const guard = new Guard({ pids: [f.t.pid], intervalMs: 600_000, signalIntervalMs: 200, recheckDelayMs: 50, rescanMs: 100, allowPtrace: false, onEvent: (e) => events.push(e) });
@@ -236,13 +238,16 @@ describe('time-of-check evasion: the continuous code-write signal (guard)', () =
     guard.start();
     while (!events.some((e) => e.type === 'process' && e.event === 'watch')) await new Promise((r) => setTimeout(r, 50));
     await new Promise((r) => setTimeout(r, 600)); // the signal's baseline is taken
-    expect(await command(f.t, 'selfhook 2000', 'selfhook')).toContain('status=0 during=-1005 after=16');
-    for (let i = 0; i < 40 && !events.some((e) => e.type === 'resolved'); i++) await new Promise((r) => setTimeout(r, 100));
+    const before = f.t.output().length;
+    f.t.child.stdin!.write('selfhook 15000\n');
+    await f.t.waitFor({ test: (o: string) => /selfhook status/.test(o.slice(before)) } as unknown as RegExp, 60_000);
+    expect(f.t.output().slice(before)).toContain('status=0 during=-1005 after=16');
+    for (let i = 0; i < 300 && !events.some((e) => e.type === 'resolved'); i++) await new Promise((r) => setTimeout(r, 100));
     const found = events.flatMap((e) => (e.type === 'finding' ? [e.finding] : []));
     expect(found.length, `${summary(found)} events: ${JSON.stringify(events.map((e) => e.type))} polls ${guard.signal.polls} triggers ${guard.signal.triggers}`).toBe(1);
     expect(found[0]).toMatchObject({ code: 0, kind: 'inline-hook', symbol: 'compute', address: f.compute });
     expect(events.some((e) => e.type === 'resolved' && e.code === 0)).toBe(true);
     expect(guard.signal.triggers).toBeGreaterThanOrEqual(2);
     await f.t.kill();
-  });
+  }, 120_000);
 });

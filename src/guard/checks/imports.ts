@@ -13,7 +13,7 @@
  * Also the reserved .got.plt words of lazily bound modules: GOT[1] = the module's own link_map,
  * GOT[2] = the loader's resolver.
  */
-import { readFileSync } from 'node:fs';
+import { readFileSync, statSync } from 'node:fs';
 import { basename } from 'node:path';
 import {
   R_X86_64_64,
@@ -33,7 +33,7 @@ import type { Module } from '../../process/index.js';
 import { ProcessContext, type CheckOptions } from '../context.js';
 import { makeFinding, type Finding } from '../finding.js';
 import { ModuleImage } from '../image.js';
-import { modulesInLoadOrder, readLinkMap, type LinkMapEntry } from './linkmap.js';
+import { linkMapNameMatches, modulesInLoadOrder, readLinkMap, startupOrder, type LinkMapEntry } from './linkmap.js';
 
 interface ScopeModule {
   mod: Module;
@@ -41,64 +41,105 @@ interface ScopeModule {
   entry: LinkMapEntry;
   /** Loaded at start-up (executable, preloads, DT_NEEDED closure, loader, vDSO). */
   startup: boolean;
-  /** 'env': named by LD_PRELOAD in the process environment; 'file': by /etc/ld.so.preload. */
-  preload?: 'env' | 'file';
+  /**
+   * 'env': named by LD_PRELOAD in the process environment; 'file': by /etc/ld.so.preload;
+   * 'unnamed': in the preload position of link_map (ahead of start-up modules, outside the
+   * DT_NEEDED closure) but named by neither.
+   */
+  preload?: 'env' | 'file' | 'unnamed';
 }
 
 interface Scope {
+  /** Start-up modules in the order the files give (startupOrder), then the others in link_map order. */
   modules: ScopeModule[];
+  /** Namespace-0 modules in the target's link_map order. */
+  linkMapOrder: { mod: Module; entry: LinkMapEntry }[];
+}
+
+function splitList(v: string): string[] {
+  return v.split(/[\s:]+/).filter((s) => s !== '' && !s.startsWith('#'));
 }
 
 function preloadNames(ctx: ProcessContext): { env: string[]; file: string[] } {
-  const env = (ctx.environ.get('LD_PRELOAD') ?? '').split(/[\s:]+/).filter((s) => s !== '');
+  const env = splitList(ctx.environ.get('LD_PRELOAD') ?? '');
   let file: string[] = [];
   try {
-    file = readFileSync('/etc/ld.so.preload', 'utf8').split(/[\s:]+/).filter((s) => s !== '' && !s.startsWith('#'));
+    file = splitList(readFileSync('/etc/ld.so.preload', 'utf8'));
   } catch {
     file = [];
   }
   return { env, file };
 }
 
-function nameMatches(list: readonly string[], mod: Module, entry: LinkMapEntry): boolean {
-  return list.some((p) => p === entry.name || p === mod.path || (!p.includes('/') && (basename(entry.name) === p || mod.name === p)));
+/**
+ * Whether the library name `p` (an LD_PRELOAD / LD_AUDIT / ld.so.preload item) names the mapped
+ * module: a path is resolved in the target's root (or its cwd when relative) and compared by
+ * device and inode with the mapped file; a bare name (searched in the library path) by the file's
+ * DT_SONAME or the basename of the mapped path. Never by l_name, which the target can rewrite.
+ */
+export function libraryNameMatches(ctx: ProcessContext, p: string, mod: Module, img: ModuleImage | null): boolean {
+  if (mod.kind === 'vdso') return false;
+  if (!p.includes('/')) return basename(mod.path) === p || img?.elf.dynamic?.soname === p;
+  if (p === mod.path) return true;
+  return ctx.memo(`libname:${p}:${mod.base.toString(16)}`, () => {
+    try {
+      const named = statSync(p.startsWith('/') ? `/proc/${ctx.pid}/root${p}` : `/proc/${ctx.pid}/cwd/${p}`);
+      const mapped = statSync(mod.mapFilesPath ?? mod.path);
+      return named.dev === mapped.dev && named.ino === mapped.ino;
+    } catch {
+      return false;
+    }
+  });
 }
 
-/** The symbol scope of namespace 0, with start-up and preload marks. Memoised per context. */
+/**
+ * The symbol scope of namespace 0, with start-up and preload marks. The start-up modules and their
+ * order come from the files (DT_NEEDED breadth-first from the executable and the preloads, names
+ * resolved by DT_SONAME and the mapped paths), not from link_map names or order, which the target
+ * can rewrite to make a hook look like the expected binding. Memoised per context.
+ */
 function buildScope(ctx: ProcessContext): Scope {
   return ctx.memo('scope', () => {
-    const ordered = modulesInLoadOrder(ctx).filter((x) => x.entry.namespace === 0);
-    const modules: ScopeModule[] = [];
-    for (const { mod, entry } of ordered) {
-      const img = ctx.image(mod) ?? vdsoImage(ctx, mod);
-      if (img === null) continue;
-      modules.push({ mod, img, entry, startup: false });
-    }
+    const linkMapOrder = modulesInLoadOrder(ctx).filter((x) => x.entry.namespace === 0);
+    const images = new Map<Module, ModuleImage>();
+    const usable = linkMapOrder.filter((x) => {
+      const img = ctx.image(x.mod) ?? vdsoImage(ctx, x.mod);
+      if (img !== null) images.set(x.mod, img);
+      return img !== null;
+    });
     const pre = preloadNames(ctx);
-    // Start-up set: the executable, the loader, the vDSO, preloads, and the DT_NEEDED closure.
-    const bySoname = new Map<string, ScopeModule>();
-    for (const m of modules) {
-      const so = m.img.elf.dynamic?.soname;
-      if (so !== undefined && !bySoname.has(so)) bySoname.set(so, m);
-      const b = basename(m.entry.name || m.mod.path);
-      if (!bySoname.has(b)) bySoname.set(b, m);
-    }
-    const queue: ScopeModule[] = [];
-    for (const m of modules) {
-      if (nameMatches(pre.env, m.mod, m.entry)) m.preload = 'env';
-      else if (nameMatches(pre.file, m.mod, m.entry)) m.preload = 'file';
-      if (m.entry.index === 0 || m.mod.kind === 'loader' || m.mod.kind === 'vdso' || m.preload !== undefined) queue.push(m);
-    }
-    while (queue.length > 0) {
-      const m = queue.shift()!;
-      if (m.startup) continue;
-      m.startup = true;
-      for (const n of m.img.elf.dynamic?.needed ?? []) {
-        const d = bySoname.get(n) ?? bySoname.get(basename(n));
-        if (d !== undefined && !d.startup) queue.push(d);
+    const named: { x: { mod: Module; entry: LinkMapEntry }; how: 'env' | 'file' }[] = [];
+    for (const [list, how] of [[pre.env, 'env'], [pre.file, 'file']] as const) {
+      for (const p of list) {
+        const x = usable.find((o) => libraryNameMatches(ctx, p, o.mod, images.get(o.mod) ?? null));
+        if (x !== undefined && !named.some((n) => n.x.mod === x.mod)) named.push({ x, how });
       }
     }
-    return { modules };
+    let startup = startupOrder(ctx, usable, named.map((n) => n.x));
+    // A module outside the closure that link_map lists ahead of a start-up module sits where only
+    // preloads sit (dlopen appends at the end): treat it as a preload, marked 'unnamed'.
+    const inStartup = new Set(startup.map((s) => s.mod));
+    let last = -1;
+    usable.forEach((o, i) => {
+      if (inStartup.has(o.mod)) last = i;
+    });
+    const unnamed = usable.filter((o, i) => i < last && !inStartup.has(o.mod) && o.mod.kind !== 'vdso');
+    if (unnamed.length > 0) startup = startupOrder(ctx, usable, [...named.map((n) => n.x), ...unnamed]);
+    const modules: ScopeModule[] = [];
+    const placed = new Set<Module>();
+    const add = (x: { mod: Module; entry: LinkMapEntry }, isStartup: boolean) => {
+      if (placed.has(x.mod)) return;
+      placed.add(x.mod);
+      const sm: ScopeModule = { mod: x.mod, img: images.get(x.mod)!, entry: x.entry, startup: isStartup };
+      const n = named.find((y) => y.x.mod === x.mod);
+      if (n !== undefined) sm.preload = n.how;
+      else if (unnamed.some((y) => y.mod === x.mod)) sm.preload = 'unnamed';
+      modules.push(sm);
+    };
+    for (const s of startup) add(s, true);
+    for (const o of usable) if (o.mod.kind === 'vdso') add(o, true);
+    for (const o of usable) add(o, false);
+    return { modules, linkMapOrder };
   });
 }
 
@@ -341,7 +382,7 @@ export function checkImports(ctx: ProcessContext): Finding[] {
   if (entries.length === 0) return problem ? [makeFinding({ pid: ctx.pid, code: 3, kind: 'unverifiable', severity: 'low', detail: problem })] : [];
   const scope = buildScope(ctx);
   const choices = ownIfuncChoices(ctx.options);
-  const out: Finding[] = [];
+  const out: Finding[] = [...checkPreloadScope(ctx, scope), ...checkAudit(ctx)];
   for (const sm of scope.modules) {
     if (sm.mod.kind === 'vdso') continue;
     const bias = sm.mod.loadBias;
@@ -447,4 +488,130 @@ export function bindingValues(ctx: ProcessContext, mod: Module, ref: ElfSymbol, 
   if (allowed.some((c) => c.value === undefined)) return undefined;
   if (allowed.length === 0 && ref.bind === STB_WEAK) return [0n];
   return allowed.map((c) => c.value!);
+}
+
+const interposedCache = new WeakMap<ModuleImage, WeakMap<ModuleImage, string[]>>();
+
+/** Names `pre` defines that `lib` exports too (functions and objects): what `pre` interposes on `lib`. */
+function interposedSymbols(pre: ModuleImage, lib: ModuleImage): string[] {
+  let m = interposedCache.get(pre);
+  if (m === undefined) interposedCache.set(pre, (m = new WeakMap()));
+  const hit = m.get(lib);
+  if (hit !== undefined) return hit;
+  const names = new Set<string>();
+  for (const s of pre.elf.dynamicSymbols) {
+    if (s.shndx === SHN_UNDEF || s.name === '') continue;
+    if (pre.exportsNamed(s.name).length === 0) continue;
+    if (lib.exportsNamed(s.name).some((d) => d.shndx !== SHN_UNDEF)) names.add(s.name);
+  }
+  const out = [...names].sort();
+  m.set(lib, out);
+  return out;
+}
+
+/** sonames of the libraries whose interposition is at least medium: the C library and libpthread. */
+const CORE_LIBRARIES: readonly string[] = ['libc.so.6', 'libpthread.so.0'];
+
+function listNames(names: readonly string[], max = 8): string {
+  return names.length <= max ? names.join(', ') : `${names.slice(0, max).join(', ')}, … (${names.length} in all)`;
+}
+
+/**
+ * Interposition judged on the scope, whether or not any slot is bound yet (lazy binding): every
+ * preloaded library ahead of the C library in the lookup order wins the lookup of each libc /
+ * libpthread symbol it defines, for every module of the process.
+ * - LD_PRELOAD (environment) interposing libc/libpthread symbols: medium `ld-preload`
+ *   (other LD_PRELOAD libraries only give the per-slot info findings);
+ * - /etc/ld.so.preload: medium `preload-file`;
+ * - a module in the preload position that neither names: medium `ld-preload`, high when it
+ *   interposes libc/libpthread symbols.
+ */
+function checkPreloadScope(ctx: ProcessContext, scope: Scope): Finding[] {
+  const out: Finding[] = [];
+  const core = scope.modules.filter((m) => m.startup && CORE_LIBRARIES.includes(m.img.elf.dynamic?.soname ?? ''));
+  for (const sm of scope.modules) {
+    if (sm.preload === undefined) continue;
+    const interposed: string[] = [];
+    for (const c of core) for (const n of interposedSymbols(sm.img, c.img)) if (!interposed.includes(n)) interposed.push(n);
+    interposed.sort();
+    const what = interposed.length > 0 ? `; it wins the symbol lookup of ${interposed.length} C library symbol(s) for every module, bound yet or not: ${listNames(interposed)}` : '';
+    const base = { pid: ctx.pid, code: 3 as const, module: sm.mod.path, offset: null, address: sm.mod.base, symbol: interposed[0] ?? null };
+    if (sm.preload === 'env') {
+      if (interposed.length === 0) continue;
+      out.push(makeFinding({ ...base, kind: 'ld-preload', severity: 'medium', detail: `LD_PRELOAD library ${sm.mod.path} interposes the C library${what}` }));
+    } else if (sm.preload === 'file') {
+      out.push(makeFinding({ ...base, kind: 'preload-file', severity: 'medium', detail: `${sm.mod.path} is preloaded into every process by /etc/ld.so.preload${what}` }));
+    } else {
+      out.push(makeFinding({
+        ...base, kind: 'ld-preload', severity: interposed.length > 0 ? 'high' : 'medium',
+        detail: `${sm.mod.path} is in the preload position of the module list (ahead of the executable's dependencies, in none of their DT_NEEDED) but neither LD_PRELOAD in the environment nor /etc/ld.so.preload names it: the environment was rewritten or link_map was reordered${what}`,
+      }));
+    }
+  }
+  return out;
+}
+
+/**
+ * rtld-audit libraries (LD_AUDIT): they see every symbol binding and may redirect it
+ * (la_symbind64) without touching an import slot. Found by the environment's LD_AUDIT and by the
+ * loaded modules themselves (an audit library must export `la_version`; it is loaded in its own
+ * namespace). Medium `ld-audit`.
+ */
+function checkAudit(ctx: ProcessContext): Finding[] {
+  const out: Finding[] = [];
+  const names = splitList(ctx.environ.get('LD_AUDIT') ?? '');
+  const reported = new Set<Module>();
+  for (const mod of ctx.modules) {
+    if (mod.kind === 'vdso') continue;
+    const img = ctx.image(mod);
+    if (img === null) continue;
+    const byEnv = names.find((n) => libraryNameMatches(ctx, n, mod, img));
+    const exportsLaVersion = img.exportsNamed('la_version').some((s) => s.shndx !== SHN_UNDEF);
+    if (byEnv === undefined && !exportsLaVersion) continue;
+    reported.add(mod);
+    const why = byEnv !== undefined ? `named by LD_AUDIT=${byEnv} in the environment` : 'exports la_version (the rtld-audit entry point) but LD_AUDIT in the environment does not name it';
+    out.push(makeFinding({
+      pid: ctx.pid, code: 3, kind: 'ld-audit', severity: 'medium', module: mod.path, address: mod.base,
+      symbol: exportsLaVersion ? 'la_version' : null,
+      detail: `rtld-audit library ${mod.path} (${why}): the dynamic linker calls it for every symbol binding, and it can redirect bindings without changing any import slot`,
+    }));
+  }
+  for (const n of names) {
+    if ([...reported].some((m) => libraryNameMatches(ctx, n, m, ctx.image(m)))) continue;
+    out.push(makeFinding({ pid: ctx.pid, code: 3, kind: 'ld-audit', severity: 'medium', module: n, detail: `the process was started with LD_AUDIT naming ${n}, which is not mapped (no audit library loaded, or it was unmapped)` }));
+  }
+  return out;
+}
+
+/**
+ * Structure 6, the dynamic linker's own data: link_map names and order must agree with the files.
+ * - every l_name that resolves (in the target's root) must be the file mapped at that entry
+ *   (device and inode through /proc/PID/map_files): a renamed entry makes a hook look like libc;
+ * - the start-up modules must appear in link_map in the order the files give (executable,
+ *   preloads, DT_NEEDED breadth-first): the dynamic linker never reorders them.
+ * High `forged-link-map` findings. Bindings are judged from the files either way (structure 3).
+ */
+export function checkLinkMapForgery(ctx: ProcessContext): Finding[] {
+  const { entries, state } = readLinkMap(ctx);
+  if (entries.length === 0 || state !== 0) return [];
+  const scope = buildScope(ctx);
+  const out: Finding[] = [];
+  for (const { mod, entry } of modulesInLoadOrder(ctx)) {
+    if (linkMapNameMatches(ctx, mod, entry) !== false) continue;
+    out.push(makeFinding({
+      pid: ctx.pid, code: 6, kind: 'forged-link-map', severity: 'high', module: mod.path, address: entry.self, symbol: 'l_name',
+      detail: `link_map entry at 0x${entry.self.toString(16)} (namespace ${entry.namespace}, position ${entry.index}) names ${entry.name}, but the module mapped there is ${mod.path} (another file): the dynamic linker's module list was edited`,
+    }));
+  }
+  const want = scope.modules.filter((m) => m.startup && m.mod.kind !== 'vdso').map((m) => m.mod);
+  const have = scope.linkMapOrder.map((x) => x.mod).filter((m) => want.includes(m));
+  const i = have.findIndex((m, k) => m !== want[k]);
+  if (i >= 0) {
+    const e = scope.linkMapOrder.find((x) => x.mod === have[i])!.entry;
+    out.push(makeFinding({
+      pid: ctx.pid, code: 6, kind: 'forged-link-map', severity: 'high', module: have[i]!.path, address: e.self, symbol: 'l_next',
+      detail: `link_map lists ${have[i]!.path} at start-up position ${i}, where the executable's preloads and DT_NEEDED order put ${want[i]?.path ?? 'nothing'}: the dynamic linker's module list was reordered (symbol bindings are judged in the order the files give)`,
+    }));
+  }
+  return out;
 }

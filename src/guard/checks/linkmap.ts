@@ -4,6 +4,8 @@
  * r_debug_extended (glibc ≥ 2.35, r_version ≥ 2) the other dlmopen namespaces through r_next.
  * Read from memory only (no ptrace).
  */
+import { statSync } from 'node:fs';
+import { basename } from 'node:path';
 import { DT_DEBUG } from '../../elf/index.js';
 import type { Module } from '../../process/index.js';
 import type { ProcessContext } from '../context.js';
@@ -140,4 +142,85 @@ export function modulesInLoadOrder(ctx: ProcessContext): { mod: Module; entry: L
     }
     return out;
   });
+}
+
+/**
+ * Whether the l_name of `entry` names the file `mod` really maps: the name, resolved in the
+ * target's root (/proc/PID/root), has the device and inode of the mapped file
+ * (/proc/PID/map_files). True/false when that can be told, undefined when not (no name, the vDSO,
+ * a name that no longer resolves, unreadable map_files). Memoised per context.
+ */
+export function linkMapNameMatches(ctx: ProcessContext, mod: Module, entry: LinkMapEntry): boolean | undefined {
+  if (entry.name === '' || mod.kind === 'vdso' || !entry.name.startsWith('/')) return undefined;
+  return ctx.memo(`lmname:${entry.self.toString(16)}:${entry.name}`, () => {
+    let mapped: { dev: number; ino: number };
+    let named: { dev: number; ino: number };
+    try {
+      mapped = statSync(mod.mapFilesPath ?? mod.path);
+    } catch {
+      return undefined;
+    }
+    try {
+      named = statSync(`/proc/${ctx.pid}/root${entry.name}`);
+    } catch {
+      return undefined;
+    }
+    return mapped.dev === named.dev && mapped.ino === named.ino;
+  });
+}
+
+/** A module in the start-up order the files give (see startupOrder). */
+export interface StartupModule {
+  mod: Module;
+  entry: LinkMapEntry;
+  /** How it came to be loaded at start-up. */
+  reason: 'executable' | 'preload' | 'needed' | 'loader';
+}
+
+/**
+ * Names under which a DT_NEEDED entry finds a loaded module, taken from what cannot be forged in
+ * the target's memory: the file's DT_SONAME, the basename of the path the kernel shows for the
+ * mapping, and the basename of l_name only when l_name resolves to the mapped file itself.
+ */
+export function moduleNames(ctx: ProcessContext, mod: Module, entry: LinkMapEntry): string[] {
+  const out: string[] = [];
+  const so = ctx.image(mod)?.elf.dynamic?.soname;
+  if (so !== undefined) out.push(so);
+  out.push(basename(mod.path));
+  if (entry.name !== '' && linkMapNameMatches(ctx, mod, entry) === true) out.push(basename(entry.name));
+  return out;
+}
+
+/**
+ * The start-up modules of namespace 0 in the order the dynamic linker loads and searches them,
+ * computed from the files (not from the order of the target's link_map): the executable, then the
+ * `preloads` (in order), then the DT_NEEDED closure breadth-first, each name resolved to a loaded
+ * module by moduleNames(); then the loader when no DT_NEEDED named it. This is the order of the
+ * main namespace's search list, which the dynamic linker also uses as the link_map order.
+ */
+export function startupOrder(ctx: ProcessContext, ordered: readonly { mod: Module; entry: LinkMapEntry }[], preloads: readonly { mod: Module; entry: LinkMapEntry }[]): StartupModule[] {
+  const byName = new Map<string, { mod: Module; entry: LinkMapEntry }>();
+  for (const x of ordered) {
+    if (x.mod.kind === 'vdso') continue;
+    for (const n of moduleNames(ctx, x.mod, x.entry)) if (!byName.has(n)) byName.set(n, x);
+  }
+  const out: StartupModule[] = [];
+  const seen = new Set<Module>();
+  const push = (x: { mod: Module; entry: LinkMapEntry }, reason: StartupModule['reason']) => {
+    if (seen.has(x.mod)) return;
+    seen.add(x.mod);
+    out.push({ mod: x.mod, entry: x.entry, reason });
+  };
+  const exe = ordered.find((x) => x.mod.kind === 'executable');
+  if (exe !== undefined) push(exe, 'executable');
+  for (const p of preloads) push(p, 'preload');
+  for (let i = 0; i < out.length; i++) {
+    for (const n of ctx.image(out[i]!.mod)?.elf.dynamic?.needed ?? []) {
+      const d = byName.get(n) ?? byName.get(basename(n));
+      if (d !== undefined) push(d, 'needed');
+    }
+  }
+  const loader = ordered.find((x) => x.mod.kind === 'loader');
+  if (loader !== undefined) push(loader, 'loader');
+  return out;
 }
