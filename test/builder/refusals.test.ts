@@ -85,6 +85,14 @@ describe('inputs that cannot be diffed', () => {
     );
   });
 
+  it('two unrelated programs that share only the name main: one BUILD_DIFFERENT_PROGRAMS error, not a refusal per export', async () => {
+    const a = await buildPair('basic');
+    const b = await buildPair('switch');
+    expect(() => buildPatch(new Uint8Array(readFileSync(a.old)), new Uint8Array(readFileSync(b.new)))).toThrow(
+      expect.objectContaining({ code: 'BUILD_DIFFERENT_PROGRAMS', message: expect.stringMatching(/different programs/) }),
+    );
+  });
+
   it('not ELF / truncated ELF: ElfError, never a crash', async () => {
     const p = await buildPair('basic');
     const good = new Uint8Array(readFileSync(p.old));
