@@ -191,7 +191,7 @@ describe.skipIf(skip !== undefined)('a Debian library, stripped as installed: zl
       expect(r.plan.functions.map((x) => x.name)).toEqual(['inflate']);
       expect(r.plan.target.name).toBe('libz.so.1.2.13');
       expect(r.plan.data.filter((d) => d.name.startsWith('jump table')).map((d) => d.name)).toEqual(['jump table of inflate']);
-    });
+    }, 300_000);
   }
 
   it('apply --all patches every process of the stripped library (another build is listed as such), the CVE input is harmless, remove --all restores', async () => {
@@ -262,5 +262,5 @@ describe.skipIf(skip !== undefined)('a Debian library, stripped as installed: zl
     } finally {
       for (const t of all) await t.kill();
     }
-  });
+  }, 300_000);
 });

@@ -159,7 +159,9 @@ export function buildPatch(oldBytes: Uint8Array, newBytes: Uint8Array, options: 
   // programs share at most a few names (main...), each different: one error, not one refusal per
   // export and data object.
   const unchangedUser = matchedUser - [...differences.keys()].filter((k) => !isCrt(neu.functionsByKey.get(k)!)).length;
-  const unrelated = matchedUser === 0 || (unchangedUser === 0 && matchedUser * 2 <= Math.max(userOld, userNew));
+  const userMax = Math.max(userOld, userNew);
+  const onlyMain = [...newNorm.keys()].every((k) => !oldNorm.has(k) || isCrt(neu.functionsByKey.get(k)!) || k === 'G:main');
+  const unrelated = matchedUser === 0 || (unchangedUser === 0 && matchedUser * 2 <= userMax && (userMax >= 4 || onlyMain));
   if (unrelated && userNew > 0 && userOld > 0) {
     throw new HotpatchError(
       'BUILD_DIFFERENT_PROGRAMS',
