@@ -241,6 +241,34 @@ export class ElfFile {
   }
 
   /**
+   * Takes the .symtab of `debug` — a separate debug file (`objcopy --only-keep-debug`, the files of
+   * /usr/lib/debug/.build-id/) or an unstripped copy of this very build — for a stripped file. The
+   * caller checks that both have the same build-id. Section indexes are mapped by section name and
+   * address (stripping renumbers sections); symbols of sections this file lacks are dropped.
+   */
+  adoptSymbols(debug: ElfFile): void {
+    // Static relocations kept in this file name its own .symtab: resolve them first.
+    void this.relocationSections;
+    const map = new Map<number, number>();
+    debug.sections.forEach((s, i) => {
+      const j = this.sections.findIndex((t) => t.name === s.name && t.addr === s.addr && (t.flags & C.SHF_ALLOC) === (s.flags & C.SHF_ALLOC));
+      if (j >= 0) map.set(i, j);
+    });
+    const out: ElfSymbol[] = [];
+    for (const s of debug.symbols) {
+      if (s.shndx === C.SHN_UNDEF || s.shndx >= 0xff00) {
+        out.push({ ...s });
+        continue;
+      }
+      const j = map.get(s.shndx);
+      if (j !== undefined) out.push({ ...s, shndx: j });
+    }
+    this.#symbols = out;
+    this.#byAddress = undefined;
+    this.#byName = undefined;
+  }
+
+  /**
    * .dynsym with versions (from sections, or through DT_SYMTAB/DT_STRTAB and DT_HASH/DT_GNU_HASH
    * when section headers are stripped). Lazy; throws ElfError when broken.
    */

@@ -2,6 +2,7 @@
 export * from './constants.js';
 export { ElfErrorCode, MAX_STRING_LENGTH } from './bytes.js';
 export { ElfFile, parseElf } from './elf-file.js';
+export { DEFAULT_DEBUG_DIRS, debugFilePath, findDebugFile } from './debug.js';
 export type * from './types.js';
 export {
   readDwarf,

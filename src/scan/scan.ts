@@ -24,6 +24,8 @@ import {
   STB_GLOBAL,
   STB_WEAK,
   parseElf,
+  DEFAULT_DEBUG_DIRS,
+  findDebugFile,
   type ElfFile,
 } from '../elf/index.js';
 import { classifyEntry, type EntryForm } from '../x86/index.js';
@@ -89,6 +91,8 @@ export interface ModuleScan extends ScanCounts {
   loadBias: bigint;
   /** Where the function symbols came from. */
   symbolTable: 'symtab' | 'dynsym' | 'none';
+  /** The debug file whose .symtab named the functions (file scans of stripped files). */
+  debugFile?: string;
   functions: ScannedFunction[];
   /** Set when this module could not be scanned (the other modules of the process still are). */
   error?: { code: string; message: string };
@@ -116,6 +120,14 @@ export interface ScanOptions {
   checkBranches?: boolean;
   /** Share caches across calls (scanAllProcesses creates one). */
   cache?: ScanCache;
+  /**
+   * File scans: the symbols of a stripped file from its separate debug file or unstripped copy (same
+   * build-id, else HotpatchError SCAN_DEBUG_MISMATCH). Without it, a file without .symtab is looked
+   * up in `debugDirs` by build-id (DIR/.build-id/XX/YYYY.debug).
+   */
+  debugFile?: string;
+  /** Where debug files are looked up by build-id (default /usr/lib/debug). */
+  debugDirs?: readonly string[];
 }
 
 /** A function symbol (deduplicated by address) in link-time terms. */
@@ -136,6 +148,7 @@ interface FunctionTable {
   functions: FunctionSym[];
   /** Section names by index (only for ET_REL). */
   sectionNames?: string[];
+  debugFile?: string;
 }
 
 /** Classification of one function, link-time, independent of the load bias. */
@@ -322,6 +335,7 @@ function assemble(
     kind: info.kind,
     loadBias: info.loadBias,
     symbolTable: table.symbolTable,
+    ...(table.debugFile !== undefined ? { debugFile: table.debugFile } : {}),
     functions,
     ...countsOf(functions),
   };
@@ -375,7 +389,7 @@ export function scanFile(path: string, options: ScanOptions = {}): ScanResult {
     throw fileError(e, path);
   }
   if (!st.isFile()) throw new HotpatchError('FILE_NOT_READABLE', `${path} is not a regular file`);
-  const identity = `file:${st.dev}:${st.ino}:${st.size}:${st.mtimeNs}`;
+  const identity = `file:${st.dev}:${st.ino}:${st.size}:${st.mtimeNs}${options.debugFile !== undefined ? `|debug:${options.debugFile}` : ''}`;
   const checkBranches = options.checkBranches ?? false;
   // A file's identity fixes its content: hard links and repeated scans reuse the result unread.
   const fileKey = `${identity}|file|${checkBranches ? 'b' : '-'}`;
@@ -398,7 +412,22 @@ export function scanFile(path: string, options: ScanOptions = {}): ScanResult {
   }
   const elf = parseElf(bytes, { name: path });
   cache.stats.tableMisses++;
+  const debug = options.debugFile ?? (elf.symbols.length === 0 && elf.buildId !== null ? findDebugFile(elf.buildId, options.debugDirs ?? DEFAULT_DEBUG_DIRS) : undefined);
+  if (debug !== undefined) {
+    let d: ElfFile;
+    try {
+      d = parseElf(readFileSync(debug), { name: debug });
+    } catch (e) {
+      if (e instanceof ElfError) throw e;
+      throw fileError(e, debug);
+    }
+    if (d.buildId === null || d.buildId !== elf.buildId) {
+      throw new HotpatchError('SCAN_DEBUG_MISMATCH', `${debug} (build-id ${d.buildId ?? 'none'}) is not the debug file of ${path} (build-id ${elf.buildId ?? 'none'})`);
+    }
+    elf.adoptSymbols(d);
+  }
   const table = buildTable(elf);
+  if (debug !== undefined) table.debugFile = debug;
   cache.tables.set(identity, table);
   cache.stats.classifyMisses++;
   const classified = classifyTable(table, fileRegions(elf, table), checkBranches);

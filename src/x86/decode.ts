@@ -112,6 +112,12 @@ export interface Insn {
   isNop: boolean;
   isInt3: boolean;
   isEndbr64: boolean;
+  /**
+   * With `{ registers: true }`: the register named by the first operand (the destination of
+   * `mov`/`lea`/`add`...), as its 64-bit name ("rdx" for edx/dx/dl), when that operand is a
+   * general-purpose register. For data-flow questions such as "which lea last set this register".
+   */
+  dest?: string;
 }
 
 /** Options for decoding. */
@@ -120,6 +126,21 @@ export interface DecodeOptions {
   text?: boolean;
   /** Stop after this many instructions. */
   maxInstructions?: number;
+  /** Fill `Insn.dest` (one more iced call per instruction; default false). */
+  registers?: boolean;
+}
+
+/** 64-bit name of a general-purpose register name ("edx", "dl", "r8d" -> "rdx", "rdx", "r8"). */
+export function fullRegisterName(name: string): string {
+  const m = /^r(\d+)[dwb]?$/.exec(name);
+  if (m) return `r${m[1]}`;
+  const legacy: Record<string, string> = {
+    al: 'rax', ah: 'rax', ax: 'rax', eax: 'rax', bl: 'rbx', bh: 'rbx', bx: 'rbx', ebx: 'rbx',
+    cl: 'rcx', ch: 'rcx', cx: 'rcx', ecx: 'rcx', dl: 'rdx', dh: 'rdx', dx: 'rdx', edx: 'rdx',
+    sil: 'rsi', si: 'rsi', esi: 'rsi', dil: 'rdi', di: 'rdi', edi: 'rdi',
+    bpl: 'rbp', bp: 'rbp', ebp: 'rbp', spl: 'rsp', sp: 'rsp', esp: 'rsp',
+  };
+  return legacy[name] ?? name;
 }
 
 function decoderOver(code: Uint8Array, address: bigint) {
@@ -142,6 +163,7 @@ function toInsn(
   length: number,
   address: bigint,
   withText: boolean,
+  withRegisters = false,
 ): Insn {
   const codeValue = ins.code;
   const invalid = codeValue === Code.INVALID;
@@ -167,6 +189,10 @@ function toInsn(
   }
   insn.isNop = insn.mnemonic === 'nop';
   if (withText) insn.text = intelFormatter().format(ins);
+  if (withRegisters && ins.opCount > 0 && ins.opKind(0) === OpKind.Register) {
+    const r = registerName(ins.opRegister(0));
+    if (r !== undefined) insn.dest = fullRegisterName(r);
+  }
 
   const opCount = ins.opCount;
   let hasMemory = false;
@@ -230,6 +256,7 @@ function toInsn(
  */
 export function* iterateInstructions(code: Uint8Array, address: bigint, options: DecodeOptions = {}): Generator<Insn> {
   const withText = options.text ?? true;
+  const withRegisters = options.registers ?? false;
   const max = options.maxInstructions ?? Infinity;
   const decoder = decoderOver(code, address);
   const ins = new Instruction();
@@ -249,7 +276,7 @@ export function* iterateInstructions(code: Uint8Array, address: bigint, options:
         decoder.ip = address + BigInt(offset + 1);
       }
       if (length <= 0) length = 1;
-      const insn = toInsn(ins, decoder, code, offset, length, address + BigInt(offset), withText);
+      const insn = toInsn(ins, decoder, code, offset, length, address + BigInt(offset), withText, withRegisters);
       insn.truncated = truncated;
       count++;
       yield insn;

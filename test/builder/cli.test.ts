@@ -84,3 +84,15 @@ describe('hotpatch build', () => {
     expect(notElf.stderr).toMatch(/ELF/);
   });
 });
+
+describe('hotpatch build: refusal output', () => {
+  it('prints each refusal on its own line with its own [CODE]', async () => {
+    const p = await buildPair('fail_export_added', { shared: true });
+    const r = await hotpatch(['build', '--old', p.old, '--new', p.new, '-o', join(mkdtempSync(join(tmpdir(), 'hotpatch-refusal-')), 'x.hpk')]);
+    expect(r.code).toBe(3);
+    const lines = r.stderr.split('\n').filter((l) => /\[REFUSED_[A-Z_0-9]+\]$/.test(l));
+    expect(lines.length).toBeGreaterThan(0);
+    expect(r.stderr).toMatch(/refused \(\d+ reasons?\); nothing was written/);
+    for (const l of lines) expect(l.match(/\[REFUSED_/g)!.length).toBe(1);
+  });
+});

@@ -221,3 +221,36 @@ describe('builder: the build-flag matrix', () => {
     });
   }
 });
+
+/** Debian's `dpkg-buildflags` (bookworm, hardening=+all) without any hotpatch flag or --emit-relocs. */
+const DEB_HARDENING = ['-g', '-fstack-protector-strong', '-Wformat', '-Werror=format-security', '-fcf-protection', '-Wdate-time', '-D_FORTIFY_SOURCE=2', '-Wl,-z,relro', '-Wl,-z,now'];
+const DISTRIBUTION: { label: string; flags: string[] }[] = [
+  { label: 'dpkg-buildflags -O2', flags: ['-O2', ...DEB_HARDENING] },
+  { label: 'dpkg-buildflags -O3', flags: ['-O3', ...DEB_HARDENING] },
+  { label: 'dpkg-buildflags -O2 with LTO', flags: ['-O2', '-flto=auto', '-ffat-lto-objects', ...DEB_HARDENING] },
+  { label: 'hotpatch-ready -O3', flags: ['-O3', '-fcf-protection', ...RECOMMENDED.slice(1)] },
+];
+
+describe('builder: distribution flags (issue #15): unchanged code never enters the package', () => {
+  for (const d of DISTRIBUTION) {
+    it(`${d.label}: a hoisted switch table in an unchanged function and -O3 switch tables give exactly the changed function`, async () => {
+      for (const [scenario, expected] of [
+        ['hoisted_table', ['fix']],
+        ['switch_o3', ['run']],
+        ['switch', ['dispatch']],
+        ['basic', ['compute']],
+      ] as const) {
+        const { r } = await plan(scenario, { flags: d.flags });
+        expect(names(r.plan), `${scenario} ${d.label}`).toEqual(expected);
+      }
+    });
+  }
+
+  it('the changed function of switch_o3 carries its new jump table, relocated to the new code', async () => {
+    const { r } = await plan('switch_o3', { flags: ['-O3', ...DEB_HARDENING] });
+    expect(r.plan.data.map((x) => x.name)).toEqual(['jump table of run']);
+    const t = r.plan.data[0]!;
+    expect(t.relocations.length).toBe(t.bytes.length / 4);
+    expect(t.relocations.every((x) => x.target.kind === 'local' && x.target.part === 'function')).toBe(true);
+  });
+});

@@ -85,6 +85,14 @@ describe('inputs that cannot be diffed', () => {
     );
   });
 
+  it('two unrelated programs that share only the name main: one BUILD_DIFFERENT_PROGRAMS error, not a refusal per export', async () => {
+    const a = await buildPair('basic');
+    const b = await buildPair('switch');
+    expect(() => buildPatch(new Uint8Array(readFileSync(a.old)), new Uint8Array(readFileSync(b.new)))).toThrow(
+      expect.objectContaining({ code: 'BUILD_DIFFERENT_PROGRAMS', message: expect.stringMatching(/different programs/) }),
+    );
+  });
+
   it('not ELF / truncated ELF: ElfError, never a crash', async () => {
     const p = await buildPair('basic');
     const good = new Uint8Array(readFileSync(p.old));
@@ -127,14 +135,16 @@ describe('inputs that cannot be diffed', () => {
     expect(typed).toBeGreaterThan(0);
   });
 
-  it('stripped build: BUILD_NO_SYMTAB tells the user to diff unstripped files', async () => {
+  it('stripped build: BUILD_NO_SYMTAB tells the user where symbols come from (debug file, unstripped copy); with them the stripped file builds', async () => {
     const p = await buildPair('basic');
     const stripped = join(tmpdir(), `hotpatch-builder-stripped-${process.pid}`);
     copyFileSync(p.old, stripped);
     await run('strip', [stripped]);
     expect(() => buildPatch(new Uint8Array(readFileSync(stripped)), new Uint8Array(readFileSync(p.new)))).toThrow(
-      expect.objectContaining({ code: 'BUILD_NO_SYMTAB', message: expect.stringMatching(/no symbol table.*do not strip/) }),
+      expect.objectContaining({ code: 'BUILD_NO_SYMTAB', message: expect.stringMatching(/no symbol table.*unstripped copy or separate debug file.*--old-debug.*\/usr\/lib\/debug\/\.build-id\/[0-9a-f]{2}\//) }),
     );
+    const r = buildPatch(new Uint8Array(readFileSync(stripped)), new Uint8Array(readFileSync(p.new)), { oldDebug: { bytes: new Uint8Array(readFileSync(p.old)), name: p.old } });
+    expect(r.plan.functions.map((f) => f.name)).toEqual(['compute']);
   });
 
   it('an executable against a shared library: BUILD_MISMATCH', async () => {

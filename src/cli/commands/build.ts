@@ -5,6 +5,7 @@
  */
 import { readFileSync, statSync } from 'node:fs';
 import { basename } from 'node:path';
+import { DEFAULT_DEBUG_DIRS, findDebugFile, parseElf } from '../../elf/index.js';
 import type { Command } from 'commander';
 import { HotpatchError, UsageError } from '../../errors.js';
 import type { BuildResult } from '../../patch/builder/index.js';
@@ -24,7 +25,29 @@ interface BuildCliOptions {
   key?: string;
   cold?: boolean;
   description?: string;
+  oldDebug?: string;
+  newDebug?: string;
+  debugDir: string[];
   json?: boolean;
+}
+
+/**
+ * The symbols of a stripped build: the debug file given, else the one of its build-id under the
+ * debug directories (authoritative when it exists: `strip --strip-unneeded` can leave a partial
+ * .symtab); undefined when there is none (the builder uses the file's own .symtab or says how to
+ * get symbols).
+ */
+function debugFor(bytes: Uint8Array, given: string | undefined, dirs: readonly string[], what: string): { bytes: Uint8Array; name: string } | undefined {
+  if (given !== undefined) return { bytes: readInput(given, `${what} debug`), name: basename(given) };
+  let elf;
+  try {
+    elf = parseElf(bytes);
+    if (elf.buildId === null) return undefined;
+  } catch {
+    return undefined; // the builder reports what is wrong with the file
+  }
+  const found = findDebugFile(elf.buildId, dirs);
+  return found ? { bytes: readInput(found, `${what} debug`), name: found } : undefined;
 }
 
 function readInput(path: string, what: string): Uint8Array {
@@ -69,17 +92,26 @@ export function register(program: Command, setExitCode: SetExitCode): void {
     .option('-k, --key <KEYFILE>', 'sign the package with this private key (from `hotpatch keygen`)')
     .option('--cold', 'carry the complete fixed file for a cold install (`apply --cold`)')
     .option('--description <TEXT>', 'a description stored in the package')
+    .option('--old-debug <FILE>', 'symbols of a stripped --old: its separate debug file or an unstripped copy (same build-id)')
+    .option('--new-debug <FILE>', 'symbols of a stripped --new, likewise')
+    .option('--debug-dir <DIR>', `where stripped builds' debug files are looked up by build-id (DIR/.build-id/XX/YYYY.debug; repeatable; default ${DEFAULT_DEBUG_DIRS.join(', ')})`, (v: string, prev: string[]) => [...prev, v], [] as string[])
     .option('--json', 'print one JSON document on stdout')
     .addHelpText(
       'after',
       '\nBuild both files with the same flags, ideally (-g also checks struct layouts):\n  -O2 -fpatchable-function-entry=7,5 -ffunction-sections -Wl,--emit-relocs\n' +
-        '\nExample:\n  hotpatch build --old /usr/sbin/server --new build/server \\\n    -o fix.hpk --key release.key\n',
+        '\nThe running file may be the stripped one a package installed\n(e.g. /usr/lib/x86_64-linux-gnu/libfoo.so.2.9.14): symbols then come from\n' +
+        '--old-debug, else from its debug package (/usr/lib/debug/.build-id/XX/YYYY.debug).\n' +
+        '\nExamples:\n  hotpatch build --old /usr/sbin/server --new build/server \\\n    -o fix.hpk --key release.key\n' +
+        '  hotpatch build --old /usr/lib/x86_64-linux-gnu/libfoo.so.2.9.14 \\\n    --new build/libfoo.so.2.9.14 -o fix.hpk\n',
     )
     .action(async (opts: BuildCliOptions) => {
       const json = opts.json ?? false;
       const { buildPatch, BuildRefusedError } = await import('../../patch/builder/index.js');
       const oldBytes = readInput(opts.old, 'old');
       const newBytes = readInput(opts.new, 'new');
+      const dirs = opts.debugDir.length > 0 ? opts.debugDir : DEFAULT_DEBUG_DIRS;
+      const oldDebug = debugFor(oldBytes, opts.oldDebug, dirs, 'old');
+      const newDebug = debugFor(newBytes, opts.newDebug, dirs, 'new');
       const large = oldBytes.length + newBytes.length > PROGRESS_THRESHOLD;
       const t0 = Date.now();
       let result: BuildResult;
@@ -87,12 +119,17 @@ export function register(program: Command, setExitCode: SetExitCode): void {
         result = buildPatch(oldBytes, newBytes, {
           oldName: basename(opts.old),
           newName: basename(opts.new),
+          ...(oldDebug ? { oldDebug } : {}),
+          ...(newDebug ? { newDebug } : {}),
           ...(large ? { progress: (m: string) => progress(`hotpatch build: ${m} (${((Date.now() - t0) / 1000).toFixed(1)} s)`) } : {}),
         });
       } catch (e) {
-        if (e instanceof BuildRefusedError && json) {
-          printJson({ refused: true, code: e.code, refusals: e.refusals });
-          progress(`hotpatch: ${e.message} [${e.code}]`);
+        if (e instanceof BuildRefusedError) {
+          // Each refusal on its own line with its own code.
+          if (json) printJson({ refused: true, code: e.code, refusals: e.refusals });
+          const n = e.refusals.length;
+          progress(`hotpatch: refused (${n} reason${n === 1 ? '' : 's'}); nothing was written:`);
+          for (const r of e.refusals) progress(`  ${r.message} [${r.code}]`);
           setExitCode(EXIT_REFUSED);
           return;
         }

@@ -13,6 +13,19 @@ interface ScanCliOptions {
   json?: boolean;
   functions?: boolean;
   checkBranches?: boolean;
+  debugFile?: string;
+  debugDir: string[];
+}
+
+/** What to do about a file without .symtab (it cannot be the --old of a patch by itself). */
+function noSymtabAdvice(m: ModuleScan): string {
+  const id = m.buildId;
+  const where = id ? `/usr/lib/debug/.build-id/${id.slice(0, 2)}/${id.slice(2)}.debug` : '/usr/lib/debug/.build-id/XX/YYYY.debug';
+  return (
+    `${m.path} has no .symtab (stripped): only its ${m.total} exported functions are listed, and a patch cannot be built from this file alone. ` +
+    `Get its symbols from the same build: install its debug package (${where}, e.g. the -dbgsym package) or keep the unstripped copy, ` +
+    'then `hotpatch scan FILE --debug-file DEBUGFILE` and `hotpatch build --old FILE --old-debug DEBUGFILE ...`'
+  );
 }
 
 
@@ -43,6 +56,8 @@ export function register(program: Command, setExitCode: SetExitCode): void {
     .option('--all', 'scan every process of the machine (kernel threads skipped; per-process errors reported)')
     .option('-v, --functions', 'list every function, not only the per-module summary (with --all: per-module lines, and function lists in --json)')
     .option('--check-branches', 'decode whole functions and refuse entries that a branch lands inside (slower)')
+    .option('--debug-file <FILE>', 'with FILE: the symbols of a stripped FILE from its separate debug file or unstripped copy (same build-id)')
+    .option('--debug-dir <DIR>', 'where debug files of stripped files are looked up by build-id (DIR/.build-id/XX/YYYY.debug; repeatable; default /usr/lib/debug)', (v: string, prev: string[]) => [...prev, v], [] as string[])
     .option('--json', 'print one JSON document on stdout')
     .action(async (file: string | undefined, opts: ScanCliOptions) => {
       const chosen = [file !== undefined, opts.pid !== undefined, opts.all === true].filter(Boolean).length;
@@ -77,7 +92,14 @@ export function register(program: Command, setExitCode: SetExitCode): void {
       }
 
       const proc = opts.pid !== undefined ? scanProcess(parsePidOption(opts.pid), options) : undefined;
-      const result = proc ?? scanFile(file!, options);
+      if (opts.debugFile !== undefined && proc) throw new UsageError('USAGE', '--debug-file goes with a FILE scan, not --pid');
+      const result =
+        proc ??
+        scanFile(file!, {
+          ...options,
+          ...(opts.debugFile !== undefined ? { debugFile: opts.debugFile } : {}),
+          ...(opts.debugDir.length > 0 ? { debugDirs: opts.debugDir } : {}),
+        });
       if (json) {
         printJson(result);
         return;
@@ -86,6 +108,8 @@ export function register(program: Command, setExitCode: SetExitCode): void {
       for (const m of result.modules) {
         say(false, moduleLine(m));
         if (opts.functions) printFunctions(false, m);
+        if (!proc && m.symbolTable !== 'symtab' && !m.error) progress(`note: ${noSymtabAdvice(m)}`);
+        else if (m.debugFile !== undefined) progress(`note: symbols from ${m.debugFile}`);
       }
     });
 }

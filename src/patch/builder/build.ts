@@ -23,6 +23,10 @@ export interface BuildOptions {
   oldName?: string;
   /** File name of the fixed build, for messages. */
   newName?: string;
+  /** Symbols (and DWARF) of a stripped old build: its debug file or unstripped copy (same build-id). */
+  oldDebug?: { bytes: Uint8Array; name: string };
+  /** Likewise for the new build. */
+  newDebug?: { bytes: Uint8Array; name: string };
   /** Receives progress lines (the CLI prints them on stderr). */
   progress?: (message: string) => void;
 }
@@ -102,8 +106,8 @@ export function buildPatch(oldBytes: Uint8Array, newBytes: Uint8Array, options: 
   const t0 = performance.now();
   const progress = options.progress ?? (() => {});
   const oldName = options.oldName ?? 'target';
-  const old = new BuildImage(oldBytes, { label: `old build ${oldName}` });
-  const neu = new BuildImage(newBytes, { label: `new build ${options.newName ?? 'new'}` });
+  const old = new BuildImage(oldBytes, { label: `old build ${oldName}`, ...(options.oldDebug ? { debug: options.oldDebug } : {}) });
+  const neu = new BuildImage(newBytes, { label: `new build ${options.newName ?? 'new'}`, ...(options.newDebug ? { debug: options.newDebug } : {}) });
   if (old.elf.header.type !== neu.elf.header.type || old.elf.isSharedLibrary !== neu.elf.isSharedLibrary) {
     throw new HotpatchError(
       'BUILD_MISMATCH',
@@ -151,10 +155,17 @@ export function buildPatch(oldBytes: Uint8Array, newBytes: Uint8Array, options: 
   }
   const userNew = neu.functions.filter((f) => !isCrt(f)).length;
   const userOld = old.functions.filter((f) => !isCrt(f)).length;
-  if (matchedUser === 0 && userNew > 0 && userOld > 0) {
+  // Two builds of one program share most functions, and most of those are unchanged. Unrelated
+  // programs share at most a few names (main...), each different: one error, not one refusal per
+  // export and data object.
+  const unchangedUser = matchedUser - [...differences.keys()].filter((k) => !isCrt(neu.functionsByKey.get(k)!)).length;
+  const userMax = Math.max(userOld, userNew);
+  const onlyMain = [...newNorm.keys()].every((k) => !oldNorm.has(k) || isCrt(neu.functionsByKey.get(k)!) || k === 'G:main');
+  const unrelated = matchedUser === 0 || (unchangedUser === 0 && matchedUser * 2 <= userMax && (userMax >= 4 || onlyMain));
+  if (unrelated && userNew > 0 && userOld > 0) {
     throw new HotpatchError(
       'BUILD_DIFFERENT_PROGRAMS',
-      `${oldName} and ${options.newName ?? 'the new build'} have no function in common: they are different programs, not two builds of one; pass the running build as --old and its fixed build as --new`,
+      `${oldName} and ${options.newName ?? 'the new build'} have no function in common${matchedUser > 0 ? ` but ${matchedUser} name(s), each with other code` : ''}: they are different programs, not two builds of one; pass the running build as --old and its fixed build as --new`,
     );
   }
   progress(`compared ${matched} matched functions: ${differences.size} changed`);

@@ -240,7 +240,7 @@ export function checkStructs(old: BuildImage, neu: BuildImage, functions: readon
 
 function readDwarfSafe(img: BuildImage): DwarfInfo | null {
   try {
-    return readDwarf(img.elf);
+    return readDwarf(img.debugElf ?? img.elf);
   } catch {
     return null;
   }

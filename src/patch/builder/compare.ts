@@ -26,8 +26,13 @@ export class Comparator {
     readonly neu: BuildImage,
   ) {}
 
-  /** Same data at two anonymous addresses (string literal or constant). */
-  sameAnon(a: bigint, b: bigint): boolean {
+  /**
+   * Same data at two anonymous addresses (string literal or constant). With the two builds of the
+   * function that reads it (`fa`, `fb`), int32 words that differ are still the same when each
+   * designates the same offset in that function relative to the data's own address (a code-relative
+   * table that moved with the code: equal modulo the known address shift).
+   */
+  sameAnon(a: bigint, b: bigint, fa?: NormalFunction, fb?: NormalFunction): boolean {
     const sa = this.old.anonString(a);
     const sb = this.neu.anonString(b);
     if ((sa === undefined) !== (sb === undefined)) return false;
@@ -36,12 +41,24 @@ export class Comparator {
     if (sa && sb) n = Math.max(n, sa.length);
     const ba = this.old.readSome(a, n);
     const bb = this.neu.readSome(b, n);
-    return bytesEqual(ba, bb);
+    if (bytesEqual(ba, bb)) return true;
+    if (!fa || !fb || sa || ba.length !== bb.length || ba.length % 4 !== 0) return false;
+    const da = new DataView(ba.buffer, ba.byteOffset, ba.byteLength);
+    const db = new DataView(bb.buffer, bb.byteOffset, bb.byteLength);
+    for (let off = 0; off < ba.length; off += 4) {
+      const x = da.getInt32(off, true);
+      const y = db.getInt32(off, true);
+      if (x === y) continue;
+      const ta = a + BigInt(x) - fa.fn.vaddr;
+      const tb = b + BigInt(y) - fb.fn.vaddr;
+      if (ta !== tb || ta < 0n || ta >= BigInt(fa.fn.size)) return false;
+    }
+    return true;
   }
 
-  sameTarget(a: RefTarget, b: RefTarget): boolean {
+  sameTarget(a: RefTarget, b: RefTarget, fa?: NormalFunction, fb?: NormalFunction): boolean {
     if (a.t !== b.t) return false;
-    if (a.t === 'anon' && b.t === 'anon') return this.sameAnon(a.addr, b.addr);
+    if (a.t === 'anon' && b.t === 'anon') return this.sameAnon(a.addr, b.addr, fa, fb);
     if (targetString(a) !== targetString(b)) return false;
     if (a.t === 'obj') {
       const oa = this.old.objectsByKey.get(a.key);
@@ -73,7 +90,7 @@ export class Comparator {
     }
     // A reference to the function itself (non-PIC absolute label addresses): same offset.
     if (a.target.t === 'func' && a.target.key === fa.fn.key) return b.target.t === 'func' && b.target.key === fb.fn.key && a.target.off === b.target.off;
-    return this.sameTarget(a.target, b.target);
+    return this.sameTarget(a.target, b.target, fa, fb);
   }
 
   /** Undefined when the two builds of the function are the same after normalisation. */

@@ -62,6 +62,8 @@ export class Emitter {
   readonly #code: Uint8Array[] = [];
   readonly #relocs: Relocation[][] = [];
   readonly #queue: PlacedUnit[] = [];
+  /** Offset of the instruction whose reference is being bound (for messages). */
+  #refInsn: number | undefined;
 
   constructor(
     readonly old: BuildImage,
@@ -246,7 +248,9 @@ export class Emitter {
         relocs.push({ offset: fieldOffset, type, target: { kind: 'local', part: 'data', index: idx, offset: 0 }, addend: pcAddend });
         return;
       }
+      this.#refInsn = ref.insnOff;
       const bound = this.#bind(ref.target, ref.addr, u);
+      this.#refInsn = undefined;
       if (!bound) return;
       relocs.push({ offset: fieldOffset, type, target: bound, addend: pcAddend });
     });
@@ -437,7 +441,7 @@ export class Emitter {
         this.#refuse(
           RefusalCode.UNBOUNDED_INDIRECT_JUMP,
           name,
-          `${name}: the constant table at 0x${addr.toString(16)} (new build) holds offsets into the function, like a jump table whose dispatch the builder did not recognise; it cannot be relocated with confidence: link with -Wl,--emit-relocs`,
+          `${name}: ${this.#refInsn !== undefined ? `the instruction at +0x${this.#refInsn.toString(16)} loads ` : ''}the constant table at 0x${addr.toString(16)} (new build), whose words are offsets into the function, but it is not a jump table the builder can bound (no dispatch through it found, entries not all at instruction starts): carrying it would send the new code back into the old one. This is in the changed function itself: link with -Wl,--emit-relocs (its entries are then relocated exactly) or patch it by a restart`,
         );
       }
       for (const r of relocs) bytes.fill(0, r.offset, r.offset + RELOCATION_BYTES[r.type]);

@@ -145,6 +145,11 @@ function lowerBound<T>(arr: readonly T[], value: bigint, get: (x: T) => bigint):
 export interface ImageOptions {
   /** Label for messages ("old", "new", a file name). */
   label: string;
+  /**
+   * A separate debug file or unstripped copy of the same build (same build-id): its .symtab names
+   * the functions of a stripped file and its DWARF serves the struct checks.
+   */
+  debug?: { bytes: Uint8Array; name: string };
 }
 
 /** A parsed build with the indexes the builder needs. */
@@ -178,6 +183,8 @@ export class BuildImage {
   /** ET_EXEC: absolute addresses in code are possible (non-PIE). */
   readonly isFixedAddress: boolean;
   readonly buildId: string | null;
+  /** The separate debug file the symbols came from, when the build itself is stripped. */
+  readonly debugElf?: ElfFile;
   readonly tls: { memsz: bigint; filesz: bigint; align: bigint; vaddr: bigint } | null;
   #imageLow = 0n;
   #imageHigh = 0n;
@@ -191,10 +198,22 @@ export class BuildImage {
     this.bytes = new Uint8Array(bytes.buffer, bytes.byteOffset, bytes.byteLength);
     this.elf = parseElf(this.bytes, { name: options.label });
     const elf = this.elf;
+    if (options.debug) {
+      const d = parseElf(options.debug.bytes, { name: options.debug.name });
+      if (d.buildId === null || d.buildId !== elf.buildId) {
+        throw new HotpatchError(
+          'BUILD_DEBUG_MISMATCH',
+          `${options.debug.name} (build-id ${d.buildId ?? 'none'}) is not the debug file of ${options.label} (build-id ${elf.buildId ?? 'none'}): give the debug file or unstripped copy of exactly this build`,
+        );
+      }
+      if (d.symbols.length === 0) throw new HotpatchError('BUILD_NO_SYMTAB', `${options.debug.name} has no symbol table (.symtab) either: it cannot name the functions of ${options.label}`);
+      elf.adoptSymbols(d);
+      this.debugElf = d;
+    }
     if (elf.symbols.length === 0) {
       throw new HotpatchError(
         'BUILD_NO_SYMTAB',
-        `${options.label} has no symbol table (.symtab): the builder matches functions by symbol; build without -s and do not strip the binaries you diff (ship stripped copies if you must, but build the patch from the unstripped ones)`,
+        `${options.label} has no symbol table (.symtab): the builder matches functions by symbol. For a stripped file, give its symbols: an unstripped copy or separate debug file of the same build (--old-debug/--new-debug FILE), or install its debug package so that /usr/lib/debug/.build-id/${elf.buildId ? `${elf.buildId.slice(0, 2)}/${elf.buildId.slice(2)}.debug` : 'XX/YYYY.debug'} exists`,
       );
     }
     this.isFixedAddress = elf.header.type === ET_EXEC;

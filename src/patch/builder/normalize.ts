@@ -84,10 +84,10 @@ function switchBound(insns: Insn[], from: number): number | undefined {
 }
 
 /** Decodes and normalises a function of `img`. */
-export function normalizeFunction(img: BuildImage, fn: FunctionInfo, allBases?: ReadonlySet<bigint>): NormalFunction {
+export function normalizeFunction(img: BuildImage, fn: FunctionInfo): NormalFunction {
   const bytes = img.functionBytes(fn);
   const masked = bytes.slice();
-  const insns = decodeFunction(bytes, fn.vaddr, { text: false });
+  const insns = decodeFunction(bytes, fn.vaddr, { text: false, registers: true });
   const out: NormalFunction = { fn, bytes, masked, refs: [], tables: [], instructionCount: insns.length };
   const starts = new Set<bigint>();
   for (const i of insns) starts.add(i.address);
@@ -116,51 +116,81 @@ export function normalizeFunction(img: BuildImage, fn: FunctionInfo, allBases?: 
     const g = img.functionAt(t);
     return g !== undefined && g.name.startsWith(`${fn.name}.`);
   };
-  for (let k = 0; k < insns.length; k++) {
-    const ins = insns[k]!;
-    if (ins.flow !== 'indirect-branch' || ins.mnemonic !== 'jmp') continue;
-    let table: JumpTable | undefined;
-    let bound = switchBound(insns, k);
+  // Every address the function designates: a table ends where other data the code uses begins.
+  const designated = new Set<bigint>();
+  for (const ins of insns) {
     const m = ins.memory;
-    if (m && !m.ripRelative && m.base === undefined && m.index !== undefined && m.scale === 8 && m.segment === undefined) {
-      // Non-PIC: jmp [T + idx*8], absolute entries.
-      const t = BigInt.asUintN(64, m.displacement);
-      if (isReadOnlyData(img, t)) table = { addr: t, entrySize: 8, targets: [] };
-    } else if (!m) {
-      // PIC: lea base, [rip+T] ... movsxd idx, [base+idx*4] ... add idx, base ... jmp idx
-      for (let b = k - 1; b >= 0 && b >= k - 14; b--) {
-        const p = insns[b]!;
-        if (p.flow !== 'next') break;
-        const pm = p.memory;
-        if (p.mnemonic === 'lea' && pm?.ripRelative && pm.target !== undefined && isReadOnlyData(img, pm.target)) {
-          table = { addr: pm.target, entrySize: 4, targets: [] };
-          break;
-        }
-        if (p.mnemonic === 'mov' && pm && !pm.ripRelative && pm.base === undefined && pm.index !== undefined && pm.scale === 8) {
-          const t = BigInt.asUintN(64, pm.displacement);
-          if (isReadOnlyData(img, t)) {
-            table = { addr: t, entrySize: 8, targets: [] };
-            break;
-          }
-        }
-      }
-    }
-    if (!table) continue; // a tail call through a pointer; code addresses in data are checked elsewhere
-    if (tableAt.has(table.addr)) continue;
-    bound ??= 4096;
-    for (let e = 0; e < bound; e++) {
-      const at = table.addr + BigInt(e * table.entrySize);
-      if (e > 0 && (tableAt.has(at) || img.objectAt(at) !== undefined)) break;
-      const raw = img.readSome(at, table.entrySize);
-      if (raw.length < table.entrySize) break;
-      const v = readInt(raw, 0, table.entrySize);
-      const target = table.entrySize === 4 ? table.addr + v : BigInt.asUintN(64, v);
+    if (m?.ripRelative && m.target !== undefined) designated.add(m.target);
+    else if (m && m.base === undefined && m.displacement !== 0n) designated.add(BigInt.asUintN(64, m.displacement));
+    for (const v of ins.immediates ?? []) designated.add(BigInt.asUintN(64, v));
+  }
+  /**
+   * Reads a table at `addr`: int32 entries relative to the table (PIC) or absolute 64-bit entries,
+   * each an instruction start of this function (or of its `.cold` part). Stops at `bound`, at the
+   * first entry that is not one, at other data the function designates and at a data symbol.
+   */
+  const readTable = (addr: bigint, entrySize: 4 | 8, bound: number | undefined): JumpTable | undefined => {
+    if (tableAt.has(addr)) return undefined;
+    const table: JumpTable = { addr, entrySize, targets: [] };
+    const max = bound ?? 4096;
+    for (let e = 0; e < max; e++) {
+      const at = addr + BigInt(e * entrySize);
+      if (e > 0 && (tableAt.has(at) || designated.has(at) || img.objectAt(at) !== undefined)) break;
+      const raw = img.readSome(at, entrySize);
+      if (raw.length < entrySize) break;
+      const v = readInt(raw, 0, entrySize);
+      const target = entrySize === 4 ? addr + v : BigInt.asUintN(64, v);
       if (!sameGroup(target)) break;
       table.targets.push(target);
     }
-    if (table.targets.length === 0) continue;
-    tableAt.set(table.addr, out.tables.length);
-    out.tables.push(table);
+    return table.targets.length > 0 ? table : undefined;
+  };
+  const addTable = (t: JumpTable | undefined): void => {
+    if (!t || tableAt.has(t.addr)) return;
+    tableAt.set(t.addr, out.tables.length);
+    out.tables.push(t);
+  };
+  // (1) Dispatch code: `jmp [T + idx*8]` (non-PIC), and `movsxd r, [B + idx*4]` (PIC) where B was
+  // last set, anywhere before in the function (gcc hoists it out of loops), by `lea B, [rip+T]`.
+  for (let k = 0; k < insns.length; k++) {
+    const ins = insns[k]!;
+    const m = ins.memory;
+    if (!m || m.ripRelative || m.index === undefined || m.segment !== undefined) continue;
+    if (m.base === undefined && m.scale === 8 && (ins.mnemonic === 'jmp' || ins.mnemonic === 'mov')) {
+      const t = BigInt.asUintN(64, m.displacement);
+      if (isReadOnlyData(img, t)) addTable(readTable(t, 8, switchBound(insns, k)));
+      continue;
+    }
+    if (m.base === undefined || m.scale !== 4 || m.displacement !== 0n || (ins.mnemonic !== 'movsxd' && ins.mnemonic !== 'movsx')) continue;
+    const base = m.base;
+    for (let b = k - 1; b >= 0; b--) {
+      const p = insns[b]!;
+      if (p.dest !== base) continue;
+      const pm = p.memory;
+      if (p.mnemonic === 'lea' && pm?.ripRelative && pm.target !== undefined && isReadOnlyData(img, pm.target)) {
+        addTable(readTable(pm.target, 4, switchBound(insns, k)));
+      }
+      break;
+    }
+  }
+  // (2) By content: any read-only address loaded by a `lea` whose data is a run of offsets to
+  // instruction starts of this function is a code-relative table, whatever dispatches through it
+  // (the register may be spilled, copied or rebuilt); likewise absolute addresses in non-PIE code.
+  for (const ins of insns) {
+    const m = ins.memory;
+    if (ins.mnemonic === 'lea' && m?.ripRelative && m.target !== undefined && (m.target & 3n) === 0n && isReadOnlyData(img, m.target)) {
+      const t = readTable(m.target, 4, undefined);
+      if (t && t.targets.length >= 2) addTable(t);
+    }
+    if (img.isFixedAddress) {
+      const cands = [...(ins.immediates ?? []), ...(m && !m.ripRelative && m.displacement > 0n ? [m.displacement] : [])];
+      for (const c of cands) {
+        const v = BigInt.asUintN(64, c);
+        if ((v & 7n) !== 0n || !isReadOnlyData(img, v)) continue;
+        const t = readTable(v, 8, undefined);
+        if (t && t.targets.length >= 2) addTable(t);
+      }
+    }
   }
 
   for (const ins of insns) {

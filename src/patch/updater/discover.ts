@@ -80,7 +80,7 @@ export function findImageProcesses(target: TargetIdentity, options: FindOptions 
         scan.matches.push({ pid, exe, module: match });
         continue;
       }
-      const sameName = modules.find((m) => m.name === target.name && m.kind !== 'vdso');
+      const sameName = modules.find((m) => m.name === target.name && m.kind !== 'vdso') ?? modules.find((m) => m.kind !== 'vdso' && sameLibrary(m.name, target.name));
       if (sameName) scan.others.push({ pid, exe, module: sameName, ...otherBuildReason(sameName, target, options.fixedBuildId) });
       else if (explicit) {
         const error = new RefusedError('MODULE_NOT_LOADED', `process ${pid} (${exe}) does not map ${target.name} (build-id ${target.buildId}); nothing was changed`);
@@ -93,6 +93,19 @@ export function findImageProcesses(target: TargetIdentity, options: FindOptions 
     }
   }
   return scan;
+}
+
+/**
+ * Two file names of one shared library in another version: the same `libNAME.so` and the same
+ * major version, the soname convention (`libxml2.so.2.9.14` and `libxml2.so.2.9.13`, both reached
+ * through `libxml2.so.2`). A process mapping such a file runs another build of the target.
+ */
+export function sameLibrary(a: string, b: string): boolean {
+  const parse = (n: string) => /^(.+\.so)(?:\.(\d+))?(?:\.[0-9.]+)?$/.exec(n);
+  const x = parse(a);
+  const y = parse(b);
+  if (!x || !y || x[1] !== y[1]) return false;
+  return x[2] === undefined || y[2] === undefined || x[2] === y[2];
 }
 
 function safeExe(f: () => string): string {
