@@ -4,11 +4,12 @@ import { Command, CommanderError } from 'commander';
 import { HotpatchError, RefusedError, UsageError } from '../errors.js';
 import { EXIT_ERROR, EXIT_REFUSED, EXIT_USAGE } from './exit-codes.js';
 import { registerCommands } from './commands/index.js';
+import { hotpatchVersion } from '../version.js';
 
 export async function main(argv: string[]): Promise<number> {
   const program = new Command('hotpatch')
     .description('Live patching and patch protection for running Linux x86-64 processes')
-    .version('0.1.0')
+    .version(hotpatchVersion())
     .exitOverride()
     .configureOutput({ writeErr: (s) => process.stderr.write(s) });
   let exitCode = 0;
