@@ -47,6 +47,7 @@ function wantsJson(argv: readonly string[]): boolean {
   const end = argv.indexOf('--');
   return (end < 0 ? argv : argv.slice(0, end)).includes('--json');
 }
+import { hotpatchVersion } from '../version.js';
 
 export async function main(argv: string[]): Promise<number> {
   // A closed pipe (`hotpatch scan --all | head`) ends the output, not the command with a trace.
@@ -58,7 +59,7 @@ export async function main(argv: string[]): Promise<number> {
   }
   const program = new Command('hotpatch')
     .description('Live patching and patch protection for running Linux x86-64 processes')
-    .version('0.1.0')
+    .version(hotpatchVersion())
     .exitOverride()
     .configureOutput({ writeOut: (s) => process.stdout.write(wrapProse(s)), writeErr: (s) => process.stderr.write(s) })
     .configureHelp({ optionDescription: describeOption });

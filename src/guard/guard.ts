@@ -20,6 +20,8 @@ import { performAction, type ActionOutcome } from './actions.js';
 import { CodeWriteSignal, DEFAULT_SIGNAL_INTERVAL_MS } from './code-signal.js';
 import { ProcessContext, VerifierCaches, type CheckOptions } from './context.js';
 import { ALL_STRUCTURES, findingKey, formatFinding, type Finding, type StructureCode } from './finding.js';
+import type { LogLevel } from './log.js';
+import { levelOfSeverity } from './log.js';
 import { GuardMetrics } from './metrics.js';
 import { actionFor, DEFAULT_INTERVAL_MS, defaultPolicy, isAllowed, matchesAny, shouldAct, type GuardAction, type Policy, type ProcessIdentity } from './policy.js';
 import { GuardState } from './state.js';
@@ -39,7 +41,8 @@ export interface GuardSelection {
 export type GuardEvent =
   | { type: 'finding'; time: string; finding: Finding; action: GuardAction; outcome: ActionOutcome }
   | { type: 'resolved'; time: string; pid: number; code: StructureCode; key: string }
-  | { type: 'process'; time: string; event: 'watch' | 'exit'; pid: number; exe: string }
+  | { type: 'process'; time: string; event: 'watch' | 'exit' | 'unwatch'; pid: number; exe: string }
+  | { type: 'error'; time: string; kind: 'check' | 'action'; pid: number; code: StructureCode; message: string }
   | { type: 'cycle'; time: string; seconds: number; items: number; processes: number };
 
 export interface GuardOptions extends GuardSelection {
@@ -62,8 +65,8 @@ export interface GuardOptions extends GuardSelection {
   rescanMs?: number;
   structures?: readonly StructureCode[];
   onEvent?: (e: GuardEvent) => void;
-  /** Human-readable log lines. */
-  log?: (line: string) => void;
+  /** Human-readable log lines, with the level they are logged at (log.ts). */
+  log?: (line: string, level: LogLevel) => void;
   metrics?: GuardMetrics;
   caches?: VerifierCaches;
   /**
@@ -110,7 +113,7 @@ function identityOf(pid: number): ProcessIdentity | undefined {
 /** The long-running guard. `start()` runs the loop until `stop()`. */
 export class Guard {
   readonly metrics: GuardMetrics;
-  readonly policy: Policy;
+  #policy: Policy;
   readonly state: GuardState;
   readonly intervalMs: number;
   readonly #opts: GuardOptions;
@@ -130,7 +133,7 @@ export class Guard {
 
   constructor(options: GuardOptions) {
     this.#opts = options;
-    this.policy = options.policy ?? defaultPolicy();
+    this.#policy = options.policy ?? defaultPolicy();
     this.state = options.state ?? new GuardState(null, false);
     this.intervalMs = options.intervalMs ?? DEFAULT_INTERVAL_MS;
     this.metrics = options.metrics ?? new GuardMetrics();
@@ -138,13 +141,41 @@ export class Guard {
     this.#structures = [...(options.structures ?? ALL_STRUCTURES)];
     this.#signalMs = options.signalIntervalMs ?? DEFAULT_SIGNAL_INTERVAL_MS;
     this.#check = {
-      policy: this.policy,
+      policy: this.#policy,
       state: this.state,
       caches: options.caches ?? new VerifierCaches(),
       cleanCacheMs: options.fullIntervalMs ?? 6 * this.intervalMs,
       trust: loadVerifierTrust({ ...options, policy: this.policy }),
       allowPtrace: options.allowPtrace ?? true,
     };
+  }
+
+  /** The policy in force (replaced by `reloadPolicy`). */
+  get policy(): Policy {
+    return this.#policy;
+  }
+
+  /**
+   * Puts a new policy in force from the next check on (SIGHUP in the CLI): trusted signers are
+   * loaded again (a key file that is missing or unparsable throws and the old policy stays), and
+   * every process is selected again (a process the new policy no longer selects is dropped, one it
+   * now selects is picked up by the next rescan).
+   */
+  reloadPolicy(policy: Policy, trustedKeys: string[] = this.#opts.trustedKeys ?? []): void {
+    const trust = loadVerifierTrust({ trustedKeys, policy });
+    this.#policy = policy;
+    this.#check.policy = policy;
+    this.#check.trust = trust;
+    this.#rejected.clear();
+    for (const [key, w] of this.#watched) {
+      if (this.#selects(w.pid, w.identity)) continue;
+      this.#watched.delete(key);
+      this.signal.forget(key);
+      this.#emit({ type: 'process', time: new Date().toISOString(), event: 'unwatch', pid: w.pid, exe: w.identity.exe });
+      this.#log(`guard: no longer watching ${w.pid} (${w.identity.exe}): the new policy does not select it`);
+    }
+    this.#queue = this.#queue.filter((i) => this.#watched.has(i.key));
+    this.metrics.processesWatched = this.#watched.size;
   }
 
   get running(): boolean {
@@ -160,8 +191,8 @@ export class Guard {
     this.#opts.onEvent?.(e);
   }
 
-  #log(line: string): void {
-    this.#opts.log?.(line);
+  #log(line: string, level: LogLevel = 'info'): void {
+    this.#opts.log?.(line, level);
   }
 
   /** Whether a (new) process is to be protected. */
@@ -287,11 +318,24 @@ export class Guard {
       known.add(k);
       const action = shouldAct(this.policy, f) ? (this.#opts.action ?? actionFor(this.policy, code)) : 'log';
       const outcome = await performAction(action, f, { state: this.state, trustConfigured: this.#check.trust.keys.length > 0 });
-      this.metrics.countFinding(code);
-      this.metrics.countAction(outcome.performed);
+      this.metrics.countFinding(code, f.severity);
+      this.metrics.countAction(outcome.performed, outcome.ok);
+      if (!outcome.ok) this.metrics.countError('action');
       this.#emit({ type: 'finding', time: new Date().toISOString(), finding: f, action, outcome });
-      this.#log(`guard: ${formatFinding(f)} [action ${outcome.performed}${outcome.ok ? '' : ' FAILED'}: ${outcome.detail}]`);
+      this.#log(`guard: ${formatFinding(f)} [action ${outcome.performed}${outcome.ok ? '' : ' FAILED'}: ${outcome.detail}]`, levelOfSeverity(f.severity));
       if (outcome.performed === 'restore' && outcome.ok) known.delete(k); // re-verified by the next check
+    }
+  }
+
+  /** `checkItem`, but an error is counted and logged: one failing check must not end the service. */
+  async #safeCheck(w: Watched, code: StructureCode): Promise<void> {
+    try {
+      await this.checkItem(w, code);
+    } catch (e) {
+      this.metrics.countError('check');
+      const message = e instanceof Error ? e.message : String(e);
+      this.#emit({ type: 'error', time: new Date().toISOString(), kind: 'check', pid: w.pid, code, message });
+      this.#log(`guard: check of structure ${code} of ${w.pid} failed: ${message}`, 'err');
     }
   }
 
@@ -322,7 +366,7 @@ export class Guard {
       const change = this.signal.poll(key, w.pid);
       if (change === null) continue;
       const codes = (change === 'mappings' ? [0, 5, 6] : [0]).filter((c) => this.#structures.includes(c as StructureCode)) as StructureCode[];
-      for (const code of codes) await this.checkItem(w, code);
+      for (const code of codes) await this.#safeCheck(w, code);
       this.signal.rebaseline(key, w.pid);
     }
   }
@@ -367,7 +411,7 @@ export class Guard {
       this.#queue.shift();
       const w = this.#watched.get(item.key);
       if (w === undefined) continue;
-      await this.checkItem(w, item.code);
+      await this.#safeCheck(w, item.code);
       items++;
     }
     // A cycle lasts the whole interval even when its last item ran earlier (keeps the rate fixed).

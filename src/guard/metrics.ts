@@ -1,28 +1,64 @@
 /**
  * Prometheus metrics of the guard (text exposition format 0.0.4), served on 127.0.0.1 only.
+ *
+ * Names follow the Prometheus conventions (https://prometheus.io/docs/practices/naming/): one
+ * `hotpatch_` prefix, base units (`_seconds`, `_bytes`), `_total` for counters, `_info` for the
+ * build information gauge. Every labelled series exists from the start (value 0), so alert rules
+ * on `increase(...)` see the first event. Before 0.2 the names were `hotpatch_guard_*`
+ * (docs/guard.md lists the renames).
  */
 import { createServer, type Server } from 'node:http';
 import { UsageError } from '../errors.js';
-import { ALL_STRUCTURES, type StructureCode } from './finding.js';
+import { ALL_STRUCTURES, SEVERITIES, STRUCTURE_NAMES, type Severity, type StructureCode } from './finding.js';
+import { hotpatchVersion } from '../version.js';
+
+/** Kinds of errors the guard counts (`hotpatch_errors_total{kind}`). */
+export const GUARD_ERROR_KINDS = ['check', 'action', 'log', 'policy-reload'] as const;
+export type GuardErrorKind = (typeof GUARD_ERROR_KINDS)[number];
+
+const ACTIONS = ['log', 'stop', 'kill', 'restore'] as const;
+
+/** Escapes a label value (exposition format: backslash, double quote, newline). */
+function labelValue(v: string): string {
+  return v.replace(/\\/g, '\\\\').replace(/"/g, '\\"').replace(/\n/g, '\\n');
+}
 
 /** Counters and gauges the guard updates. */
 export class GuardMetrics {
   checksTotal = 0;
+  /** Confirmed findings per structure code (all severities). */
   readonly findingsTotal = new Map<StructureCode, number>();
+  /** Confirmed findings per `code|severity`. */
+  readonly findingsBySeverity = new Map<string, number>();
+  /** Actions performed, per `action|ok` (ok: "true"/"false"). */
   readonly actionsTotal = new Map<string, number>();
+  readonly errorsTotal = new Map<GuardErrorKind, number>();
   bytesVerifiedTotal = 0;
   lastFullCycleSeconds = 0;
   processesWatched = 0;
   cyclesTotal = 0;
   /** Longest time (s) any (process, structure) item went unchecked, as last measured. */
   maxItemAgeSeconds = 0;
+  /** 1 when the last policy (re)load succeeded. */
+  policyLoadSuccess = 1;
+  /** Unix time (s) of the last successful policy (re)load. */
+  policyLoadTimestamp = Date.now() / 1000;
+  policyReloadsTotal = 0;
+  readonly startTimeSeconds = Date.now() / 1000;
 
-  countFinding(code: StructureCode): void {
+  countFinding(code: StructureCode, severity: Severity = 'high'): void {
     this.findingsTotal.set(code, (this.findingsTotal.get(code) ?? 0) + 1);
+    const k = `${code}|${severity}`;
+    this.findingsBySeverity.set(k, (this.findingsBySeverity.get(k) ?? 0) + 1);
   }
 
-  countAction(action: string): void {
-    this.actionsTotal.set(action, (this.actionsTotal.get(action) ?? 0) + 1);
+  countAction(action: string, ok = true): void {
+    const k = `${action}|${ok}`;
+    this.actionsTotal.set(k, (this.actionsTotal.get(k) ?? 0) + 1);
+  }
+
+  countError(kind: GuardErrorKind): void {
+    this.errorsTotal.set(kind, (this.errorsTotal.get(kind) ?? 0) + 1);
   }
 
   /** The metrics in Prometheus text format. */
@@ -32,14 +68,34 @@ export class GuardMetrics {
       lines.push(`# HELP ${name} ${help}`, `# TYPE ${name} ${type}`);
       for (const [labels, v] of samples) lines.push(`${name}${labels} ${v}`);
     };
-    metric('hotpatch_guard_checks_total', 'counter', 'Structure checks run (one process, one structure).', [['', this.checksTotal]]);
-    metric('hotpatch_guard_findings_total', 'counter', 'Confirmed findings by structure code.', ALL_STRUCTURES.map((c) => [`{code="${c}"}`, this.findingsTotal.get(c) ?? 0]));
-    metric('hotpatch_guard_actions_total', 'counter', 'Actions performed on confirmed findings.', ['log', 'stop', 'kill', 'restore'].map((a) => [`{action="${a}"}`, this.actionsTotal.get(a) ?? 0]));
-    metric('hotpatch_guard_bytes_verified_total', 'counter', 'Bytes of process memory compared with their expected content.', [['', this.bytesVerifiedTotal]]);
-    metric('hotpatch_guard_last_full_cycle_seconds', 'gauge', 'Duration of the last full cycle over every (process, structure) item.', [['', this.lastFullCycleSeconds]]);
-    metric('hotpatch_guard_cycles_total', 'counter', 'Full cycles completed.', [['', this.cyclesTotal]]);
-    metric('hotpatch_guard_max_item_age_seconds', 'gauge', 'Longest time an item went unchecked (bounded by 2 x interval plus check time).', [['', this.maxItemAgeSeconds]]);
-    metric('hotpatch_guard_processes_watched', 'gauge', 'Processes currently protected.', [['', this.processesWatched]]);
+    metric('hotpatch_build_info', 'gauge', 'Always 1; the labels say which hotpatch and Node.js run the guard.', [
+      [`{version="${labelValue(hotpatchVersion())}",nodejs="${labelValue(process.versions.node)}"}`, 1],
+    ]);
+    metric('hotpatch_start_time_seconds', 'gauge', 'Unix time the guard started.', [['', this.startTimeSeconds]]);
+    metric('hotpatch_checks_total', 'counter', 'Structure checks run (one process, one structure).', [['', this.checksTotal]]);
+    metric(
+      'hotpatch_findings_total',
+      'counter',
+      'Confirmed findings by protected structure and severity.',
+      ALL_STRUCTURES.flatMap((c) =>
+        SEVERITIES.map((s): [string, number] => [`{code="${c}",structure="${labelValue(STRUCTURE_NAMES[c])}",severity="${s}"}`, this.findingsBySeverity.get(`${c}|${s}`) ?? 0]),
+      ),
+    );
+    metric(
+      'hotpatch_actions_total',
+      'counter',
+      'Actions performed on confirmed findings, by action and whether it succeeded.',
+      ACTIONS.flatMap((a) => (['true', 'false'] as const).map((ok): [string, number] => [`{action="${a}",ok="${ok}"}`, this.actionsTotal.get(`${a}|${ok}`) ?? 0])),
+    );
+    metric('hotpatch_errors_total', 'counter', 'Errors of the guard itself (a check that threw, a failed action, an unwritable log, a rejected policy reload).', GUARD_ERROR_KINDS.map((k) => [`{kind="${k}"}`, this.errorsTotal.get(k) ?? 0]));
+    metric('hotpatch_verified_bytes_total', 'counter', 'Bytes of process memory compared with their expected content.', [['', this.bytesVerifiedTotal]]);
+    metric('hotpatch_cycles_total', 'counter', 'Full cycles completed.', [['', this.cyclesTotal]]);
+    metric('hotpatch_last_cycle_duration_seconds', 'gauge', 'Duration of the last full cycle over every (process, structure) item.', [['', this.lastFullCycleSeconds]]);
+    metric('hotpatch_max_item_age_seconds', 'gauge', 'Longest time an item went unchecked (bounded by 2 x interval plus check time).', [['', this.maxItemAgeSeconds]]);
+    metric('hotpatch_watched_processes', 'gauge', 'Processes currently protected.', [['', this.processesWatched]]);
+    metric('hotpatch_policy_reloads_total', 'counter', 'Policy reloads requested (SIGHUP).', [['', this.policyReloadsTotal]]);
+    metric('hotpatch_policy_last_reload_successful', 'gauge', '1 when the last policy load or reload succeeded, 0 when the running policy is older than the file.', [['', this.policyLoadSuccess]]);
+    metric('hotpatch_policy_last_reload_success_timestamp_seconds', 'gauge', 'Unix time of the last successful policy load.', [['', this.policyLoadTimestamp]]);
     return `${lines.join('\n')}\n`;
   }
 }

@@ -146,11 +146,12 @@ describe('guard: other actions, process following, bound, metrics', () => {
       }).on('error', rej).end();
     });
     server.close();
-    expect(body).toMatch(/^hotpatch_guard_checks_total \d+$/m);
-    expect(body).toMatch(/^hotpatch_guard_findings_total\{code="0"\} 0$/m);
-    expect(body).toMatch(/^hotpatch_guard_bytes_verified_total [1-9]\d*$/m);
-    expect(body).toMatch(/^hotpatch_guard_last_full_cycle_seconds [\d.]+$/m);
-    expect(body).toMatch(/^hotpatch_guard_processes_watched 2$/m);
+    expect(body).toMatch(/^hotpatch_checks_total \d+$/m);
+    expect(body).toMatch(/^hotpatch_findings_total\{code="0",structure="module code",severity="critical"\} 0$/m);
+    expect(body).toMatch(/^hotpatch_verified_bytes_total [1-9]\d*$/m);
+    expect(body).toMatch(/^hotpatch_last_cycle_duration_seconds [\d.]+$/m);
+    expect(body).toMatch(/^hotpatch_watched_processes 2$/m);
+    expect(body).toMatch(/^hotpatch_build_info\{version="\d+\.\d+\.\d+[^"]*",nodejs="[^"]+"\} 1$/m);
     await a.t.kill();
     await b.t.kill();
   });

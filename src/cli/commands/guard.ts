@@ -12,8 +12,8 @@ import { findingToJson } from '../../guard/finding.js';
 import { DEFAULT_INTERVAL_MS, GUARD_ACTIONS, defaultPolicy, loadPolicy, type GuardAction } from '../../guard/policy.js';
 import { DEFAULT_STATE_DIR, GuardState } from '../../guard/state.js';
 import { GuardMetrics, serveMetrics } from '../../guard/metrics.js';
+import { journalLine, levelOfSeverity, stderrIsJournal, type LogLevel } from '../../guard/log.js';
 import { appendPrivateFile } from '../../fs/index.js';
-import { progress } from '../output.js';
 import { collect, parsePidOption } from '../options.js';
 import type { SetExitCode } from './index.js';
 import { parseStructures } from './verify.js';
@@ -42,10 +42,18 @@ function seconds(text: string, option: string, min: number): number {
   return Math.round(s * 1000);
 }
 
-/** One JSON line per event (bigints and bytes as hex, findings in the `verify` shape). */
+/** The level of an event's JSON line: a finding's from its severity, errors `err`, the rest `info`. */
+export function eventLevel(e: GuardEvent): LogLevel {
+  if (e.type === 'finding') return e.outcome.ok ? levelOfSeverity(e.finding.severity) : 'err';
+  return e.type === 'error' ? 'err' : 'info';
+}
+
+/** One JSON line per event (bigints and bytes as hex, findings in the `verify` shape), with its `level`. */
 export function eventJson(e: GuardEvent): string {
-  if (e.type === 'finding') return JSON.stringify({ type: e.type, time: e.time, action: e.action, outcome: e.outcome, finding: findingToJson(e.finding) });
-  return JSON.stringify(e);
+  const level = eventLevel(e);
+  if (e.type === 'finding') return JSON.stringify({ type: e.type, time: e.time, level, action: e.action, outcome: e.outcome, finding: findingToJson(e.finding) });
+  const { type, time, ...rest } = e;
+  return JSON.stringify({ type, time, level, ...rest });
 }
 
 export function register(program: Command, setExitCode: SetExitCode): void {
@@ -68,7 +76,7 @@ export function register(program: Command, setExitCode: SetExitCode): void {
     .option('--trust <PUBFILE>', 'trusted patch signer public key (repeatable; else HOTPATCH_TRUSTED_KEYS, else /etc/hotpatch/trusted.d/*.pub)', collect, [])
     .option('--structures <LIST>', 'only these structure codes, comma-separated (default: all 0-10)')
     .option('--no-ptrace', 'skip structure 7 (signal handlers), the only check that briefly stops the target')
-    .option('--duration <SECONDS>', 'stop after this long (default: run until SIGTERM/SIGINT)')
+    .option('--duration <SECONDS>', 'stop after this long (default: run until SIGTERM/SIGINT; SIGHUP reloads the policy)')
     .addHelpText('after', '\nExamples:\n  hotpatch guard --exe /usr/sbin/nginx --action restore --metrics 9464\n  hotpatch guard --all --policy /etc/hotpatch/guard.json \\\n    --json-log /var/log/hotpatch-guard.jsonl\n')
     .action(async (opts: GuardCliOptions) => {
       const { Guard } = await import('../../guard/guard.js');
@@ -79,7 +87,20 @@ export function register(program: Command, setExitCode: SetExitCode): void {
       if (opts.action !== undefined && !(GUARD_ACTIONS as readonly string[]).includes(opts.action)) throw new UsageError('USAGE_BAD_ACTION', `--action must be one of ${GUARD_ACTIONS.join(', ')}`);
       const intervalMs = seconds(opts.interval, '--interval', 0.05);
       const metrics = new GuardMetrics();
-      const writeJson = opts.jsonLog !== undefined ? (line: string) => appendPrivateFile(opts.jsonLog!, `${line}\n`, 'guard JSON log') : (line: string) => process.stdout.write(`${line}\n`);
+      // Human lines on stderr; under systemd with stderr on the journal, with sd-daemon priorities.
+      const journal = stderrIsJournal();
+      const log = (line: string, level: LogLevel = 'info') => process.stderr.write(`${journalLine(level, line, journal)}\n`);
+      // The JSON log is opened for every line (O_APPEND, safety checks of fs/safe-write.ts): a log
+      // renamed away by logrotate is re-created by the next line, and SIGHUP only reloads the policy.
+      const writeJson = (line: string) => {
+        try {
+          if (opts.jsonLog !== undefined) appendPrivateFile(opts.jsonLog, `${line}\n`, 'guard JSON log');
+          else process.stdout.write(`${line}\n`);
+        } catch (e) {
+          metrics.countError('log');
+          log(`guard: cannot write the JSON log: ${e instanceof Error ? e.message : String(e)}`, 'err');
+        }
+      };
       const guard = new Guard({
         pids: opts.pid.map(parsePidOption),
         all: opts.all === true,
@@ -97,16 +118,41 @@ export function register(program: Command, setExitCode: SetExitCode): void {
         onEvent: (e) => {
           if (e.type !== 'cycle' || opts.jsonLog !== undefined) writeJson(eventJson(e));
         },
-        log: (line) => progress(line),
+        log,
       });
       let server: Server | undefined;
       if (opts.metrics !== undefined) {
         const port = /^\d+$/.test(opts.metrics) ? Number(opts.metrics) : NaN;
         if (!(port > 0 && port < 65536)) throw new UsageError('USAGE_BAD_PORT', `--metrics ${opts.metrics} is not a TCP port`);
         server = await serveMetrics(metrics, port);
-        progress(`guard: metrics on http://127.0.0.1:${port}/metrics`);
+        log(`guard: metrics on http://127.0.0.1:${port}/metrics`);
       }
-      progress(`guard: interval ${intervalMs / 1000}s (every structure checked at least every ${(2 * intervalMs) / 1000}s), policy ${policy.source}`);
+      log(`guard: interval ${intervalMs / 1000}s (every structure checked at least every ${(2 * intervalMs) / 1000}s), policy ${policy.source}`, 'notice');
+      // SIGHUP: read the policy (and its trusted keys) again; a policy that does not load leaves
+      // the running one in force (hotpatch_policy_last_reload_successful 0), the guard keeps going.
+      const reload = () => {
+        metrics.policyReloadsTotal++;
+        const time = new Date().toISOString();
+        if (opts.policy === undefined) {
+          log('guard: SIGHUP: no --policy to reload; the JSON log is reopened for every line anyway', 'notice');
+          writeJson(JSON.stringify({ type: 'reload', time, level: 'notice', ok: true, policy: null }));
+          return;
+        }
+        try {
+          guard.reloadPolicy(loadPolicy(opts.policy), opts.trust);
+          metrics.policyLoadSuccess = 1;
+          metrics.policyLoadTimestamp = Date.now() / 1000;
+          log(`guard: SIGHUP: policy ${opts.policy} reloaded`, 'notice');
+          writeJson(JSON.stringify({ type: 'reload', time, level: 'notice', ok: true, policy: opts.policy }));
+        } catch (e) {
+          metrics.countError('policy-reload');
+          metrics.policyLoadSuccess = 0;
+          const message = e instanceof Error ? e.message : String(e);
+          log(`guard: SIGHUP: policy ${opts.policy} not reloaded, the previous one stays in force: ${message}`, 'err');
+          writeJson(JSON.stringify({ type: 'reload', time, level: 'err', ok: false, policy: opts.policy, message }));
+        }
+      };
+      process.on('SIGHUP', reload);
       guard.start();
       await new Promise<void>((res) => {
         const done = () => res();
@@ -114,8 +160,9 @@ export function register(program: Command, setExitCode: SetExitCode): void {
         process.once('SIGINT', done);
         if (opts.duration !== undefined) setTimeout(done, seconds(opts.duration, '--duration', 0)).unref();
       });
+      process.off('SIGHUP', reload);
       await guard.stop();
       server?.close();
-      progress('guard: stopped');
+      log('guard: stopped', 'notice');
     });
 }

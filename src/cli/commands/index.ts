@@ -11,6 +11,7 @@ import { register as recoverCommand } from './recover.js';
 import { register as verifyCommand } from './verify.js';
 import { register as guardCommand } from './guard.js';
 import { register as demoCommand } from './demo.js';
+import { register as completionCommand } from './completion.js';
 
 /** Sets the process exit code a command decided on (e.g. 5 for verify findings). */
 export type SetExitCode = (code: number) => void;
@@ -29,4 +30,5 @@ export function registerCommands(program: Command, setExitCode: SetExitCode): vo
   verifyCommand(program, setExitCode);
   guardCommand(program, setExitCode);
   demoCommand(program, setExitCode);
+  completionCommand(program, setExitCode);
 }
