@@ -21,9 +21,10 @@ export function register(program: Command, setExitCode: SetExitCode): void {
     .addHelpText(
       'after',
       `
-Results: "removed" with an action (undone: an interrupted apply was rolled back; finished: an
-interrupted remove was completed; reconciled: the code disagreed with the record — a patch's jump
-was gone — and the patch is now recorded as removed), or "skipped" when there was nothing to recover.
+Results: "removed" with an action (undone: an interrupted apply was rolled
+back; finished: an interrupted remove was completed; reconciled: the code
+disagreed with the record, e.g. a patch's jump was gone, and the patch is now
+recorded as removed), or "skipped" when there was nothing to recover.
 Exit codes: 0 ok, 1 error, 2 usage, 4 partial.
 
 Examples:
