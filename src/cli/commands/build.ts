@@ -9,9 +9,12 @@ import { DEFAULT_DEBUG_DIRS, findDebugFile, parseElf } from '../../elf/index.js'
 import type { Command } from 'commander';
 import { HotpatchError, UsageError } from '../../errors.js';
 import type { BuildResult } from '../../patch/builder/index.js';
-import { createPackage, encodePackage, makeColdPayload, writeFileAtomic, type PatchPackage } from '../../patch/package/index.js';
+import {
+  createPackage, CVE_ID, encodePackage, makeColdPayload, MAX_CVES, PATCH_SEVERITIES, writeFileAtomic, type PatchPackage, type PatchSeverity,
+} from '../../patch/package/index.js';
 import { readPrivateKeyFile, signPackage } from '../../patch/trust/index.js';
 import { EXIT_REFUSED } from '../exit-codes.js';
+import { collect } from '../options.js';
 import { printJson, progress, say } from '../output.js';
 import type { SetExitCode } from './index.js';
 
@@ -28,6 +31,8 @@ interface BuildCliOptions {
   oldDebug?: string;
   newDebug?: string;
   debugDir: string[];
+  cve: string[];
+  severity?: string;
   json?: boolean;
 }
 
@@ -48,6 +53,10 @@ function debugFor(bytes: Uint8Array, given: string | undefined, dirs: readonly s
   }
   const found = findDebugFile(elf.buildId, dirs);
   return found ? { bytes: readInput(found, `${what} debug`), name: found } : undefined;
+}
+
+function isSeverity(s: string): s is PatchSeverity {
+  return (PATCH_SEVERITIES as readonly string[]).includes(s);
 }
 
 function readInput(path: string, what: string): Uint8Array {
@@ -91,10 +100,12 @@ export function register(program: Command, setExitCode: SetExitCode): void {
     .requiredOption('-o, --output <PKG>', 'package file to write (.hpk)')
     .option('-k, --key <KEYFILE>', 'sign the package with this private key (from `hotpatch keygen`)')
     .option('--cold', 'carry the complete fixed file for a cold install (`apply --cold`)')
-    .option('--description <TEXT>', 'a description stored in the package')
+    .option('--description <TEXT>', 'a description stored in the package (signed with it)')
     .option('--old-debug <FILE>', 'symbols of a stripped --old: its separate debug file or an unstripped copy (same build-id)')
     .option('--new-debug <FILE>', 'symbols of a stripped --new, likewise')
     .option('--debug-dir <DIR>', `where stripped builds' debug files are looked up by build-id (DIR/.build-id/XX/YYYY.debug; repeatable; default ${DEFAULT_DEBUG_DIRS.join(', ')})`, (v: string, prev: string[]) => [...prev, v], [] as string[])
+    .option('--cve <ID>', 'a CVE id the patch fixes, e.g. CVE-2024-1234 (repeatable; signed with the package)', collect, [])
+    .option('--severity <LEVEL>', `how urgent the fix is: ${PATCH_SEVERITIES.join(', ')} (signed with the package)`)
     .option('--json', 'print one JSON document on stdout')
     .addHelpText(
       'after',
@@ -107,6 +118,12 @@ export function register(program: Command, setExitCode: SetExitCode): void {
     .action(async (opts: BuildCliOptions) => {
       const json = opts.json ?? false;
       const { buildPatch, BuildRefusedError } = await import('../../patch/builder/index.js');
+      for (const c of opts.cve) if (!CVE_ID.test(c)) throw new UsageError('USAGE_BAD_CVE', `--cve ${c} is not a CVE id (CVE-YYYY-NNNN)`);
+      if (opts.cve.length > MAX_CVES) throw new UsageError('USAGE_BAD_CVE', `at most ${MAX_CVES} --cve ids per package`);
+      const severity = opts.severity;
+      if (severity !== undefined && !isSeverity(severity)) {
+        throw new UsageError('USAGE_BAD_SEVERITY', `--severity ${severity} is not one of ${PATCH_SEVERITIES.join(', ')}`);
+      }
       const oldBytes = readInput(opts.old, 'old');
       const newBytes = readInput(opts.new, 'new');
       const dirs = opts.debugDir.length > 0 ? opts.debugDir : DEFAULT_DEBUG_DIRS;
@@ -145,6 +162,8 @@ export function register(program: Command, setExitCode: SetExitCode): void {
       let pkg = createPackage(result.plan, {
         ...(cold ? { cold } : {}),
         ...(opts.description !== undefined ? { description: opts.description } : {}),
+        ...(opts.cve.length > 0 ? { cves: opts.cve } : {}),
+        ...(severity !== undefined ? { severity } : {}),
       });
       if (opts.key !== undefined) pkg = signPackage(pkg, readPrivateKeyFile(opts.key));
       writeFileAtomic(opts.output, encodePackage(pkg));
@@ -158,6 +177,9 @@ export function register(program: Command, setExitCode: SetExitCode): void {
           signed: pkg.signature !== undefined,
           signer: pkg.signature ? { keyId: pkg.signature.keyId, name: pkg.signature.signer ?? null } : null,
           cold: pkg.cold !== undefined,
+          description: pkg.meta.description ?? null,
+          cves: pkg.meta.cves ?? [],
+          severity: pkg.meta.severity ?? null,
           warnings: result.report.warnings,
           stats: result.report.stats,
         });

@@ -12,6 +12,9 @@ import { register as verifyCommand } from './verify.js';
 import { register as guardCommand } from './guard.js';
 import { register as demoCommand } from './demo.js';
 import { register as completionCommand } from './completion.js';
+import { register as storeCommand } from './store.js';
+import { register as agentCommand } from './agent.js';
+import { register as statusCommand } from './status.js';
 
 /** Sets the process exit code a command decided on (e.g. 5 for verify findings). */
 export type SetExitCode = (code: number) => void;
@@ -29,6 +32,9 @@ export function registerCommands(program: Command, setExitCode: SetExitCode): vo
   recoverCommand(program, setExitCode);
   verifyCommand(program, setExitCode);
   guardCommand(program, setExitCode);
+  storeCommand(program, setExitCode);
+  agentCommand(program, setExitCode);
+  statusCommand(program, setExitCode);
   demoCommand(program, setExitCode);
   completionCommand(program, setExitCode);
 }

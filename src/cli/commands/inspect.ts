@@ -90,6 +90,8 @@ function inspectJson(pkg: PatchPackage, size: number, verdict: SignatureVerdict,
     createdAt: pkg.meta.createdAt,
     toolVersion: pkg.meta.toolVersion,
     ...(pkg.meta.description !== undefined ? { description: pkg.meta.description } : {}),
+    cves: pkg.meta.cves ?? [],
+    severity: pkg.meta.severity ?? null,
   };
 }
 
@@ -112,6 +114,8 @@ function inspectText(pkg: PatchPackage, size: number, verdict: SignatureVerdict,
   out.push(`  build-id ${t.buildId}`);
   out.push(`  created  ${pkg.meta.createdAt} by hotpatch ${clip(pkg.meta.toolVersion, 20)}`);
   if (pkg.meta.description) out.push(`  about    ${clip(pkg.meta.description.replace(/\s+/g, ' '), 69)}`);
+  if (pkg.meta.cves && pkg.meta.cves.length > 0) out.push(`  fixes    ${pkg.meta.cves.join(', ')}`);
+  if (pkg.meta.severity) out.push(`  severity ${pkg.meta.severity}`);
   const sig = pkg.signature;
   if (sig) {
     const name = verdict.signer?.name ?? sig.signer;

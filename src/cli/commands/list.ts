@@ -8,6 +8,7 @@ import { enumerateProcessIds } from '../../process/inspect/index.js';
 import { printJson, progress, say } from '../output.js';
 import { readFileSync } from 'node:fs';
 import { parsePidOption } from '../options.js';
+import { decodePackageContent } from '../../patch/package/index.js';
 import type { SetExitCode } from './index.js';
 
 /** PIDs whose /proc/PID/maps shows a hotpatch record (cheap text search, no parsing). */
@@ -24,11 +25,27 @@ function patchedPids(): number[] {
   return out;
 }
 
+/** The signed metadata of patch `id` as its record in process `p` holds it (null when the record has no content). */
+export function recordedMeta(p: ProcessPatches, id: string): { description: string | null; cves: string[]; severity: string | null } | null {
+  const content = p.record?.patches.find((r) => r.id === id)?.content;
+  if (!content) return null;
+  try {
+    const { meta } = decodePackageContent(content);
+    return { description: meta.description ?? null, cves: meta.cves ?? [], severity: meta.severity ?? null };
+  } catch {
+    return null;
+  }
+}
+
 function toJson(p: ProcessPatches): unknown {
   return {
     pid: p.pid,
     exe: p.exe,
-    patches: p.patches.map((x) => ({ id: x.id, module: x.module, functions: x.functions, signer: x.signer, state: x.state, buildId: x.buildId, packageHash: x.packageHash, appliedAt: new Date(x.appliedAt).toISOString(), sites: x.sites })),
+    patches: p.patches.map((x) => ({
+      id: x.id, module: x.module, functions: x.functions, signer: x.signer, state: x.state, buildId: x.buildId, packageHash: x.packageHash,
+      appliedAt: new Date(x.appliedAt).toISOString(), sites: x.sites,
+      ...(recordedMeta(p, x.id) ?? { description: null, cves: [], severity: null }),
+    })),
     transaction: p.transaction,
     disagreements: p.disagreements,
   };
@@ -63,7 +80,9 @@ export function register(program: Command, setExitCode: SetExitCode): void {
         if (p.patches.length === 0 && !p.transaction) continue;
         say(false, `${p.pid} ${p.exe}${p.transaction ? `  (unfinished ${p.transaction.op} of ${p.transaction.patchId}: run hotpatch recover --pid ${p.pid})` : ''}`);
         for (const x of p.patches) {
-          say(false, `  ${x.id}  ${x.state.padEnd(8)} ${x.module}  ${x.functions.join(', ')}  signer: ${x.signer ?? '(unsigned)'}`);
+          const m = recordedMeta(p, x.id);
+          const about = m && (m.cves.length > 0 || m.severity) ? `  ${[m.severity, ...m.cves].filter((v) => v).join(' ')}` : '';
+          say(false, `  ${x.id}  ${x.state.padEnd(8)} ${x.module}  ${x.functions.join(', ')}  signer: ${x.signer ?? '(unsigned)'}${about}`);
         }
         for (const d of p.disagreements) say(false, `  code disagrees with the record: ${d} (run hotpatch recover --pid ${p.pid})`);
       }

@@ -13,6 +13,10 @@
  *             hotpatch (PACKAGE_UNSUPPORTED_VERSION).
  *   CONT    = meta target u32 nFunctions function* u32 nData data*
  *     meta     = str createdAt | str toolVersion | opt<str> description
+ *              | u8 2 (extended meta) opt<str> description | u8 nCves | str cve* | opt<str> severity
+ *                -- the description flag byte 2 introduces the extended form, written only when
+ *                   the package carries CVE ids or a severity, so older packages (flag 0/1) keep
+ *                   their bytes and ids; an older hotpatch rejects flag 2 as damaged.
  *     target   = str buildId (lowercase hex) | str name | u64 size
  *     function = str name | opt<str> file | u64 vaddr | u32 size | oldHash (32 raw bytes)
  *                | entry | bytes32 code | u32 align | relocs
@@ -80,7 +84,19 @@ export interface PackageMeta {
   /** Version of hotpatch that built it. */
   toolVersion: string;
   description?: string;
+  /** CVE ids the patch fixes ("CVE-2024-1234"), in the order given at build time. */
+  cves?: string[];
+  /** How urgent the fix is. */
+  severity?: PatchSeverity;
 }
+
+/** Severities a package may declare (`hotpatch build --severity`). */
+export const PATCH_SEVERITIES = ['low', 'medium', 'high', 'critical'] as const;
+export type PatchSeverity = (typeof PATCH_SEVERITIES)[number];
+/** Shape of a CVE id (MITRE: CVE-YYYY-NNNN, four or more digits). */
+export const CVE_ID = /^CVE-\d{4}-\d{4,}$/;
+/** Most CVE ids one package may carry. */
+export const MAX_CVES = 255;
 
 /** The complete fixed file, compressed, for installing on disk (`apply --cold`). */
 export interface PackageColdPayload {
@@ -291,6 +307,18 @@ function validateMeta(meta: PackageMeta, fail: Fail): void {
   checkStr(meta.createdAt, 'createdAt', fail);
   checkStr(meta.toolVersion, 'toolVersion', fail);
   if (meta.description !== undefined) checkStr(meta.description, 'description', fail);
+  if (meta.cves !== undefined) {
+    if (!Array.isArray(meta.cves) || meta.cves.length > MAX_CVES) fail(`CVE list is not a list of at most ${MAX_CVES} ids`);
+    for (const c of meta.cves) if (typeof c !== 'string' || !CVE_ID.test(c)) fail(`${JSON.stringify(c)} is not a CVE id (CVE-YYYY-NNNN)`);
+  }
+  if (meta.severity !== undefined && !(PATCH_SEVERITIES as readonly string[]).includes(meta.severity)) {
+    fail(`severity ${JSON.stringify(meta.severity)} is not one of ${PATCH_SEVERITIES.join(', ')}`);
+  }
+}
+
+/** Whether `meta` needs the extended encoding (CVE ids or a severity). */
+function extendedMeta(meta: PackageMeta): boolean {
+  return (meta.cves !== undefined && meta.cves.length > 0) || meta.severity !== undefined;
 }
 
 function validateCold(c: PackageColdPayload, fail: Fail): void {
@@ -332,7 +360,14 @@ function writeRelocs(w: ByteWriter, relocs: readonly Relocation[]): void {
 function encodeContent(plan: PatchPlan, meta: PackageMeta): Uint8Array {
   const w = new ByteWriter();
   w.str(meta.createdAt).str(meta.toolVersion);
-  writeOptStr(w, meta.description);
+  if (extendedMeta(meta)) {
+    w.u8(2);
+    writeOptStr(w, meta.description);
+    const cves = meta.cves ?? [];
+    w.u8(cves.length);
+    for (const c of cves) w.str(c);
+    writeOptStr(w, meta.severity);
+  } else writeOptStr(w, meta.description);
   w.str(plan.target.buildId).str(plan.target.name).u64(BigInt(plan.target.size));
   w.u32(plan.functions.length);
   for (const f of plan.functions) {
@@ -383,7 +418,7 @@ export function computePackageId(plan: PatchPlan, meta: PackageMeta): string {
  */
 export function createPackage(
   plan: PatchPlan,
-  options: { description?: string; createdAt?: Date | string; toolVersion?: string; cold?: PackageColdPayload } = {},
+  options: { description?: string; cves?: readonly string[]; severity?: PatchSeverity; createdAt?: Date | string; toolVersion?: string; cold?: PackageColdPayload } = {},
 ): PatchPackage {
   const created = options.createdAt ?? new Date();
   const meta: PackageMeta = {
@@ -391,6 +426,8 @@ export function createPackage(
     toolVersion: options.toolVersion ?? HOTPATCH_TOOL_VERSION,
   };
   if (options.description !== undefined) meta.description = options.description;
+  if (options.cves !== undefined && options.cves.length > 0) meta.cves = [...options.cves];
+  if (options.severity !== undefined) meta.severity = options.severity;
   const fail = failWith('PACKAGE_INVALID');
   validatePlan(plan);
   validateMeta(meta, fail);
@@ -503,7 +540,19 @@ function readBytes32(r: ByteReader, field: string, max: number): Uint8Array {
 function decodeContent(body: Uint8Array): { plan: PatchPlan; meta: PackageMeta } {
   const r = new ByteReader(body, 'content section');
   const meta: PackageMeta = { createdAt: r.str('createdAt'), toolVersion: r.str('toolVersion') };
-  const description = readOptStr(r, 'description');
+  const metaForm = r.u8('description presence');
+  let description: string | undefined;
+  if (metaForm === 2) {
+    description = readOptStr(r, 'description');
+    const n = r.u8('CVE count');
+    const cves: string[] = [];
+    for (let i = 0; i < n; i++) cves.push(r.str('CVE id'));
+    if (cves.length > 0) meta.cves = cves;
+    const severity = readOptStr(r, 'severity');
+    if (severity !== undefined) meta.severity = severity as PatchSeverity;
+    validateMeta(meta, failWith('PACKAGE_CORRUPT'));
+  } else if (metaForm === 1) description = r.str('description');
+  else if (metaForm !== 0) throw new PackageError('PACKAGE_CORRUPT', `package content: unknown metadata form ${metaForm}`);
   if (description !== undefined) meta.description = description;
   const buildId = r.str('target build-id');
   const name = r.str('target name');

@@ -1,0 +1,2 @@
+/** The patch store: the packages a host should have applied. */
+export * from './store.js';
