@@ -120,8 +120,10 @@ describe('the guard unit', () => {
       expect(body).toMatch(/^hotpatch_watched_processes [1-9]\d*$/m);
       expect(child.exitCode).toBeNull();
     } finally {
-      child.kill('SIGTERM');
-      await new Promise((r) => child.once('exit', r));
+      if (child.exitCode === null && child.signalCode === null) {
+        child.kill('SIGTERM');
+        await new Promise((r) => child.once('exit', r));
+      }
     }
     expect(child.exitCode, err).toBe(0);
   }, 180_000);

@@ -213,7 +213,7 @@ export async function applyPatch(pid: number, plan: PatchPlan, options: ApplyOpt
     const fresh = { record: false, arenas: [] as RecordArena[] };
     let setupPause = 0;
     if (!s.store || codeBase === undefined || dataBase === undefined) {
-      const frozen = freeze(pid);
+      const frozen = freeze(pid, timeoutMs);
       try {
         let codeArena: RecordArena | undefined;
         if (codeBase === undefined) {

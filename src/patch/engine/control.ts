@@ -73,9 +73,16 @@ function syscallOrThrow(fp: FrozenProcess, name: string, nr: number, args: Array
   return r;
 }
 
-/** Freezes every thread of `pid` (see src/process/control for the protocol and its errors). */
-export function freeze(pid: number): Frozen {
-  const fp = freezeProcess(pid);
+/** The shortest wait for threads to stop and for an injected call, whatever `--timeout` says (ms). */
+export const MIN_FREEZE_TIMEOUT_MS = 500;
+
+/**
+ * Freezes every thread of `pid` (see src/process/control for the protocol and its errors).
+ * `timeoutMs` (the command's --timeout) bounds the wait for every thread to stop and each injected
+ * system call (at least MIN_FREEZE_TIMEOUT_MS); without it, freezeProcess's defaults.
+ */
+export function freeze(pid: number, timeoutMs?: number): Frozen {
+  const fp = freezeProcess(pid, timeoutMs === undefined ? {} : { timeoutMs: Math.max(MIN_FREEZE_TIMEOUT_MS, timeoutMs) });
   return {
     pid,
     get threadCount() {

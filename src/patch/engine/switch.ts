@@ -74,7 +74,7 @@ export async function switchWithRetry(o: SwitchOptions): Promise<SwitchOutcome> 
   const all = [...o.guarded.map((g) => g.range), ...o.observed];
   for (;;) {
     attempts++;
-    const frozen = freeze(o.pid);
+    const frozen = freeze(o.pid, o.timeoutMs);
     let pause: number;
     let busy: { use: ThreadUse; g: GuardedRange }[];
     let observedInUse: boolean[];

@@ -52,11 +52,6 @@ import {
   SYS_epoll_pwait,
   SYS_epoll_pwait2,
   SYS_epoll_wait,
-  SYS_getpid,
-  SYS_gettid,
-  SYS_mmap,
-  SYS_mprotect,
-  SYS_munmap,
   SYS_restart_syscall,
 } from '../ptrace/constants.js';
 import {
@@ -127,6 +122,12 @@ export interface FreezeOptions {
   /** How long to wait for all threads to stop (default 2000 ms), then PROCESS_FREEZE_TIMEOUT. */
   timeoutMs?: number;
   /**
+   * How long an injected system call may take, quick ones (mmap, mprotect, …) included, before it
+   * is interrupted with PROCESS_INJECTION_FAILED (default: `timeoutMs`). The CLI passes its
+   * `--timeout`, so a loaded machine needs no other knob.
+   */
+  syscallTimeoutMs?: number;
+  /**
    * epoll_wait/epoll_pwait/epoll_pwait2 return EINTR when their thread is ptrace-stopped (unlike
    * read, futex, nanosleep... which the kernel restarts). When true (default), a thread stopped
    * with such an EINTR and no unblocked signal pending is rewound at thaw so that it re-executes
@@ -152,8 +153,6 @@ const RESTART_CODES = new Set<bigint>([
   BigInt.asUintN(64, BigInt(-ERESTARTNOHAND)),
   BigInt.asUintN(64, BigInt(-ERESTART_RESTARTBLOCK)),
 ]);
-/** System calls that never sleep for long: their injection waits in a blocking waitpid. */
-const QUICK_SYSCALLS = new Set<number>([SYS_mmap, SYS_mprotect, SYS_munmap, SYS_getpid, SYS_gettid, 12 /* brk */, 25 /* mremap */, 28 /* madvise */]);
 const EINTR_U64 = BigInt.asUintN(64, BigInt(-EINTR));
 const EPOLL_CALLS = new Set<bigint>([BigInt(SYS_epoll_wait), BigInt(SYS_epoll_pwait), BigInt(SYS_epoll_pwait2)]);
 const RESTART_SYS = BigInt.asUintN(64, BigInt(-ERESTARTSYS));
@@ -516,8 +515,7 @@ export class FrozenProcess {
     }
     fault?.('blocked');
     const keep = this.#keepLeaderExit && t.tid === this.pid;
-    const quick = QUICK_SYSCALLS.has(Number(nr));
-    const deadline = process.hrtime.bigint() + (quick ? 2_000_000_000n : BigInt(this.#options.timeoutMs) * 1_000_000n);
+    const deadline = process.hrtime.bigint() + BigInt(this.#options.syscallTimeoutMs) * 1_000_000n;
     let entered = false;
     let result: bigint | undefined;
     for (let attempt = 0; attempt < 16 && result === undefined; attempt++) {
@@ -531,7 +529,7 @@ export class FrozenProcess {
         this.#abandonCall(t, keep, entered);
         throw fail(
           PROCESS_INJECTION_FAILED,
-          `injected system call ${nr} did not return within ${quick ? 2000 : this.#options.timeoutMs} ms in thread ${t.tid} of process ${this.pid}; it was interrupted`,
+          `injected system call ${nr} did not return within ${this.#options.syscallTimeoutMs} ms in thread ${t.tid} of process ${this.pid}; it was interrupted`,
         );
       }
       if (ev.kind !== 'stopped') {
@@ -1056,6 +1054,7 @@ export function freezeProcess(pid: number, options: FreezeOptions = {}): FrozenP
   }
   const opts: Required<FreezeOptions> = {
     timeoutMs: options.timeoutMs ?? 2000,
+    syscallTimeoutMs: options.syscallTimeoutMs ?? options.timeoutMs ?? 2000,
     restartInterruptedEpoll: options.restartInterruptedEpoll ?? true,
     boostPriority: options.boostPriority ?? 'fifo',
   };
