@@ -34,6 +34,7 @@ import { ProcessContext, type CheckOptions } from '../context.js';
 import { makeFinding, type Finding } from '../finding.js';
 import { ModuleImage } from '../image.js';
 import { linkMapNameMatches, modulesInLoadOrder, readLinkMap, startupOrder, type LinkMapEntry } from './linkmap.js';
+import { le64, readWords, u64 } from './words.js';
 
 interface ScopeModule {
   mod: Module;
@@ -202,40 +203,9 @@ function allowedDefinitions(scope: Scope, from: ScopeModule, ref: ElfSymbol, add
   return out;
 }
 
-function u64(b: Uint8Array, off: number): bigint {
-  return new DataView(b.buffer, b.byteOffset + off, 8).getBigUint64(0, true);
-}
-
-function le64(v: bigint): Uint8Array {
-  const b = new Uint8Array(8);
-  new DataView(b.buffer).setBigUint64(0, BigInt.asUintN(64, v), true);
-  return b;
-}
-
 /** Slot values of `relocs` read from memory in as few reads as possible. */
 function readSlots(ctx: ProcessContext, bias: bigint, relocs: readonly ElfRelocation[]): Map<bigint, bigint> {
-  const out = new Map<bigint, bigint>();
-  const sorted = [...relocs].sort((a, b) => (a.offset < b.offset ? -1 : 1));
-  let i = 0;
-  while (i < sorted.length) {
-    const start = sorted[i]!.offset;
-    let j = i;
-    while (j + 1 < sorted.length && sorted[j + 1]!.offset - start < 65536n) j++;
-    const len = Number(sorted[j]!.offset - start) + 8;
-    let buf: Uint8Array;
-    try {
-      buf = ctx.proc.readMemoryPartial(bias + start, len);
-    } catch {
-      buf = new Uint8Array(0);
-    }
-    for (let k = i; k <= j; k++) {
-      const off = Number(sorted[k]!.offset - start);
-      if (off + 8 <= buf.length) out.set(sorted[k]!.offset, u64(buf, off));
-    }
-    ctx.bytesVerified += buf.length;
-    i = j + 1;
-  }
-  return out;
+  return readWords(ctx, bias, relocs.map((r) => r.offset).sort((x, y) => (x < y ? -1 : x > y ? 1 : 0)));
 }
 
 /** Key of an IFUNC choice: build-id (or file key) of the defining library and the resolver's vaddr. */

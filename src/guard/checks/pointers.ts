@@ -33,6 +33,7 @@ import { RELR_WORD, type ModuleImage } from '../image.js';
 import { matchesAny } from '../policy.js';
 import { modulesInLoadOrder } from './linkmap.js';
 import { recognisedRuntimes } from './memory.js';
+import { le64, readWords, u64 } from './words.js';
 
 /** A writable word the module's relocations initialise to a code address. */
 interface CodePointerSlot {
@@ -73,41 +74,6 @@ export function codePointerSlots(img: ModuleImage): CodePointerSlot[] {
     }
   }
   slotCache.set(img, out);
-  return out;
-}
-
-function u64(b: Uint8Array, off: number): bigint {
-  return new DataView(b.buffer, b.byteOffset + off, 8).getBigUint64(0, true);
-}
-
-function le64(v: bigint): Uint8Array {
-  const b = new Uint8Array(8);
-  new DataView(b.buffer).setBigUint64(0, BigInt.asUintN(64, v), true);
-  return b;
-}
-
-/** Words at `bias + vaddr` for sorted `vaddrs`, read in runs of at most 64 KiB. */
-function readWords(ctx: ProcessContext, bias: bigint, vaddrs: readonly bigint[]): Map<bigint, bigint> {
-  const out = new Map<bigint, bigint>();
-  let i = 0;
-  while (i < vaddrs.length) {
-    const start = vaddrs[i]!;
-    let j = i;
-    while (j + 1 < vaddrs.length && vaddrs[j + 1]! - start < 65536n) j++;
-    const len = Number(vaddrs[j]! - start) + 8;
-    let buf: Uint8Array;
-    try {
-      buf = ctx.proc.readMemoryPartial(bias + start, len);
-    } catch {
-      buf = new Uint8Array(0);
-    }
-    for (let k = i; k <= j; k++) {
-      const off = Number(vaddrs[k]! - start);
-      if (off + 8 <= buf.length) out.set(vaddrs[k]!, u64(buf, off));
-    }
-    ctx.bytesVerified += buf.length;
-    i = j + 1;
-  }
   return out;
 }
 
