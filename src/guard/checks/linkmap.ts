@@ -152,6 +152,9 @@ export function modulesInLoadOrder(ctx: ProcessContext): { mod: Module; entry: L
  */
 export function linkMapNameMatches(ctx: ProcessContext, mod: Module, entry: LinkMapEntry): boolean | undefined {
   if (entry.name === '' || mod.kind === 'vdso' || !entry.name.startsWith('/')) return undefined;
+  // The file was replaced or removed after it was loaded (a package upgrade, a cold install): its
+  // old name now leads elsewhere or nowhere, and the kernel still names the mapping by it.
+  if (mod.deleted && entry.name === mod.path) return undefined;
   return ctx.memo(`lmname:${entry.self.toString(16)}:${entry.name}`, () => {
     let mapped: { dev: number; ino: number };
     let named: { dev: number; ino: number };
