@@ -117,14 +117,15 @@ function checkSlots(ctx: ProcessContext, mod: Module, img: ModuleImage): Finding
     const why = hookReason(ctx, v);
     if (why === undefined) continue;
     // Executable memory, or any non-code address in a section of nothing but function pointers,
-    // is a hook. Elsewhere a data address cannot run (NX) and may be a reused `void *` slot: low.
+    // is a hook. Elsewhere a data address cannot run (NX) and programs reuse such slots for data
+    // (bash stores 1 in a callback field of its job table): not a finding.
     const executable = ctx.mappingAt(v)?.protection.execute === true;
-    const severity = executable || s.strict ? 'high' : 'low';
+    if (!executable && !s.strict) continue;
     const initial = s.target !== undefined ? `${mod.path}+0x${s.target.toString(16)}${img.symbolize(s.target) ? ` (${img.symbolize(s.target)})` : ''}` : `the address of ${s.symbol}`;
     const f = makeFinding({
-      pid: ctx.pid, code: 3, kind: 'pointer-hook', severity, module: mod.path, offset: s.vaddr, address: bias + s.vaddr,
+      pid: ctx.pid, code: 3, kind: 'pointer-hook', severity: 'high', module: mod.path, offset: s.vaddr, address: bias + s.vaddr,
       symbol: img.symbolize(s.vaddr) ?? s.section, expected: s.target !== undefined ? le64(bias + s.target) : null, actual: le64(v),
-      detail: `function pointer in ${s.section || 'writable data'} that the module's relocations initialise to ${initial} now leads to ${why}${executable || s.strict ? ': calls through it run code outside every module' : ' (not executable as it stands: a staged hook, or a slot the program reuses for data)'}`,
+      detail: `function pointer in ${s.section || 'writable data'} that the module's relocations initialise to ${initial} now leads to ${why}: calls through it run code outside every module`,
     });
     f.destination = ctx.describeAddress(v);
     out.push(f);
