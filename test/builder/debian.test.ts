@@ -232,6 +232,11 @@ describe.skipIf(skip !== undefined)('a Debian library, stripped as installed: zl
     try {
       for (const t of all) expect(await ask(t, 'n', /ok -?\d+\n/)).toBe('ok 0\n');
 
+      // Named explicitly, the process running another build is refused, and the advice is not to retry.
+      const wrong = await hotpatch(['apply', pkg, '--pid', String(other.pid), '--allow-unsigned']);
+      expect(wrong.code).toBe(3);
+      expect(wrong.stderr).toMatch(/running the same command again will not change that/);
+      expect(wrong.stderr).not.toMatch(/run the same command again/);
       const a = await hotpatch(['apply', pkg, '--all', '--allow-unsigned', '--json']);
       expect(a.code, a.stderr).toBe(0);
       const results = (JSON.parse(a.stdout) as { results: { pid: number; status: string; code?: string; reason?: string }[] }).results;

@@ -44,8 +44,17 @@ export function printResults(json: boolean, doc: Record<string, unknown> & { res
     for (const r of doc.results) counts.set(r.status, (counts.get(r.status) ?? 0) + 1);
     if (doc.results.length > 1) say(false, [...counts].map(([s, n]) => `${n} ${s}`).join(', '));
   }
-  if (outcome === 'partial' || outcome === 'error') progress(`hotpatch: some processes were not changed (see the reasons above); ${hint}`);
+  if (outcome === 'partial' || outcome === 'error' || outcome === 'refused') {
+    const bad = doc.results.filter((r) => r.status === 'refused' || r.status === 'failed');
+    // Only a busy thread, a lock or a freeze that timed out can go away by trying again.
+    const retryable = bad.some((r) => r.code === undefined || TRANSIENT_CODES.has(r.code));
+    if (retryable) progress(`hotpatch: some processes were not changed (see the reasons above); ${hint}`);
+    else if (bad.length > 0) progress('hotpatch: some processes were not changed (see the reasons above); running the same command again will not change that');
+  }
 }
+
+/** Result codes that running the same command again can clear. */
+const TRANSIENT_CODES = new Set(['TARGET_BUSY', 'PROCESS_FREEZE_TIMEOUT', 'PROCESS_LOCKED', 'IN_PROGRESS', 'PROCESS_REMOTE_SYSCALL_FAILED', 'INTERNAL']);
 
 function summary(report: ApplyReport, all: boolean): string {
   if (report.results.length === 0 && all) return `no process maps ${report.package.target.name} (build-id ${report.package.target.buildId}); nothing to patch`;
