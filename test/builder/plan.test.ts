@@ -239,6 +239,7 @@ describe('builder: distribution flags (issue #15): unchanged code never enters t
         ['switch_o3', ['run']],
         ['switch', ['dispatch']],
         ['basic', ['compute']],
+        ['data_in_code_unchanged', ['fix']],
       ] as const) {
         const { r } = await plan(scenario, { flags: d.flags });
         expect(names(r.plan), `${scenario} ${d.label}`).toEqual(expected);

@@ -45,12 +45,21 @@ export async function printResults(json: boolean, doc: Record<string, unknown> &
     for (const r of doc.results) counts.set(r.status, (counts.get(r.status) ?? 0) + 1);
     if (doc.results.length > 1) say(false, [...counts].map(([s, n]) => `${n} ${s}`).join(', '));
   }
-  if (outcome !== 'partial' && outcome !== 'error') return;
+  if (outcome !== 'partial' && outcome !== 'error' && outcome !== 'refused') return;
+  const bad = doc.results.filter((r) => r.status === 'refused' || r.status === 'failed');
   // Retrying cannot help a process that does not exist: say so instead of the generic hint.
-  const failed = doc.results.filter((r) => r.status === 'failed');
-  if (failed.length > 0 && failed.every((r) => r.code === 'PROCESS_NOT_FOUND')) progress(`hotpatch: no such process: ${failed.map((r) => r.pid).join(', ')} (check the pid; \`hotpatch list\` shows patched processes)`);
-  else progress(`hotpatch: some processes were not changed (see the reasons above); ${hint}`);
+  if (bad.length > 0 && bad.every((r) => r.code === 'PROCESS_NOT_FOUND')) {
+    progress(`hotpatch: no such process: ${bad.map((r) => r.pid).join(', ')} (check the pid; \`hotpatch list\` shows patched processes)`);
+    return;
+  }
+  // Only a busy thread, a lock or a freeze that timed out can go away by trying again.
+  const retryable = bad.some((r) => r.code === undefined || TRANSIENT_CODES.has(r.code));
+  if (retryable) progress(`hotpatch: some processes were not changed (see the reasons above); ${hint}`);
+  else if (bad.length > 0) progress('hotpatch: some processes were not changed (see the reasons above); running the same command again will not change that');
 }
+
+/** Result codes that running the same command again can clear. */
+const TRANSIENT_CODES = new Set(['TARGET_BUSY', 'PROCESS_FREEZE_TIMEOUT', 'PROCESS_LOCKED', 'IN_PROGRESS', 'PROCESS_REMOTE_SYSCALL_FAILED', 'INTERNAL']);
 
 function summary(report: ApplyReport, all: boolean): string {
   if (report.results.length === 0 && all) return `no process maps ${report.package.target.name} (build-id ${report.package.target.buildId}); nothing to patch`;

@@ -26,6 +26,56 @@ export class Comparator {
     readonly neu: BuildImage,
   ) {}
 
+  #shifts: Set<bigint> | undefined;
+  /**
+   * How far things moved between the builds (old vaddr minus new vaddr): every function of both and
+   * every section of both by name. An address field of unchanged code differs by one of these
+   * (absolute) or by one minus the function's own shift (pc-relative).
+   */
+  #knownShifts(): Set<bigint> {
+    if (this.#shifts) return this.#shifts;
+    const set = new Set<bigint>();
+    for (const f of this.old.functions) {
+      const g = this.neu.functionsByKey.get(f.key);
+      if (g) set.add(f.vaddr - g.vaddr);
+    }
+    for (const s of this.old.allocSections) {
+      const t = this.neu.allocSections.find((q) => q.name === s.name);
+      if (t) set.add(s.addr - t.addr);
+    }
+    this.#shifts = set;
+    return set;
+  }
+
+  /**
+   * For a function the decoder could not fully analyse (bytes that are not instructions, a branch
+   * into an instruction): the raw bytes are equal but for 4-byte fields whose values differ by a
+   * known address shift (absolute) or a known shift less the function's own (pc-relative).
+   */
+  #equalModuloShift(a: NormalFunction, b: NormalFunction): boolean {
+    const x = a.bytes;
+    const y = b.bytes;
+    if (x.length !== y.length) return false;
+    const shifts = this.#knownShifts();
+    const own = a.fn.vaddr - b.fn.vaddr;
+    const dx = new DataView(x.buffer, x.byteOffset, x.byteLength);
+    const dy = new DataView(y.buffer, y.byteOffset, y.byteLength);
+    for (let i = 0; i < x.length; i++) {
+      if (x[i] === y[i]) continue;
+      let explained = false;
+      for (let j = Math.max(0, i - 3); j <= i && j + 4 <= x.length; j++) {
+        const d = BigInt(dx.getInt32(j, true) - dy.getInt32(j, true));
+        if (d !== 0n && (shifts.has(d) || shifts.has(d + own))) {
+          explained = true;
+          i = j + 3;
+          break;
+        }
+      }
+      if (!explained) return false;
+    }
+    return true;
+  }
+
   /**
    * Same data at two anonymous addresses (string literal or constant). With the two builds of the
    * function that reads it (`fa`, `fb`), int32 words that differ are still the same when each
@@ -97,6 +147,8 @@ export class Comparator {
   difference(a: NormalFunction, b: NormalFunction): Difference | undefined {
     if (a.bytes.length !== b.bytes.length) return { reason: `size ${a.bytes.length} -> ${b.bytes.length}` };
     if (!bytesEqual(a.masked, b.masked)) {
+      const unanalysed = a.invalidAt !== undefined || b.invalidAt !== undefined || a.midInstructionJump !== undefined || b.midInstructionJump !== undefined;
+      if (unanalysed && this.#equalModuloShift(a, b)) return undefined;
       let i = 0;
       while (i < a.masked.length && a.masked[i] === b.masked[i]) i++;
       return { reason: `instructions differ at +0x${i.toString(16)}`, at: i };
