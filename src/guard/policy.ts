@@ -13,12 +13,9 @@ export const GUARD_BAD_POLICY = 'GUARD_BAD_POLICY';
 /** Size limit of a policy file. */
 export const MAX_POLICY_SIZE = 4 * 1024 * 1024;
 
-/** Default cycle length of `hotpatch guard` (ms). */
-export const DEFAULT_INTERVAL_MS = 10_000;
+import { GUARD_ACTIONS, type GuardAction } from './defaults.js';
 
-/** What the guard does when a finding is confirmed. */
-export type GuardAction = 'log' | 'stop' | 'kill' | 'restore';
-export const GUARD_ACTIONS: readonly GuardAction[] = ['log', 'stop', 'kill', 'restore'];
+export { DEFAULT_INTERVAL_MS, GUARD_ACTIONS, type GuardAction } from './defaults.js';
 
 /** Matches a process by exe path, name (comm or exe basename) and/or build-id; all given fields must match. */
 export interface ProcessMatcher {

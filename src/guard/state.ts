@@ -17,7 +17,7 @@ import { join } from 'node:path';
 import { HotpatchError } from '../errors.js';
 import { appendPrivateFile, ensurePrivateDir, readPrivateFile, writeFileAtomic } from '../fs/index.js';
 
-export const DEFAULT_STATE_DIR = '/var/lib/hotpatch/guard';
+export { DEFAULT_STATE_DIR } from './defaults.js';
 export const GUARD_BAD_STATE = 'GUARD_BAD_STATE';
 
 export interface RecordedIdentity {

@@ -5,14 +5,12 @@
  */
 import { readFileSync, statSync } from 'node:fs';
 import { basename } from 'node:path';
-import { DEFAULT_DEBUG_DIRS, findDebugFile, parseElf } from '../../elf/index.js';
+import { DEFAULT_DEBUG_DIRS } from '../../elf/debug.js';
 import type { Command } from 'commander';
 import { HotpatchError, UsageError } from '../../errors.js';
 import type { BuildResult } from '../../patch/builder/index.js';
-import {
-  createPackage, CVE_ID, encodePackage, makeColdPayload, MAX_CVES, PATCH_SEVERITIES, writeFileAtomic, type PatchPackage, type PatchSeverity,
-} from '../../patch/package/index.js';
-import { readPrivateKeyFile, signPackage } from '../../patch/trust/index.js';
+import type { PatchPackage } from '../../patch/package/index.js';
+import { CVE_ID, MAX_CVES, PATCH_SEVERITIES, type PatchSeverity } from '../../patch/package/metadata.js';
 import { EXIT_REFUSED } from '../exit-codes.js';
 import { collect } from '../options.js';
 import { printJson, progress, say } from '../output.js';
@@ -42,8 +40,9 @@ interface BuildCliOptions {
  * .symtab); undefined when there is none (the builder uses the file's own .symtab or says how to
  * get symbols).
  */
-function debugFor(bytes: Uint8Array, given: string | undefined, dirs: readonly string[], what: string): { bytes: Uint8Array; name: string } | undefined {
+async function debugFor(bytes: Uint8Array, given: string | undefined, dirs: readonly string[], what: string): Promise<{ bytes: Uint8Array; name: string } | undefined> {
   if (given !== undefined) return { bytes: readInput(given, `${what} debug`), name: basename(given) };
+  const { findDebugFile, parseElf } = await import('../../elf/index.js');
   let elf;
   try {
     elf = parseElf(bytes);
@@ -118,6 +117,8 @@ export function register(program: Command, setExitCode: SetExitCode): void {
     .action(async (opts: BuildCliOptions) => {
       const json = opts.json ?? false;
       const { buildPatch, BuildRefusedError } = await import('../../patch/builder/index.js');
+      const { createPackage, encodePackage, makeColdPayload, writeFileAtomic } = await import('../../patch/package/index.js');
+      const { readPrivateKeyFile, signPackage } = await import('../../patch/trust/index.js');
       for (const c of opts.cve) if (!CVE_ID.test(c)) throw new UsageError('USAGE_BAD_CVE', `--cve ${c} is not a CVE id (CVE-YYYY-NNNN)`);
       if (opts.cve.length > MAX_CVES) throw new UsageError('USAGE_BAD_CVE', `at most ${MAX_CVES} --cve ids per package`);
       const severity = opts.severity;
@@ -127,8 +128,8 @@ export function register(program: Command, setExitCode: SetExitCode): void {
       const oldBytes = readInput(opts.old, 'old');
       const newBytes = readInput(opts.new, 'new');
       const dirs = opts.debugDir.length > 0 ? opts.debugDir : DEFAULT_DEBUG_DIRS;
-      const oldDebug = debugFor(oldBytes, opts.oldDebug, dirs, 'old');
-      const newDebug = debugFor(newBytes, opts.newDebug, dirs, 'new');
+      const oldDebug = await debugFor(oldBytes, opts.oldDebug, dirs, 'old');
+      const newDebug = await debugFor(newBytes, opts.newDebug, dirs, 'new');
       const large = oldBytes.length + newBytes.length > PROGRESS_THRESHOLD;
       const t0 = Date.now();
       let result: BuildResult;

@@ -9,11 +9,8 @@ import { UsageError } from '../../errors.js';
 // Light modules only at start-up: the guard itself (checks, x86 decoder, FFI) is loaded by the action.
 import type { GuardEvent } from '../../guard/guard.js';
 import { findingToJson } from '../../guard/finding.js';
-import { DEFAULT_INTERVAL_MS, GUARD_ACTIONS, defaultPolicy, loadPolicy, type GuardAction } from '../../guard/policy.js';
-import { DEFAULT_STATE_DIR, GuardState } from '../../guard/state.js';
-import { GuardMetrics, serveMetrics } from '../../guard/metrics.js';
-import { journalLine, levelOfSeverity, stderrIsJournal, type LogLevel } from '../../guard/log.js';
-import { appendPrivateFile } from '../../fs/index.js';
+import { DEFAULT_INTERVAL_MS, DEFAULT_STATE_DIR, GUARD_ACTIONS, type GuardAction } from '../../guard/defaults.js';
+import { levelOfSeverity, type LogLevel } from '../../guard/log.js';
 import { collect, parsePidOption } from '../options.js';
 import type { SetExitCode } from './index.js';
 import { parseStructures } from './verify.js';
@@ -80,6 +77,11 @@ export function register(program: Command, setExitCode: SetExitCode): void {
     .addHelpText('after', '\nExamples:\n  hotpatch guard --exe /usr/sbin/nginx --action restore --metrics 9464\n  hotpatch guard --all --policy /etc/hotpatch/guard.json \\\n    --json-log /var/log/hotpatch-guard.jsonl\n')
     .action(async (opts: GuardCliOptions) => {
       const { Guard } = await import('../../guard/guard.js');
+      const { defaultPolicy, loadPolicy } = await import('../../guard/policy.js');
+      const { GuardState } = await import('../../guard/state.js');
+      const { GuardMetrics, serveMetrics } = await import('../../guard/metrics.js');
+      const { journalLine, stderrIsJournal } = await import('../../guard/log.js');
+      const { appendPrivateFile } = await import('../../fs/index.js');
       const selections = [opts.pid.length > 0, opts.all === true, opts.exe.length > 0].filter(Boolean).length;
       if (selections > 1) throw new UsageError('USAGE_SELECTION', 'give only one of --pid, --all, --exe');
       const policy = opts.policy !== undefined ? loadPolicy(opts.policy) : defaultPolicy();

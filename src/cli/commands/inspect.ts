@@ -1,9 +1,9 @@
 /** `hotpatch inspect PKG`: target, functions, sizes, signer, id — and the decoded new code on request. */
 import type { Command } from 'commander';
 import { X86Error } from '../../errors.js';
-import { readPackageFile, type PatchPackage } from '../../patch/package/index.js';
+import type { PatchPackage } from '../../patch/package/index.js';
 import type { Relocation, RelocationTarget } from '../../patch/plan.js';
-import { loadTrustedKeySet, verifyPackageSignature, type SignatureVerdict } from '../../patch/trust/index.js';
+import type { SignatureVerdict } from '../../patch/trust/index.js';
 import type { decodeFunction as DecodeFunction } from '../../x86/index.js';
 import { hex, printJson, progress, say } from '../output.js';
 import type { SetExitCode } from './index.js';
@@ -172,6 +172,8 @@ export function register(program: Command, setExitCode: SetExitCode): void {
     .action(async (file: string, opts: { code?: boolean; trust: string[]; json?: boolean }) => {
       const json = opts.json ?? false;
       if (opts.code) ({ decodeFunction } = await import('../../x86/index.js'));
+      const { readPackageFile } = await import('../../patch/package/index.js');
+      const { loadTrustedKeySet, verifyPackageSignature } = await import('../../patch/trust/index.js');
       const { pkg, bytes } = readPackageFile(file);
       const keys = loadTrustedKeySet({ trustFiles: opts.trust }).keys;
       const verdict = verifyPackageSignature(pkg, keys);

@@ -1,7 +1,6 @@
 /** `hotpatch keygen -o KEYFILE`: a new ed25519 signing key (KEYFILE, mode 0600) and KEYFILE.pub. */
 import type { Command } from 'commander';
 import { hostname, userInfo } from 'node:os';
-import { writeKeyFiles } from '../../patch/trust/index.js';
 import { printJson, say } from '../output.js';
 import type { SetExitCode } from './index.js';
 
@@ -32,7 +31,8 @@ Examples:
   cp ~/.hotpatch/release.key.pub /etc/hotpatch/trusted.d/
 `,
     )
-    .action((opts: { output: string; comment?: string; force?: boolean; json?: boolean }) => {
+    .action(async (opts: { output: string; comment?: string; force?: boolean; json?: boolean }) => {
+      const { writeKeyFiles } = await import('../../patch/trust/index.js');
       const json = opts.json ?? false;
       const r = writeKeyFiles(opts.output, { comment: opts.comment ?? defaultComment(), force: opts.force ?? false });
       if (json) printJson({ keyFile: r.keyFile, publicKeyFile: r.publicKeyFile, keyId: r.keyId });

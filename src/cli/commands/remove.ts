@@ -4,7 +4,6 @@
  */
 import type { Command } from 'commander';
 import { UsageError } from '../../errors.js';
-import { readPackageFile } from '../../patch/package/index.js';
 import { exitCodeOf, printResults, runCommand } from './apply.js';
 import { collect, parseConcurrencyOption, parsePidOption, parseTimeoutOption } from '../options.js';
 import { progress, say } from '../output.js';
@@ -46,6 +45,7 @@ Examples:
     }) => {
       const json = opts.json ?? false;
       const { removeFromProcesses } = await import('../../patch/updater/index.js');
+      const { readPackageFile } = await import('../../patch/package/index.js');
       const report = await runCommand(json, async () => {
         if ((opts.file.length > 0 || opts.package !== undefined) && !opts.cold) throw new UsageError('USAGE', '--file and --package only make sense with --cold');
         return removeFromProcesses(patchId, {

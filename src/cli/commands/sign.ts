@@ -1,7 +1,5 @@
 /** `hotpatch sign PKG --key KEYFILE`: add (or replace) the package's ed25519 signature, atomically. */
 import type { Command } from 'commander';
-import { encodePackage, readPackageFile, writeFileAtomic } from '../../patch/package/index.js';
-import { readPrivateKeyFile, signPackage, verifyPackageSignature } from '../../patch/trust/index.js';
 import { printJson, progress, say } from '../output.js';
 import type { SetExitCode } from './index.js';
 
@@ -15,7 +13,9 @@ export function register(program: Command, setExitCode: SetExitCode): void {
     .option('--signer <NAME>', 'signer name to embed (default: the comment of KEYFILE.pub)')
     .option('--json', 'print one JSON document on stdout')
     .addHelpText('after', '\nExample:\n  hotpatch sign fix.hpk --key release.key\n')
-    .action((file: string, opts: { key: string; signer?: string; json?: boolean }) => {
+    .action(async (file: string, opts: { key: string; signer?: string; json?: boolean }) => {
+      const { encodePackage, readPackageFile, writeFileAtomic } = await import('../../patch/package/index.js');
+      const { readPrivateKeyFile, signPackage, verifyPackageSignature } = await import('../../patch/trust/index.js');
       const json = opts.json ?? false;
       const key = readPrivateKeyFile(opts.key);
       const { pkg } = readPackageFile(file);

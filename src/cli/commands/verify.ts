@@ -7,8 +7,7 @@ import type { Command } from 'commander';
 import { UsageError } from '../../errors.js';
 // Light modules only at start-up: the checks (x86 decoder, FFI) are loaded by the action.
 import { ALL_STRUCTURES, findingToJson, formatFinding, SEVERITIES, severityRank, type Severity, type StructureCode } from '../../guard/finding.js';
-import { defaultPolicy, loadPolicy } from '../../guard/policy.js';
-import { DEFAULT_STATE_DIR, GuardState } from '../../guard/state.js';
+import { DEFAULT_STATE_DIR } from '../../guard/defaults.js';
 import { EXIT_ERROR, EXIT_FINDINGS, EXIT_OK, EXIT_PARTIAL } from '../exit-codes.js';
 import { liveStatus, printJson, progress, say } from '../output.js';
 import { collect, parsePidOption } from '../options.js';
@@ -60,6 +59,8 @@ export function register(program: Command, setExitCode: SetExitCode): void {
     .action(async (opts: VerifyCliOptions) => {
       const json = opts.json ?? false;
       const { allProcessIds, verifyProcesses } = await import('../../guard/verify.js');
+      const { defaultPolicy, loadPolicy } = await import('../../guard/policy.js');
+      const { GuardState } = await import('../../guard/state.js');
       if ((opts.pid.length > 0) === (opts.all === true)) throw new UsageError('USAGE_PID_OR_ALL', 'give --pid PID (repeatable) or --all');
       const pids = opts.all ? allProcessIds() : opts.pid.map(parsePidOption);
       const policy = opts.policy !== undefined ? loadPolicy(opts.policy) : defaultPolicy();

@@ -2,8 +2,10 @@
  * listPatches: what the in-process record of a process says, read from the target alone (no lock,
  * no ptrace). Used by `hotpatch list`, and the model for how the guard reads the record.
  */
-import { openProcess } from '../../process/inspect/index.js';
-import type { PatchRecord, RecordArena, RecordTransaction, SiteState } from './record.js';
+import { readFileSync } from 'node:fs';
+import { decodePackageContent } from '../package/codec.js';
+import { enumerateProcessIds, openProcess } from '../../process/inspect/index.js';
+import { RECORD_MAPS_PATH, type PatchRecord, type RecordArena, type RecordTransaction, type RecordPatch, type SiteState } from './record.js';
 import { readRecordFromMappings } from './record-store.js';
 import { codeDisagreements } from './stack.js';
 
@@ -28,6 +30,14 @@ export interface ListedPatch {
   state: SiteState | 'retired';
   appliedAt: number;
   sites: ListedSite[];
+  /** The signed metadata the record's copy of the package carries (null for a record without it). */
+  meta: PatchMeta | null;
+}
+
+export interface PatchMeta {
+  description: string | null;
+  cves: string[];
+  severity: string | null;
 }
 
 export interface ProcessPatches {
@@ -61,6 +71,7 @@ export function listPatches(pid: number): ProcessPatches {
       packageHash: p.packageHash,
       state: p.state === 'removed' ? 'retired' : p.state,
       appliedAt: p.appliedAt,
+      meta: recordedMeta(p),
       sites: p.sites.map((x) => {
         const l: ListedSite = { function: x.function, kind: x.kind, address: x.address, newCode: x.newCode.start, state: x.state };
         if (x.file !== undefined) l.file = x.file;
@@ -74,3 +85,28 @@ export function listPatches(pid: number): ProcessPatches {
   }
 }
 
+
+/** The metadata of a recorded patch, from the package content the record keeps. */
+function recordedMeta(p: RecordPatch): PatchMeta | null {
+  if (!p.content) return null;
+  try {
+    const { meta } = decodePackageContent(p.content);
+    return { description: meta.description ?? null, cves: meta.cves ?? [], severity: meta.severity ?? null };
+  } catch {
+    return null;
+  }
+}
+
+/** PIDs (other than ours) whose /proc/PID/maps shows a hotpatch record: a cheap text search, no parsing. */
+export function findPatchedProcesses(): number[] {
+  const out: number[] = [];
+  for (const pid of enumerateProcessIds()) {
+    if (pid === process.pid) continue;
+    try {
+      if (readFileSync(`/proc/${pid}/maps`, 'latin1').includes(RECORD_MAPS_PATH)) out.push(pid);
+    } catch {
+      /* exited or not ours to read */
+    }
+  }
+  return out;
+}

@@ -54,6 +54,9 @@ import type {
   RelocationType,
 } from '../plan.js';
 import { ByteReader, ByteWriter, U64_MAX } from './binary.js';
+import { CVE_ID, MAX_CVES, PATCH_SEVERITIES, type PatchSeverity } from './metadata.js';
+
+export { CVE_ID, MAX_CVES, PATCH_SEVERITIES, type PatchSeverity } from './metadata.js';
 
 /** The 8-byte magic at the start of every package. */
 export const PACKAGE_MAGIC = new TextEncoder().encode('HOTPATCH');
@@ -90,13 +93,6 @@ export interface PackageMeta {
   severity?: PatchSeverity;
 }
 
-/** Severities a package may declare (`hotpatch build --severity`). */
-export const PATCH_SEVERITIES = ['low', 'medium', 'high', 'critical'] as const;
-export type PatchSeverity = (typeof PATCH_SEVERITIES)[number];
-/** Shape of a CVE id (MITRE: CVE-YYYY-NNNN, four or more digits). */
-export const CVE_ID = /^CVE-\d{4}-\d{4,}$/;
-/** Most CVE ids one package may carry. */
-export const MAX_CVES = 255;
 
 /** The complete fixed file, compressed, for installing on disk (`apply --cold`). */
 export interface PackageColdPayload {
