@@ -53,6 +53,7 @@ export function liveStatus(json: boolean): { update(text: string): void; done():
     },
     done(): void {
       if (shown) process.stderr.write(`\r${' '.repeat((process.stderr.columns || 80) - 1)}\r`);
+      shown = false;
     },
   };
 }

@@ -37,6 +37,8 @@ export interface ActionContext {
   trustConfigured: boolean;
   /** How long the engine may retry while threads are in the way (ms). */
   timeoutMs?: number;
+  /** How long a target may take to stop for a byte restore (ms, default 2000). */
+  freezeTimeoutMs?: number;
 }
 
 /** Kinds of findings `restore` can repair by writing the expected bytes back. */
@@ -104,7 +106,7 @@ export async function restoreFinding(f: Finding, ctx: ActionContext, attempts = 
   const address = f.address!;
   const end = address + BigInt(f.expected!.length);
   for (let i = 0; i < attempts; i++) {
-    const frozen = freezeProcess(f.pid, { timeoutMs: ctx.timeoutMs ?? 2000 });
+    const frozen = freezeProcess(f.pid, { timeoutMs: ctx.freezeTimeoutMs ?? 2000 });
     let busy = false;
     try {
       // Read while frozen: no hotpatch operation can be half-way (it holds every thread too).

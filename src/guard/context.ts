@@ -103,7 +103,12 @@ export interface CheckOptions {
   trust: TrustedKeySet;
   /** Allow checks that briefly stop the target with ptrace (structure 7). */
   allowPtrace: boolean;
+  /** How long a target may take to stop, and an injected call to return, for those checks (ms). */
+  freezeTimeoutMs: number;
 }
+
+/** Default of CheckOptions.freezeTimeoutMs (`--timeout` of verify and guard). */
+export const DEFAULT_FREEZE_TIMEOUT_MS = 2000;
 
 /** Everything checks learn about one process, read lazily and at most once per context. */
 export class ProcessContext {

@@ -18,7 +18,7 @@ import { ProcessError } from '../errors.js';
 import { enumerateProcessIds, openProcess, readProcStat } from '../process/index.js';
 import { performAction, type ActionOutcome } from './actions.js';
 import { CodeWriteSignal, DEFAULT_SIGNAL_INTERVAL_MS } from './code-signal.js';
-import { ProcessContext, VerifierCaches, type CheckOptions } from './context.js';
+import { DEFAULT_FREEZE_TIMEOUT_MS, ProcessContext, VerifierCaches, type CheckOptions } from './context.js';
 import { ALL_STRUCTURES, findingKey, formatFinding, type Finding, type StructureCode } from './finding.js';
 import type { LogLevel } from './log.js';
 import { levelOfSeverity } from './log.js';
@@ -59,12 +59,16 @@ export interface GuardOptions extends GuardSelection {
   trustedKeys?: string[];
   /** Structure 7 stops targets briefly with ptrace; false skips it. Default true. */
   allowPtrace?: boolean;
+  /** How long a target may take to stop for structure 7 and for restores (ms, default 2000). */
+  freezeTimeoutMs?: number;
   /** Delay before re-checking a new finding (ms, default 200). */
   recheckDelayMs?: number;
   /** How often to look for new and exited processes (ms, default 1000). */
   rescanMs?: number;
   structures?: readonly StructureCode[];
   onEvent?: (e: GuardEvent) => void;
+  /** Called after each check of a cycle: checks done and queued in this cycle, processes watched. */
+  onCheck?: (done: number, total: number, processes: number) => void;
   /** Human-readable log lines, with the level they are logged at (log.ts). */
   log?: (line: string, level: LogLevel) => void;
   metrics?: GuardMetrics;
@@ -147,6 +151,7 @@ export class Guard {
       cleanCacheMs: options.fullIntervalMs ?? 6 * this.intervalMs,
       trust: loadVerifierTrust({ ...options, policy: this.policy }),
       allowPtrace: options.allowPtrace ?? true,
+      freezeTimeoutMs: options.freezeTimeoutMs ?? DEFAULT_FREEZE_TIMEOUT_MS,
     };
   }
 
@@ -317,7 +322,7 @@ export class Guard {
       if (f === undefined) continue;
       known.add(k);
       const action = shouldAct(this.policy, f) ? (this.#opts.action ?? actionFor(this.policy, code)) : 'log';
-      const outcome = await performAction(action, f, { state: this.state, trustConfigured: this.#check.trust.keys.length > 0 });
+      const outcome = await performAction(action, f, { state: this.state, trustConfigured: this.#check.trust.keys.length > 0, freezeTimeoutMs: this.#check.freezeTimeoutMs });
       this.metrics.countFinding(code, f.severity);
       this.metrics.countAction(outcome.performed, outcome.ok);
       if (!outcome.ok) this.metrics.countError('action');
@@ -413,6 +418,7 @@ export class Guard {
       if (w === undefined) continue;
       await this.#safeCheck(w, item.code);
       items++;
+      this.#opts.onCheck?.(items, items + this.#queue.length, this.#watched.size);
     }
     // A cycle lasts the whole interval even when its last item ran earlier (keeps the rate fixed).
     await this.#sleepPolling(end);

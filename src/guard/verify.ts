@@ -13,7 +13,7 @@ import { checkInjected, checkModuleList, checkVdso } from './checks/memory.js';
 import { checkProvenance } from './checks/provenance.js';
 import { checkSanctioned } from './checks/sanctioned.js';
 import { checkSignalHandlers } from './checks/signals.js';
-import { ProcessContext, VerifierCaches, type CheckOptions } from './context.js';
+import { DEFAULT_FREEZE_TIMEOUT_MS, ProcessContext, VerifierCaches, type CheckOptions } from './context.js';
 import { ALL_STRUCTURES, makeFinding, type Finding, type StructureCode } from './finding.js';
 import { defaultPolicy, isAllowed, matchesAny, type Policy } from './policy.js';
 import { GuardState } from './state.js';
@@ -40,6 +40,8 @@ export interface VerifyOptions {
   trust?: TrustedKeySet;
   /** Let structure 7 stop the target briefly with ptrace to read its signal handlers. Default true. */
   allowPtrace?: boolean;
+  /** How long a target may take to stop for structure 7 (ms, default 2000). */
+  freezeTimeoutMs?: number;
   /** See CheckOptions.cleanCacheMs. Default 0 (every byte compared). */
   cleanCacheMs?: number;
   /** Include findings the policy allows (marked in detail). Default false. */
@@ -70,6 +72,7 @@ export function checkOptions(options: VerifyOptions = {}): CheckOptions {
     cleanCacheMs: options.cleanCacheMs ?? 0,
     trust: options.trust ?? loadVerifierTrust({ ...options, policy }),
     allowPtrace: options.allowPtrace ?? true,
+    freezeTimeoutMs: options.freezeTimeoutMs ?? DEFAULT_FREEZE_TIMEOUT_MS,
   };
 }
 

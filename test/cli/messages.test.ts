@@ -119,5 +119,26 @@ describe('CLI messages for user mistakes', () => {
     const json = await run('script', ['-qec', `node ${JSON.stringify(CLI)} ${args} --json`, '/dev/null'], { timeout: 120_000 }).catch((e: { stdout: string }) => e);
     expect((json as { stdout: string }).stdout).not.toMatch(/MB compared/);
   }, 120_000);
+
+  it('guard shows the progress of its first cycle on a terminal, then only its log lines', async () => {
+    // A small target and short cycles, so that several cycles run within --duration.
+    const target = spawn('sleep', ['300'], { stdio: 'ignore' });
+    const args = `guard --pid ${target.pid} --interval 0.3 --duration 8 --no-ptrace`;
+    let out: string;
+    try {
+      const onTty = await run('script', ['-qec', `node ${JSON.stringify(CLI)} ${args} >/dev/null`, '/dev/null'], { timeout: 120_000 }).catch((e: { stdout: string }) => e);
+      out = (onTty as { stdout: string }).stdout;
+    } finally {
+      target.kill('SIGKILL');
+    }
+    expect(out).toMatch(/hotpatch guard: first cycle: \d+\/\d+ checks, 1 processes, [\d.]+ MB compared/);
+    // Only the first cycle: its count of checks done only grows (a second cycle would start at 1 again).
+    const done = [...out.matchAll(/first cycle: (\d+)\//g)].map((m) => Number(m[1]));
+    expect(done).toEqual([...done].sort((x, y) => x - y));
+    expect(new Set(done).size).toBe(done.length);
+    expect(out).toMatch(/guard: stopped/);
+    const piped = await cli(['guard', '--pid', String(process.pid), '--interval', '0.3', '--duration', '2', '--no-ptrace']);
+    expect(piped.stderr).not.toMatch(/first cycle/);
+  }, 120_000);
 });
 

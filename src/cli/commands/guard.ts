@@ -11,7 +11,8 @@ import type { GuardEvent } from '../../guard/guard.js';
 import { findingToJson } from '../../guard/finding.js';
 import { DEFAULT_INTERVAL_MS, DEFAULT_STATE_DIR, GUARD_ACTIONS, type GuardAction } from '../../guard/defaults.js';
 import { levelOfSeverity, type LogLevel } from '../../guard/log.js';
-import { collect, parsePidOption } from '../options.js';
+import { collect, parsePidOption, parseTimeoutOption } from '../options.js';
+import { liveStatus } from '../output.js';
 import type { SetExitCode } from './index.js';
 import { parseStructures } from './verify.js';
 
@@ -30,6 +31,7 @@ interface GuardCliOptions {
   trust: string[];
   structures?: string;
   ptrace: boolean;
+  timeout: string;
   duration?: string;
 }
 
@@ -73,6 +75,7 @@ export function register(program: Command, setExitCode: SetExitCode): void {
     .option('--trust <PUBFILE>', 'trusted patch signer public key (repeatable; else HOTPATCH_TRUSTED_KEYS, else /etc/hotpatch/trusted.d/*.pub)', collect, [])
     .option('--structures <LIST>', 'only these structure codes, comma-separated (default: all 0-10)')
     .option('--no-ptrace', 'skip structure 7 (signal handlers), the only check that briefly stops the target')
+    .option('--timeout <SECONDS>', 'how long a target may take to stop for structure 7 (and a restore), and an injected call to return', '2')
     .option('--duration <SECONDS>', 'stop after this long (default: run until SIGTERM/SIGINT; SIGHUP reloads the policy)')
     .addHelpText('after', '\nExamples:\n  hotpatch guard --exe /usr/sbin/nginx --action restore --metrics 9464\n  hotpatch guard --all --policy /etc/hotpatch/guard.json \\\n    --json-log /var/log/hotpatch-guard.jsonl\n')
     .action(async (opts: GuardCliOptions) => {
@@ -89,9 +92,15 @@ export function register(program: Command, setExitCode: SetExitCode): void {
       if (opts.action !== undefined && !(GUARD_ACTIONS as readonly string[]).includes(opts.action)) throw new UsageError('USAGE_BAD_ACTION', `--action must be one of ${GUARD_ACTIONS.join(', ')}`);
       const intervalMs = seconds(opts.interval, '--interval', 0.05);
       const metrics = new GuardMetrics();
+      // On a terminal, the first cycle (the one that compares every byte) shows its progress.
+      const status = liveStatus(false);
+      let firstCycleOver = false;
       // Human lines on stderr; under systemd with stderr on the journal, with sd-daemon priorities.
       const journal = stderrIsJournal();
-      const log = (line: string, level: LogLevel = 'info') => process.stderr.write(`${journalLine(level, line, journal)}\n`);
+      const log = (line: string, level: LogLevel = 'info') => {
+        status.done();
+        process.stderr.write(`${journalLine(level, line, journal)}\n`);
+      };
       // The JSON log is opened for every line (O_APPEND, safety checks of fs/safe-write.ts): a log
       // renamed away by logrotate is re-created by the next line, and SIGHUP only reloads the policy.
       const writeJson = (line: string) => {
@@ -115,11 +124,17 @@ export function register(program: Command, setExitCode: SetExitCode): void {
         state: new GuardState(opts.stateDir, true),
         trustFiles: opts.trust,
         allowPtrace: opts.ptrace,
+        freezeTimeoutMs: parseTimeoutOption(opts.timeout),
         ...(opts.structures !== undefined ? { structures: parseStructures(opts.structures) } : {}),
         metrics,
         onEvent: (e) => {
+          if (e.type === 'cycle' && !firstCycleOver) {
+            firstCycleOver = true;
+            status.done();
+          }
           if (e.type !== 'cycle' || opts.jsonLog !== undefined) writeJson(eventJson(e));
         },
+        onCheck: (done, total, processes) => firstCycleOver || status.update(`hotpatch guard: first cycle: ${done}/${total} checks, ${processes} processes, ${(metrics.bytesVerifiedTotal / 1e6).toFixed(1)} MB compared`),
         log,
       });
       let server: Server | undefined;

@@ -10,7 +10,7 @@ import { ALL_STRUCTURES, findingToJson, formatFinding, SEVERITIES, severityRank,
 import { DEFAULT_STATE_DIR } from '../../guard/defaults.js';
 import { EXIT_ERROR, EXIT_FINDINGS, EXIT_OK, EXIT_PARTIAL } from '../exit-codes.js';
 import { liveStatus, printJson, progress, say } from '../output.js';
-import { collect, parsePidOption } from '../options.js';
+import { collect, parsePidOption, parseTimeoutOption } from '../options.js';
 import type { SetExitCode } from './index.js';
 
 /** Parses --fail-on SEVERITY. */
@@ -40,6 +40,7 @@ interface VerifyCliOptions {
   structures?: string;
   failOn?: string;
   ptrace: boolean;
+  timeout: string;
 }
 
 export function register(program: Command, setExitCode: SetExitCode): void {
@@ -54,6 +55,7 @@ export function register(program: Command, setExitCode: SetExitCode): void {
     .option('--structures <LIST>', 'only these structure codes, comma-separated (default: all 0-10)')
     .option('--fail-on <SEVERITY>', `exit 5 only for a finding of at least this severity: ${SEVERITIES.join(', ')} (default: the policy's failOn, high)`)
     .option('--no-ptrace', 'skip structure 7 (signal handlers), the only check that briefly stops the target')
+    .option('--timeout <SECONDS>', 'how long a target may take to stop for structure 7, and an injected call to return', '2')
     .option('--json', 'print one JSON document on stdout')
     .addHelpText('after', '\nExit codes: 0 clean (or only findings below --fail-on), 5 findings, 1 error (no named process could be checked), 4 some named processes could not be checked, 2 usage.\n\nExamples:\n  hotpatch verify --pid 1234\n  hotpatch verify --all --json\n')
     .action(async (opts: VerifyCliOptions) => {
@@ -70,7 +72,7 @@ export function register(program: Command, setExitCode: SetExitCode): void {
       const structures = opts.structures !== undefined ? parseStructures(opts.structures) : [...ALL_STRUCTURES];
       const status = liveStatus(json);
       const results = await verifyProcesses(pids, {
-        policy, state, trustFiles: opts.trust, structures, allowPtrace: opts.ptrace,
+        policy, state, trustFiles: opts.trust, structures, allowPtrace: opts.ptrace, freezeTimeoutMs: parseTimeoutOption(opts.timeout),
         onProgress: (done, total, b) => status.update(`hotpatch verify: ${done}/${total} processes, ${(b / 1e6).toFixed(1)} MB compared`),
       });
       status.done();

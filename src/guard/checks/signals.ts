@@ -49,11 +49,11 @@ export function signalName(sig: number): string {
  * into the stopped target. Stops the target for the duration; `whileFrozen` runs on the frozen
  * process too (the debug-register read).
  */
-export function readSignalActions(pid: number, sigCgt: bigint, whileFrozen?: (frozen: FrozenProcess) => void): SignalAction[] {
+export function readSignalActions(pid: number, sigCgt: bigint, whileFrozen?: (frozen: FrozenProcess) => void, timeoutMs = 2000): SignalAction[] {
   const signals: number[] = [];
   for (let s = 1; s <= 64; s++) if ((sigCgt >> BigInt(s - 1)) & 1n) signals.push(s);
   if (signals.length === 0) return [];
-  const frozen = freezeProcess(pid, { timeoutMs: 2000 });
+  const frozen = freezeProcess(pid, { timeoutMs });
   try {
     whileFrozen?.(frozen);
     const page = remoteMmap(frozen, 0n, 4096, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS);
@@ -104,7 +104,7 @@ export function checkSignalHandlers(ctx: ProcessContext): Finding[] {
   }
   let actions: SignalAction[];
   try {
-    actions = readSignalActions(ctx.pid, st.sigCgt, (frozen) => out.push(...checkDebugRegisters(ctx, frozen)));
+    actions = readSignalActions(ctx.pid, st.sigCgt, (frozen) => out.push(...checkDebugRegisters(ctx, frozen)), ctx.options.freezeTimeoutMs);
   } catch (e) {
     if (e instanceof HotpatchError && e.code === PROCESS_ALREADY_TRACED) {
       // A tracer attached between the /proc read and the freeze.
