@@ -10,23 +10,10 @@ import { describe, expect, it } from 'vitest';
 import { buildPatch } from '../../src/patch/builder/index.js';
 import { applyPatch, removePatch } from '../../src/patch/engine/index.js';
 import { createPackage, decodePackage, encodePackage } from '../../src/patch/package/index.js';
-import { killTargetsAfterAll, startTarget, type Target } from '../helpers/native.js';
+import { ask, killTargetsAfterAll, startTarget } from '../helpers/native.js';
 import { buildPair, RECOMMENDED, type PairOptions } from './pairs.js';
 
 killTargetsAfterAll();
-
-/** Sends one request line and waits until the output after it matches `answer`. */
-async function ask(t: Target, line: string, answer: RegExp): Promise<string> {
-  const before = t.output().length;
-  t.child.stdin!.write(`${line}\n`);
-  const deadline = Date.now() + 10_000;
-  for (;;) {
-    const got = t.output().slice(before);
-    if (answer.test(got)) return got;
-    if (Date.now() > deadline) throw new Error(`target ${t.pid} answered ${JSON.stringify(got)} to ${JSON.stringify(line)}, expected ${answer}`);
-    await new Promise((r) => setTimeout(r, 20));
-  }
-}
 
 interface Case {
   scenario: string;

@@ -16,7 +16,7 @@ import { beforeAll, describe, expect, it } from 'vitest';
 import { listPatches } from '../../src/patch/engine/index.js';
 import { createPackage, encodePackage } from '../../src/patch/package/index.js';
 import { openProcess, readMemory } from '../../src/process/index.js';
-import { compile, killTargetsAfterAll, REPO_ROOT, startTarget, type Target } from '../helpers/native.js';
+import { ask, compile, killTargetsAfterAll, REPO_ROOT, startTarget, type Target } from '../helpers/native.js';
 import { prng } from '../helpers/prng.js';
 import { handPlan, PADDED_FIX, RETURN_42 } from './helpers.js';
 
@@ -91,14 +91,8 @@ function alive(pid: number): { ok: boolean; why: string } {
 }
 
 async function values(): Promise<string> {
-  const before = t.output().length;
-  t.child.stdin!.write('v\n');
-  await t.waitFor(/padded=-?\d+ plain=-?\d+\n/, 20_000).catch(() => undefined);
-  for (;;) {
-    const m = /padded=(-?\d+) plain=(-?\d+)\n/.exec(t.output().slice(before));
-    if (m) return `${m[1]}/${m[2]}`;
-    await new Promise((r) => setTimeout(r, 20));
-  }
+  const m = /padded=(-?\d+) plain=(-?\d+)\n/.exec(await ask(t, 'v', /padded=-?\d+ plain=-?\d+\n/, 20_000))!;
+  return `${m[1]}/${m[2]}`;
 }
 
 /** Asserts the target is consistent; returns whether the patch is applied. */

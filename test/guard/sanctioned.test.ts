@@ -7,8 +7,6 @@ import { createHash } from 'node:crypto';
 import { closeSync, mkdtempSync, openSync, readFileSync, writeFileSync, writeSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { basename, join } from 'node:path';
-import { execFile } from 'node:child_process';
-import { promisify } from 'node:util';
 import { beforeAll, describe, expect, it } from 'vitest';
 import { parseElf } from '../../src/elf/index.js';
 import { GuardState, VerifierCaches, restoreFinding } from '../../src/guard/index.js';
@@ -19,7 +17,8 @@ import { signPackage, writeKeyFiles } from '../../src/patch/trust/index.js';
 import { applyPackageFile, recoverProcesses, removeFromProcesses } from '../../src/patch/updater/index.js';
 import { listPatches } from '../../src/patch/engine/index.js';
 import { openProcess } from '../../src/process/index.js';
-import { killTargetsAfterAll, REPO_ROOT } from '../helpers/native.js';
+import { runCli } from '../helpers/cli.js';
+import { killTargetsAfterAll } from '../helpers/native.js';
 import { buildFixtures, command, findingsOf, pokeMemory, startVictim, summary, type Fixtures } from './helpers.js';
 
 killTargetsAfterAll();
@@ -216,22 +215,6 @@ describe('verify: sanctioned patches (10)', () => {
   });
 });
 
-const CLI = join(REPO_ROOT, 'dist/src/cli/main.js');
-const run = promisify(execFile);
-
-/** Runs the CLI without any trust configured in the environment; never rejects. */
-async function cli(args: string[]): Promise<{ code: number; stdout: string; stderr: string }> {
-  const env = { ...process.env };
-  delete env.HOTPATCH_TRUSTED_KEYS;
-  try {
-    const r = await run('node', [CLI, ...args], { env, timeout: 120_000 });
-    return { code: 0, stdout: r.stdout, stderr: r.stderr };
-  } catch (e) {
-    const x = e as { code?: number; stdout?: string; stderr?: string };
-    return { code: typeof x.code === 'number' ? x.code : -1, stdout: x.stdout ?? '', stderr: x.stderr ?? '' };
-  }
-}
-
 function patchIdOf(pid: number): string {
   return listPatches(pid).patches[0]!.id;
 }
@@ -245,7 +228,7 @@ describe('restore never makes the code disagree with the record (#13)', () => {
       ['verify', '--pid', String(t.pid), '--trust', missing],
       ['guard', '--pid', String(t.pid), '--trust', missing, '--action', 'restore', '--interval', '0.2', '--duration', '2', '--no-ptrace'],
     ]) {
-      const r = await cli(args);
+      const r = await runCli(args);
       expect(r.code, `${args[0]}: ${r.stderr}`).toBe(1);
       expect(r.stderr).toContain(missing);
       expect(r.stderr).not.toMatch(/internal error|\n\s+at /);
@@ -260,7 +243,7 @@ describe('restore never makes the code disagree with the record (#13)', () => {
     const { t, a } = await patchedVictim();
     const before = readSite(t.pid, a.compute);
     const dir = mkdtempSync(join(tmpdir(), 'guard-notrust-'));
-    const r = await cli(['guard', '--pid', String(t.pid), '--action', 'restore', '--interval', '0.3', '--duration', '3', '--no-ptrace', '--state-dir', dir, '--json']);
+    const r = await runCli(['guard', '--pid', String(t.pid), '--action', 'restore', '--interval', '0.3', '--duration', '3', '--no-ptrace', '--state-dir', dir, '--json']);
     expect(r.code, r.stderr).toBe(0);
     expect(r.stdout + r.stderr).toMatch(/no trusted signer is configured/);
     expect(readSite(t.pid, a.compute)).toEqual(before);
@@ -314,7 +297,7 @@ describe('restore never makes the code disagree with the record (#13)', () => {
     expect(applied.results[0]?.reason).toMatch(/hotpatch recover --pid/);
     const removed = await removeFromProcesses(id, { pids: [t.pid] });
     expect(removed.results[0]?.reason).toMatch(/hotpatch recover --pid/);
-    const r = await cli(['recover', '--all', '--json']);
+    const r = await runCli(['recover', '--all', '--json']);
     expect(r.code, r.stderr).toBe(0);
     const doc = JSON.parse(r.stdout) as { results: Array<{ pid: number; status: string; actions?: Array<{ action: string }> }> };
     const mine = doc.results.find((x) => x.pid === t.pid);

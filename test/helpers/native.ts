@@ -81,6 +81,25 @@ export interface Target {
   kill(): Promise<void>;
 }
 
+/**
+ * Sends one request line to a target (on its stdin) and returns its answer: the output printed
+ * after the line, once that matches `answer`. Rejects when the target exits or after `timeoutMs`.
+ */
+export async function ask(t: Target, line: string, answer: RegExp, timeoutMs = 10_000): Promise<string> {
+  const before = t.output().length;
+  t.child.stdin!.write(`${line}\n`);
+  const deadline = Date.now() + timeoutMs;
+  for (;;) {
+    const got = t.output().slice(before);
+    if (answer.test(got)) return got;
+    const exited = t.child.exitCode !== null || t.child.signalCode !== null;
+    if (exited || Date.now() > deadline) {
+      throw new Error(`target ${t.pid} ${exited ? 'exited' : 'answered'} ${JSON.stringify(got)} to ${JSON.stringify(line)}, expected ${answer}`);
+    }
+    await new Promise((r) => setTimeout(r, 10));
+  }
+}
+
 const live = new Set<ChildProcess>();
 process.on('exit', () => {
   for (const c of live) c.kill('SIGKILL');

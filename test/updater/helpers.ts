@@ -14,10 +14,10 @@ import { buildPatch } from '../../src/patch/builder/index.js';
 import { createPackage, encodePackage, makeColdPayload } from '../../src/patch/package/index.js';
 import { signPackage, writeKeyFiles } from '../../src/patch/trust/index.js';
 import { openProcess } from '../../src/process/index.js';
-import { FIXTURES, REPO_ROOT, type Target } from '../helpers/native.js';
+import { CLI, cliEnv, runCli, type CliRun } from '../helpers/cli.js';
+import { FIXTURES, type Target } from '../helpers/native.js';
 
 const run = promisify(execFile);
-export const CLI = join(REPO_ROOT, 'dist/src/cli/main.js');
 const LIB_FLAGS = ['-O2', '-fpatchable-function-entry=7,5', '-ffunction-sections', '-Wl,--emit-relocs', '-shared', '-fPIC'];
 
 /** Everything a scenario needs on disk. */
@@ -89,33 +89,16 @@ export function copyLib(f: Fixture, name: string): string {
   return d;
 }
 
-export interface CliRun {
-  code: number | null;
-  signal: NodeJS.Signals | null;
-  stdout: string;
-  stderr: string;
-}
+export { CLI, type CliRun } from '../helpers/cli.js';
 
-/** Runs the built CLI; HOTPATCH_TRUSTED_KEYS is removed from the environment unless given. */
-export async function cli(args: string[], env: Record<string, string> = {}): Promise<CliRun> {
-  const base = { ...process.env };
-  delete base.HOTPATCH_TRUSTED_KEYS;
-  delete base.HOTPATCH_FAULT;
-  try {
-    const { stdout, stderr } = await run('node', [CLI, ...args], { env: { ...base, ...env }, maxBuffer: 16 << 20 });
-    return { code: 0, signal: null, stdout, stderr };
-  } catch (e) {
-    const err = e as { code?: number | string; signal?: NodeJS.Signals; stdout: string; stderr: string };
-    return { code: typeof err.code === 'number' ? err.code : null, signal: err.signal ?? null, stdout: err.stdout, stderr: err.stderr };
-  }
+/** Runs the built CLI; HOTPATCH_TRUSTED_KEYS and HOTPATCH_FAULT* come only from `env`. */
+export function cli(args: string[], env: Record<string, string> = {}): Promise<CliRun> {
+  return runCli(args, { env });
 }
 
 /** Starts the CLI in the background: wait for a stderr line, then for its end. */
 export function spawnCli(args: string[]): { stderrMatches(re: RegExp, timeoutMs?: number): Promise<void>; done: Promise<CliRun> } {
-  const env = { ...process.env };
-  delete env.HOTPATCH_TRUSTED_KEYS;
-  delete env.HOTPATCH_FAULT;
-  const child = spawn(process.execPath, [CLI, ...args], { env, stdio: ['ignore', 'pipe', 'pipe'] });
+  const child = spawn(process.execPath, [CLI, ...args], { env: cliEnv(), stdio: ['ignore', 'pipe', 'pipe'] });
   let stdout = '';
   let stderr = '';
   const listeners: Array<() => void> = [];
