@@ -196,7 +196,7 @@ export function checkData(old: BuildImage, neu: BuildImage): Refusal[] {
  * and the offsets of its members (the running process's objects, on the heap or on stacks, have the
  * old layout). Without DWARF in either build the check cannot run; the caller reports that.
  */
-export function checkStructs(old: BuildImage, neu: BuildImage, functions: readonly { name: string; file?: string }[]): { refusals: Refusal[]; checked: boolean } {
+export function checkStructs(old: BuildImage, neu: BuildImage, functions: readonly { name: string; file?: string; newFile?: string }[]): { refusals: Refusal[]; checked: boolean } {
   const da = readDwarfSafe(old);
   const db = readDwarfSafe(neu);
   if (!da || !db) return { refusals: [], checked: false };
@@ -204,7 +204,7 @@ export function checkStructs(old: BuildImage, neu: BuildImage, functions: readon
   const seen = new Set<string>();
   for (const f of functions) {
     const fa = da.findFunction(f.name, f.file);
-    const fb = db.findFunction(f.name, f.file);
+    const fb = db.findFunction(f.name, f.newFile ?? f.file);
     const keys = new Set([...(fa?.structs ?? []), ...(fb?.structs ?? [])]);
     for (const key of keys) {
       if (seen.has(key)) continue;
