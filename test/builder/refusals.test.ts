@@ -35,7 +35,6 @@ describe('builder refusals (each names the symbol and the reason)', () => {
     { scenario: 'fail_export_changed', options: SHARED, code: RefusalCode.EXPORT_CHANGED, symbol: 'lib_table', message: /lib_table OBJECT size 16 .* -> lib_table OBJECT size 32/ },
     { scenario: 'fail_import_added', code: RefusalCode.IMPORT_ADDED, symbol: 'qsort@@GLIBC_2.2.5', message: /imports qsort/ },
     { scenario: 'fail_needed_added', options: { flags: ['-O2'], newFlags: ['-lm'] }, code: RefusalCode.NEEDED_ADDED, symbol: 'libm.so.6', message: /needs libm\.so\.6 \(DT_NEEDED\)/ },
-    { scenario: 'fail_data_added', code: RefusalCode.DATA_ADDED, symbol: 'misses', message: /adds the writable data object misses in \.bss/ },
     { scenario: 'fail_data_resized', code: RefusalCode.DATA_RESIZED, symbol: 'history', message: /history in \.bss changes size 16 -> 64/ },
     { scenario: 'fail_data_reinit', code: RefusalCode.DATA_REINITIALISED, symbol: 'limit (prog.c)', message: /limit \(prog\.c\) in \.data gets a new initial value/ },
     { scenario: 'fail_tls_changed', code: RefusalCode.DATA_ADDED, symbol: 'tls_b', message: /thread-local data object tls_b in \.tdata/ },

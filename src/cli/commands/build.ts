@@ -85,7 +85,7 @@ function summary(r: BuildResult, pkg: PatchPackage, output: string): string {
   }
   if (r.report.data.length > 0) {
     lines.push(`${r.report.data.length} data item(s) carried:`);
-    for (const d of r.report.data) lines.push(`  ${d.name}: ${d.size} bytes, ${d.relocations} relocations`);
+    for (const d of r.report.data) lines.push(`  ${d.name}: ${d.size} bytes, ${d.relocations} relocations${d.writable ? ' (new variable)' : ''}`);
   }
   for (const w of r.report.warnings) lines.push(`warning: ${w}`);
   lines.push(`signed: ${pkg.signature ? `yes (key ${pkg.signature.keyId})` : 'no'}; cold payload: ${pkg.cold ? 'yes' : 'no'}; built in ${r.report.stats.millis} ms`);

@@ -60,7 +60,8 @@ export interface ChangedFunctionReport {
 /** Everything the builder found, besides the plan. */
 export interface BuildReport {
   changed: ChangedFunctionReport[];
-  data: { name: string; size: number; relocations: number }[];
+  /** Data carried; `writable`: a variable the fix adds (in the patch's writable area). */
+  data: { name: string; size: number; relocations: number; writable: boolean }[];
   warnings: string[];
   stats: {
     oldFunctions: number;
@@ -288,7 +289,7 @@ export function buildPatch(oldBytes: Uint8Array, newBytes: Uint8Array, options: 
       if (f.file !== undefined) r.file = f.file;
       return r;
     }),
-    data: result.data.map((d) => ({ name: d.name, size: d.bytes.length, relocations: d.relocations.length })),
+    data: result.data.map((d) => ({ name: d.name, size: d.bytes.length, relocations: d.relocations.length, writable: d.writable === true })),
     warnings,
     stats: {
       oldFunctions: old.functions.length,
