@@ -6,9 +6,11 @@
  * `verify` has no finding (the variables' area is read-write, not executable); remove frees them and
  * a second apply starts from their initial values again.
  */
+import { execFile } from 'node:child_process';
 import { mkdtempSync, readFileSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
+import { promisify } from 'node:util';
 import { describe, expect, it } from 'vitest';
 import { VerifierCaches } from '../../src/guard/index.js';
 import { buildPatch } from '../../src/patch/builder/index.js';
@@ -17,11 +19,12 @@ import { createPackage, encodePackage } from '../../src/patch/package/index.js';
 import { signPackage, writeKeyFiles } from '../../src/patch/trust/index.js';
 import { applyPackageFile, removeFromProcesses } from '../../src/patch/updater/index.js';
 import { openProcess, type Mapping } from '../../src/process/index.js';
-import { killTargetsAfterAll, startTarget, type Target } from '../helpers/native.js';
+import { killTargetsAfterAll, REPO_ROOT, startTarget, type Target } from '../helpers/native.js';
 import { findingsOf, summary } from '../guard/helpers.js';
 import { buildPair } from './pairs.js';
 
 killTargetsAfterAll();
+const run = promisify(execFile);
 
 async function ask(t: Target, line: string, answer: RegExp): Promise<string> {
   const before = t.output().length;
@@ -94,6 +97,9 @@ describe('fixes that add variables', () => {
 
       const findings = await findingsOf(t.pid, { caches: new VerifierCaches(), trustedKeys: [key.publicKeyFile] });
       expect(findings, summary(findings)).toEqual([]);
+      // The same through `hotpatch verify` (the built CLI, as users run it): exit 0, no finding.
+      const { stdout } = await run('node', [join(REPO_ROOT, 'dist/src/cli/main.js'), 'verify', '--pid', String(t.pid), '--trust', key.publicKeyFile, '--json']);
+      expect(stdout).toMatch(/"findings":\[\]/);
 
       const removed = await removeFromProcesses(pkg.id, { pids: [t.pid] });
       expect(removed.results[0]?.status, JSON.stringify(removed.results)).toBe('removed');
