@@ -1,8 +1,9 @@
 /**
  * Arena bookkeeping: arenas are anonymous mappings near a module (code r-x, data r--, variables
  * rw-) recorded in the in-process record; each patch occupies a range of one code arena (and of one
- * data arena when it carries data, of one variables arena when it adds variables). Free space is what no recorded patch occupies, so the record alone describes the
- * arena (no second allocator state to get out of sync after a crash).
+ * data arena when it carries data, of one variables arena when it adds variables). Free space is
+ * what no recorded patch occupies, so the record alone describes the arena (no second allocator
+ * state to get out of sync after a crash).
  *
  * Code and data pages are never writable in the target: hotpatch writes them through /proc/PID/mem,
  * which breaks copy-on-write for the private page without changing the mapping's protection.
