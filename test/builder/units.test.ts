@@ -6,7 +6,9 @@
 import { readFileSync } from 'node:fs';
 import { describe, expect, it } from 'vitest';
 import { HotpatchError } from '../../src/errors.js';
+import { STB_GLOBAL, STB_LOCAL, STT_FUNC, STT_OBJECT, type ElfSymbol } from '../../src/elf/index.js';
 import { buildPatch, BuildRefusedError, RefusalCode, type BuildOptions } from '../../src/patch/builder/index.js';
+import { pairUnits } from '../../src/patch/builder/units.js';
 import { applyPatch, removePatch } from '../../src/patch/engine/index.js';
 import { createPackage, decodePackage, encodePackage, validatePlan } from '../../src/patch/package/index.js';
 import type { PatchPlan } from '../../src/patch/plan.js';
@@ -85,5 +87,31 @@ describe('renamed compilation units', () => {
     const { run } = await build('renamed_unit', { units: { 'nope.c': 'server.c' } });
     expect(run).toThrow(HotpatchError);
     expect(run).toThrow(/--unit nope\.c=server\.c: the new build has no compilation unit nope\.c/);
+  });
+});
+
+describe('pairing units by content (pure)', () => {
+  let index = 0;
+  const sym = (file: string, name: string, size = 8n, type = STT_FUNC, bind = STB_LOCAL): ElfSymbol =>
+    ({ index: index++, name, value: 0x1000n, size, type, bind, visibility: 0, other: 0, shndx: 1, file }) as ElfSymbol;
+  const unit = (file: string, ...names: string[]) => names.map((n) => sym(file, n));
+
+  it('same names pair as themselves; a renamed unit pairs when most statics match; units new in the fix are left alone', () => {
+    const old = [...unit('a.c', 'x', 'y'), ...unit('srv.c', 'h1', 'h2', 'h3', 'h4')];
+    const neu = [...unit('a.c', 'x', 'y'), ...unit('srv2.c', 'h1', 'h2', 'h3', 'h5'), ...unit('new.c', 'fresh'), sym('g.c', 'exported', 8n, STT_FUNC, STB_GLOBAL)];
+    expect(pairUnits(old, neu)).toEqual({ renamed: new Map([['srv2.c', 'srv.c']]) });
+  });
+
+  it('too little in common is refused (not guessed), naming both sides', () => {
+    const r = pairUnits([...unit('srv.c', 'h1', 'h2', 'h3', 'h4')], [...unit('srv2.c', 'h1', 'z2', 'z3', 'z4')]);
+    expect(r.renamed.size).toBe(0);
+    expect(r.refusal).toMatchObject({ code: RefusalCode.UNITS_UNPAIRED, symbol: 'srv2.c' });
+    expect(r.refusal!.message).toMatch(/which of srv\.c each replaces/);
+  });
+
+  it('equal names are told apart by sizes', () => {
+    const old = [sym('one.c', 'counter', 4n, STT_OBJECT), sym('one.c', 'bump', 20n), sym('two.c', 'counter', 8n, STT_OBJECT), sym('two.c', 'bump', 30n)];
+    const neu = [sym('uno.c', 'counter', 8n, STT_OBJECT), sym('uno.c', 'bump', 31n), sym('dos.c', 'counter', 4n, STT_OBJECT), sym('dos.c', 'bump', 20n)];
+    expect(pairUnits(old, neu)).toEqual({ renamed: new Map([['uno.c', 'two.c'], ['dos.c', 'one.c']]) });
   });
 });
