@@ -67,6 +67,9 @@ export const DW_AT_containing_type = 0x1d;
 export const DW_AT_data_bit_offset = 0x6b;
 export const DW_AT_str_offsets_base = 0x72;
 export const DW_AT_producer = 0x25;
+export const DW_AT_linkage_name = 0x6e;
+/** Pre-DWARF 4 spelling of DW_AT_linkage_name (gcc still emits it with -gstrict-dwarf off, -gdwarf-2/3). */
+export const DW_AT_MIPS_linkage_name = 0x2007;
 export const DW_AT_comp_dir = 0x1b;
 
 export const DW_FORM_addr = 0x01;
@@ -170,6 +173,8 @@ export interface DwarfStruct {
 export interface DwarfFunction {
   /** Name (qualified for C++ methods via DW_AT_specification parents). */
   name: string;
+  /** The symbol name (DW_AT_linkage_name: mangled for C++), when it differs from `name`. */
+  linkageName?: string;
   /** DW_AT_name of the compile unit, as stored (often the path given to gcc). */
   unit: string;
   /** Base name of `unit`: what the ELF STT_FILE symbol holds for the unit's static functions. */
@@ -197,7 +202,7 @@ export interface DwarfInfo {
   functions: DwarfFunction[];
   /** Every distinct layout with this key (more than one when units disagree). */
   findStructs(key: string): DwarfStruct[];
-  /** The function `name`; `file` (unit base name) picks a static function of one unit. */
+  /** The function `name` (source or linkage name); `file` (unit base name) picks a static function of one unit. */
   findFunction(name: string, file?: string): DwarfFunction | undefined;
   /**
    * `keys` plus every struct reachable from them through members (by value or pointer), over all
@@ -370,6 +375,7 @@ interface Die {
   parent: Die | undefined;
   children: Die[] | undefined;
   name?: string;
+  linkageName?: string;
   type?: number;
   containingType?: number;
   byteSize?: number;
@@ -558,7 +564,7 @@ function parseAllDies(s: Sections, maxDies: number): { dies: Map<number, Die>; u
       strOffsetsBase: version >= 5 ? (offsetSize === 8 ? 16 : 8) : 0,
       offsetSize,
     };
-    const deferred: Array<{ die: Die; key: 'name'; strx: number }> = [];
+    const deferred: Array<{ die: Die; key: 'name' | 'linkageName'; strx: number }> = [];
     const stack: Die[] = [];
     let first = true;
     while (u.pos < u.end) {
@@ -589,6 +595,11 @@ function parseAllDies(s: Sections, maxDies: number): { dies: Map<number, Die>; u
           case DW_AT_name:
             if (typeof v === 'string') die.name = v;
             else if (typeof v === 'object' && 'strx' in v) deferred.push({ die, key: 'name', strx: v.strx });
+            break;
+          case DW_AT_linkage_name:
+          case DW_AT_MIPS_linkage_name:
+            if (typeof v === 'string') die.linkageName = v;
+            else if (typeof v === 'object' && 'strx' in v) deferred.push({ die, key: 'linkageName', strx: v.strx });
             break;
           case DW_AT_type:
             if (typeof v === 'number') die.type = v;
@@ -650,7 +661,7 @@ function parseAllDies(s: Sections, maxDies: number): { dies: Map<number, Die>; u
       if (ab.children) stack.push(die);
     }
     // Indexed strings resolve once the unit DIE's DW_AT_str_offsets_base is known.
-    for (const d of deferred) d.die.name = strx(s, ctx, d.strx);
+    for (const d of deferred) d.die[d.key] = strx(s, ctx, d.strx);
     const root = dies.get(base + unitStart + unitHeaderSize(version, offsetSize, unitType, src.types));
     if (root?.name !== undefined) ctx.info.name = root.name;
     ctx.file = ctx.info.name.replace(/^.*\//, '');
@@ -1073,6 +1084,17 @@ function analyse(dies: Map<number, Die>, units: UnitCtx[]): DwarfInfo {
     }
     return cur;
   };
+  /** The linkage name on the DIE or along its origin/specification chain (where C++ puts it). */
+  const linkageOf = (d: Die): string | undefined => {
+    let cur: Die | undefined = d;
+    for (let n = 0; n < 8 && cur; n++) {
+      if (cur.linkageName !== undefined) return cur.linkageName;
+      const next: number | undefined = cur.origin ?? cur.spec;
+      const t: Die | undefined = next !== undefined ? dies.get(next) : undefined;
+      cur = t === cur ? undefined : t;
+    }
+    return undefined;
+  };
   const typeOfVar = (d: Die): number | undefined => {
     if (d.type !== undefined) return d.type;
     return originOf(d).type;
@@ -1092,6 +1114,8 @@ function analyse(dies: Map<number, Die>, units: UnitCtx[]): DwarfInfo {
     let fn = functions.get(key);
     if (!fn) {
       fn = { name, unit: unit.info.name, file: unit.file, external, structs: [], set: new Set<string>() };
+      const linkage = linkageOf(d);
+      if (linkage !== undefined && linkage !== name) fn.linkageName = linkage;
       functions.set(key, fn);
     }
     fn.external ||= external;
@@ -1117,9 +1141,13 @@ function analyse(dies: Map<number, Die>, units: UnitCtx[]): DwarfInfo {
     const { set, ...rest } = f;
     const out: DwarfFunction = { ...rest, structs: [...set].sort() };
     fnList.push(out);
-    const l = fnByName.get(out.name);
-    if (l) l.push(out);
-    else fnByName.set(out.name, [out]);
+    // Found by its source name and by its symbol name (a C++ method's mangled name is what the
+    // symbol table, and so the builder, knows it by).
+    for (const n of out.linkageName === undefined ? [out.name] : [out.name, out.linkageName]) {
+      const l = fnByName.get(n);
+      if (l) l.push(out);
+      else fnByName.set(n, [out]);
+    }
   }
 
   return {

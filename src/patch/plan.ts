@@ -81,13 +81,22 @@ export interface PatchFunction {
   relocations: Relocation[];
 }
 
-/** Read-only data carried in the patch: new string literals, constant and jump tables. */
+/**
+ * Data carried in the patch: new string literals, constant and jump tables (read-only), and the
+ * variables a fix adds (`writable`: counters, flags, locks, tables the new code changes).
+ */
 export interface PatchData {
   /** A readable name for diagnostics (e.g. ".rodata.str1.1+0x40" or "jump table of parse"). */
   name: string;
+  /** The initial contents (all zero for a variable of `.bss`). */
   bytes: Uint8Array;
   align: number;
   relocations: Relocation[];
+  /**
+   * A variable: placed in the patch's writable data area (read-write, never executable), shared
+   * by every thread, kept while the patch is applied or its code may still run, freed with it.
+   */
+  writable?: boolean;
 }
 
 /** Everything the engine needs to apply and to remove a patch. */

@@ -60,18 +60,32 @@ describe('hotpatch build', () => {
   });
 
   it('a refusal exits 3 and names every reason; with --json stdout holds the refusals', async () => {
-    const p = await buildPair('fail_data_added');
+    const p = await buildPair('fail_tls_changed');
     const out = join(dir, 'refused.hpk');
     const human = await hotpatch(['build', '--old', p.old, '--new', p.new, '-o', out]);
     expect(human.code).toBe(3);
-    expect(human.stderr).toMatch(/misses in \.bss.*\[REFUSED_DATA_ADDED\]/s);
+    expect(human.stderr).toMatch(/tls_b in \.tdata.*\[REFUSED_DATA_ADDED\]/s);
     const r = await hotpatch(['build', '--old', p.old, '--new', p.new, '-o', out, '--json']);
     expect(r.code).toBe(3);
     const doc = JSON.parse(r.stdout) as { refused: boolean; code: string; refusals: { code: string; symbol: string }[] };
     expect(doc.refused).toBe(true);
     expect(doc.code).toBe('REFUSED_DATA_ADDED');
-    expect(doc.refusals).toContainEqual(expect.objectContaining({ code: 'REFUSED_DATA_ADDED', symbol: 'misses' }));
+    expect(doc.refusals).toContainEqual(expect.objectContaining({ code: 'REFUSED_DATA_ADDED', symbol: 'tls_b' }));
     await expect(run('test', ['-e', out])).rejects.toBeTruthy();
+  });
+
+  it('renamed units: an ambiguous pairing exits 3 with one refusal; --unit NEW=OLD resolves it; a malformed --unit exits 2', async () => {
+    const p = await buildPair('fail_units_ambiguous');
+    const out = join(dir, 'units.hpk');
+    const refused = await hotpatch(['build', '--old', p.old, '--new', p.new, '-o', out]);
+    expect(refused.code).toBe(3);
+    expect(refused.stderr).toMatch(/refused \(1 reason\).*one-fixed\.c, two-fixed\.c .*--unit NEW=OLD.*\[REFUSED_UNITS_UNPAIRED\]/s);
+    const ok = await hotpatch(['build', '--old', p.old, '--new', p.new, '-o', out, '--unit', 'one-fixed.c=one.c', '--unit', 'two-fixed.c=two.c']);
+    expect(ok.code, ok.stderr).toBe(0);
+    expect(ok.stdout).toMatch(/bump[.\w]* \(two\.c\)/);
+    const bad = await hotpatch(['build', '--old', p.old, '--new', p.new, '-o', out, '--unit', 'one-fixed.c']);
+    expect(bad.code).toBe(2);
+    expect(bad.stderr).toMatch(/--unit one-fixed\.c is not NEW=OLD.*\[USAGE_BAD_UNIT\]/);
   });
 
   it('usage errors: missing options exit 2, unreadable input exits 2, not ELF exits 1', async () => {

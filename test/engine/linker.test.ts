@@ -57,6 +57,26 @@ describe('linker', () => {
     expect(l.code[20]).toBe(0x90);
   });
 
+  it('variables get their own region: laid out apart from read-only data, linked at varsBase, relocated inside', () => {
+    const code = new Array(16).fill(0x90);
+    const p = plan(code, [
+      { offset: 0, type: 'pc32', target: { kind: 'local', part: 'data', index: 1, offset: 0 }, addend: -4n },
+      { offset: 4, type: 'pc32', target: { kind: 'local', part: 'data', index: 0, offset: 0 }, addend: -4n },
+    ], [{ bytes: [9, 9, 9, 9] }, { bytes: new Array(16).fill(0), relocations: [{ offset: 8, type: 'abs64', target: { kind: 'local', part: 'data', index: 0, offset: 2 }, addend: 0n }] }]);
+    p.data[1]!.writable = true;
+    const l = layoutPatch(p);
+    expect(l.dataOffsets).toEqual([0, 0]);
+    expect([l.dataSize, l.varsSize, l.varsAlign]).toEqual([4, 16, 8]);
+    const [codeBase, dataBase, varsBase] = [0x1000_0000n, 0x1001_0000n, 0x1002_0000n];
+    const linked = linkPatch(p, l, codeBase, dataBase, env, varsBase);
+    expect(linked.dataAddresses).toEqual([dataBase, varsBase]);
+    expect(BigInt(view(linked.code).getInt32(0, true))).toBe(varsBase - (codeBase + 4n));
+    expect(BigInt(view(linked.code).getInt32(4, true))).toBe(dataBase - (codeBase + 8n));
+    expect(view(linked.vars).getBigUint64(8, true)).toBe(dataBase + 2n);
+    expect([...linked.data]).toEqual([9, 9, 9, 9]);
+    expect(() => linkPatch(p, l, codeBase, dataBase, env, varsBase + 4n)).toThrow(expect.objectContaining({ code: 'LINK_BAD_BASE' }));
+  });
+
   it('refuses overflows, unknown symbols, bad locals, out-of-bounds and overlapping fields', () => {
     const cases: Array<[string, Relocation[], string]> = [
       ['pc32 too far', [{ offset: 0, type: 'pc32', target: { kind: 'symbol', name: 'known' }, addend: 0n }], 'LINK_RELOCATION_OVERFLOW'],

@@ -17,11 +17,12 @@ function sample(): PatchRecord {
   const r = emptyRecord(1234);
   r.transaction = { op: 'apply', patchId: 'p1', ownerPid: 99, startedAt: 1 };
   r.arenas.push({ start: 0x7f0000000000n, end: 0x7f0000010000n, kind: 'code', prot: 'r-x', near: '/bin/x' });
+  r.arenas.push({ start: 0x7f0000010000n, end: 0x7f0000014000n, kind: 'vars', prot: 'rw-', near: '/bin/x' });
   r.patches.push({
     id: 'p1', packageHash: 'ab'.repeat(32), signer: null,
     module: { path: '/bin/x', name: 'x', buildId: 'cd'.repeat(20), loadBias: 0x555555554000n },
     state: 'pending', appliedAt: 2,
-    code: { start: 0x7f0000000000n, end: 0x7f0000000010n }, data: null,
+    code: { start: 0x7f0000000000n, end: 0x7f0000000010n }, data: null, vars: { start: 0x7f0000010000n, end: 0x7f0000010008n },
     sites: [{ function: 'f', file: 'a.c', kind: 'padded', address: 0x555555555000n, switchAddress: 0x555555555005n,
       original: Uint8Array.of(0x90, 0x90, 0x90, 0x90, 0x90, 0x90, 0x90), written: Uint8Array.of(0xe9, 1, 2, 3, 4, 0xeb, 0xf9),
       newCode: { start: 0x7f0000000000n, end: 0x7f0000000004n }, codeSha256: '00'.repeat(32), state: 'pending' }],
@@ -94,6 +95,9 @@ describe('record codec', () => {
       ['pid not integer', mutate((o) => (o.pid = 1.5))],
       ['bad relocation type', mutate((o) => (o.patches[0].relocations[0].type = 'pc64'))],
       ['null patch', mutate((o) => (o.patches[0] = null))],
+      ['unknown arena kind', mutate((o) => (o.arenas[1].kind = 'heap'))],
+      ['writable and executable arena', mutate((o) => (o.arenas[1].prot = 'rwx'))],
+      ['variables range reversed', mutate((o) => (o.patches[0].vars = { start: '0x10', end: '0x1' }))],
     ];
     for (const [what, body] of cases) {
       let err: unknown;

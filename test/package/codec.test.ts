@@ -1,3 +1,4 @@
+import { createHash } from 'node:crypto';
 import { describe, expect, it } from 'vitest';
 import { PackageError } from '../../src/errors.js';
 import {
@@ -168,5 +169,62 @@ describe('content section on its own (as stored in patch records)', () => {
       expect(() => decodePackageContent(bad)).toThrow(PackageError);
     }
     expect(() => packageContentOf(new Uint8Array([1, 2, 3]))).toThrow(PackageError);
+  });
+
+  describe('variables (writable data a fix adds)', () => {
+    function withVariables(): PatchPlan {
+      const plan = samplePlan();
+      const table = new Uint8Array(24).map((_, i) => i + 1);
+      plan.data.push(
+        { name: 'counter (server.c)', bytes: new Uint8Array(8), align: 8, relocations: [], writable: true },
+        { name: 'handlers', bytes: table, align: 8, relocations: [{ offset: 8, type: 'abs64', target: { kind: 'local', part: 'function', index: 0, offset: 0 }, addend: 0n }], writable: true },
+      );
+      return plan;
+    }
+
+    it('round-trip: zero-filled and initialised variables, relocations inside them; zero-filled ones cost no bytes', () => {
+      const pkg = createPackage(withVariables(), { createdAt: CREATED });
+      const bytes = encodePackage(pkg);
+      const back = decodePackage(bytes);
+      expect(back).toEqual(pkg);
+      expect(back.plan.data.map((d) => d.writable === true)).toEqual([...samplePlan().data.map(() => false), true, true]);
+      expect('writable' in back.plan.data[0]!).toBe(false);
+      expect(back.plan.data.at(-2)!.bytes).toEqual(new Uint8Array(8));
+      expect(Buffer.from(encodePackage(back))).toEqual(Buffer.from(bytes));
+      const big = withVariables();
+      big.data.at(-2)!.bytes = new Uint8Array(1 << 20);
+      expect(encodePackage(createPackage(big, { createdAt: CREATED })).length).toBeLessThan(bytes.length + 64);
+    });
+
+    it('a plan without variables encodes exactly as before variables existed (same bytes and id as main)', () => {
+      const pkg = createPackage(samplePlan(), { createdAt: CREATED });
+      expect(pkg.id).toBe('e0af7da027e45c1e');
+      expect(createHash('sha256').update(encodePackage(pkg)).digest('hex')).toBe('8417a8584bdf167851c30fdcfd567de9fdbcf64a0e48602e8dda9e27d9525f46');
+    });
+
+    it('truncated or corrupted variable lists are PackageError', async () => {
+      const { packageContentOf, decodePackageContent } = await import('../../src/patch/package/index.js');
+      const content = packageContentOf(encodePackage(createPackage(withVariables(), { createdAt: CREATED })));
+      expect(decodePackageContent(content).plan.data.filter((d) => d.writable).length).toBe(2);
+      // The part is at the very end: u8 1 | u32 2 | (u32 index | u32 zeroSize) x 2.
+      const part = content.length - 21;
+      expect(content[part]).toBe(1);
+      const mutate = (f: (b: Uint8Array, v: DataView) => void) => {
+        const b = content.slice();
+        f(b, new DataView(b.buffer));
+        return b;
+      };
+      const bad = [
+        content.subarray(0, content.length - 1),
+        content.subarray(0, part + 3),
+        mutate((b) => (b[part] = 2)), // unknown part
+        mutate((_, v) => v.setUint32(part + 1, 3, true)), // more entries than bytes
+        mutate((_, v) => v.setUint32(part + 5 + 8, v.getUint32(part + 5, true), true)), // index repeated
+        mutate((_, v) => v.setUint32(part + 5 + 8, 999, true)), // no such data
+        mutate((_, v) => v.setUint32(part + 5 + 12, 24, true)), // zero-filled but has bytes
+        mutate((_, v) => v.setUint32(part + 5 + 4, 0xffff_ffff, true)), // absurd size
+      ];
+      for (const b of bad) expect(() => decodePackageContent(b), Buffer.from(b.subarray(part)).toString('hex')).toThrow(PackageError);
+    });
   });
 });

@@ -29,6 +29,7 @@ interface BuildCliOptions {
   oldDebug?: string;
   newDebug?: string;
   debugDir: string[];
+  unit: string[];
   cve: string[];
   severity?: string;
   json?: boolean;
@@ -83,7 +84,7 @@ function summary(r: BuildResult, pkg: PatchPackage, output: string): string {
   }
   if (r.report.data.length > 0) {
     lines.push(`${r.report.data.length} data item(s) carried:`);
-    for (const d of r.report.data) lines.push(`  ${d.name}: ${d.size} bytes, ${d.relocations} relocations`);
+    for (const d of r.report.data) lines.push(`  ${d.name}: ${d.size} bytes, ${d.relocations} relocations${d.writable ? ' (new variable)' : ''}`);
   }
   for (const w of r.report.warnings) lines.push(`warning: ${w}`);
   lines.push(`signed: ${pkg.signature ? `yes (key ${pkg.signature.keyId})` : 'no'}; cold payload: ${pkg.cold ? 'yes' : 'no'}; built in ${r.report.stats.millis} ms`);
@@ -103,6 +104,7 @@ export function register(program: Command, setExitCode: SetExitCode): void {
     .option('--old-debug <FILE>', 'symbols of a stripped --old: its separate debug file or an unstripped copy (same build-id)')
     .option('--new-debug <FILE>', 'symbols of a stripped --new, likewise')
     .option('--debug-dir <DIR>', `where stripped builds' debug files are looked up by build-id (DIR/.build-id/XX/YYYY.debug; repeatable; default ${DEFAULT_DEBUG_DIRS.join(', ')})`, (v: string, prev: string[]) => [...prev, v], [] as string[])
+    .option('--unit <NEW=OLD>', 'pair the compilation unit NEW (source file name) of --new with OLD of --old when a renamed source cannot be paired by its statics (repeatable)', collect, [])
     .option('--cve <ID>', 'a CVE id the patch fixes, e.g. CVE-2024-1234 (repeatable; signed with the package)', collect, [])
     .option('--severity <LEVEL>', `how urgent the fix is: ${PATCH_SEVERITIES.join(', ')} (signed with the package)`)
     .option('--json', 'print one JSON document on stdout')
@@ -125,6 +127,12 @@ export function register(program: Command, setExitCode: SetExitCode): void {
       if (severity !== undefined && !isSeverity(severity)) {
         throw new UsageError('USAGE_BAD_SEVERITY', `--severity ${severity} is not one of ${PATCH_SEVERITIES.join(', ')}`);
       }
+      const units: Record<string, string> = {};
+      for (const u of opts.unit) {
+        const m = /^([^=]+)=([^=]+)$/.exec(u);
+        if (!m) throw new UsageError('USAGE_BAD_UNIT', `--unit ${u} is not NEW=OLD (two source file names, e.g. --unit server-fixed.c=server.c)`);
+        units[m[1]!] = m[2]!;
+      }
       const oldBytes = readInput(opts.old, 'old');
       const newBytes = readInput(opts.new, 'new');
       const dirs = opts.debugDir.length > 0 ? opts.debugDir : DEFAULT_DEBUG_DIRS;
@@ -137,6 +145,7 @@ export function register(program: Command, setExitCode: SetExitCode): void {
         result = buildPatch(oldBytes, newBytes, {
           oldName: basename(opts.old),
           newName: basename(opts.new),
+          units,
           ...(oldDebug ? { oldDebug } : {}),
           ...(newDebug ? { newDebug } : {}),
           ...(large ? { progress: (m: string) => progress(`hotpatch build: ${m} (${((Date.now() - t0) / 1000).toFixed(1)} s)`) } : {}),

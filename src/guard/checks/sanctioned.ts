@@ -138,7 +138,8 @@ function verifyPatch(ctx: ProcessContext, p: RecordPatch, below: Map<bigint, Uin
   let linked;
   try {
     const others = ctx.modules.filter((m) => m !== mod && m.kind !== 'vdso').map((m) => resolverModule(ctx, m));
-    linked = linkPatch(plan, layoutPatch(plan), p.code.start, p.data?.start ?? 0n, { loadBias: mod.loadBias, lookupSymbol: createSymbolLookup(resolverModule(ctx, mod), others) });
+    // Variables change as the patch runs: only where they are (which the code's relocations encode) is signed.
+    linked = linkPatch(plan, layoutPatch(plan), p.code.start, p.data?.start ?? 0n, { loadBias: mod.loadBias, lookupSymbol: createSymbolLookup(resolverModule(ctx, mod), others) }, p.vars?.start ?? 0n);
   } catch (e) {
     f('patch-record', 'critical', `the signed code cannot be linked at the recorded arena: ${(e as Error).message}`);
     return { problems, sites: [] };

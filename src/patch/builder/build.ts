@@ -16,6 +16,7 @@ import { Emitter } from './emit.js';
 import { BuildImage, displayKey, type FunctionInfo } from './image.js';
 import { normalizeFunction, type NormalFunction } from './normalize.js';
 import { BuildRefusedError, RefusalCode, type Refusal } from './refusal.js';
+import { pairUnits, type UnitPairing } from './units.js';
 
 /** Options of {@link buildPatch}. */
 export interface BuildOptions {
@@ -27,6 +28,11 @@ export interface BuildOptions {
   oldDebug?: { bytes: Uint8Array; name: string };
   /** Likewise for the new build. */
   newDebug?: { bytes: Uint8Array; name: string };
+  /**
+   * Compilation units of the new build to pair with a unit of another name in the running build
+   * (new STT_FILE name → old one), when pairing by content is ambiguous (REFUSED_UNITS_UNPAIRED).
+   */
+  units?: Readonly<Record<string, string>>;
   /** Receives progress lines (the CLI prints them on stderr). */
   progress?: (message: string) => void;
 }
@@ -54,7 +60,8 @@ export interface ChangedFunctionReport {
 /** Everything the builder found, besides the plan. */
 export interface BuildReport {
   changed: ChangedFunctionReport[];
-  data: { name: string; size: number; relocations: number }[];
+  /** Data carried; `writable`: a variable the fix adds (in the patch's writable area). */
+  data: { name: string; size: number; relocations: number; writable: boolean }[];
   warnings: string[];
   stats: {
     oldFunctions: number;
@@ -107,7 +114,12 @@ export function buildPatch(oldBytes: Uint8Array, newBytes: Uint8Array, options: 
   const progress = options.progress ?? (() => {});
   const oldName = options.oldName ?? 'target';
   const old = new BuildImage(oldBytes, { label: `old build ${oldName}`, ...(options.oldDebug ? { debug: options.oldDebug } : {}) });
-  const neu = new BuildImage(newBytes, { label: `new build ${options.newName ?? 'new'}`, ...(options.newDebug ? { debug: options.newDebug } : {}) });
+  let units: UnitPairing = { renamed: new Map() };
+  const neu = new BuildImage(newBytes, {
+    label: `new build ${options.newName ?? 'new'}`,
+    ...(options.newDebug ? { debug: options.newDebug } : {}),
+    unitNames: (symbols) => (units = pairUnits(old.elf.symbols, symbols, options.units)).renamed,
+  });
   if (old.elf.header.type !== neu.elf.header.type || old.elf.isSharedLibrary !== neu.elf.isSharedLibrary) {
     throw new HotpatchError(
       'BUILD_MISMATCH',
@@ -118,6 +130,9 @@ export function buildPatch(oldBytes: Uint8Array, newBytes: Uint8Array, options: 
     throw new HotpatchError('BUILD_NO_BUILD_ID', `${oldName} has no GNU build-id note: the package must name the running build exactly; link with -Wl,--build-id`);
   }
   progress(`loaded ${old.functions.length} functions (old) and ${neu.functions.length} functions (new)`);
+  // Keyed under wrong unit names, every static would be a difference: this one refusal says it all.
+  if (units.refusal) throw new BuildRefusedError([units.refusal]);
+  for (const [n, o] of units.renamed) progress(`compilation unit ${n} of the new build paired with ${o} of the running build`);
 
   // Normalise every function of both builds (also collects the boundaries of anonymous data).
   let instructions = 0;
@@ -178,7 +193,7 @@ export function buildPatch(oldBytes: Uint8Array, newBytes: Uint8Array, options: 
       if (m) {
         // gcc's `foo.cold` is a local of foo's file; foo itself may be global.
         const parentName = nf.fn.name.slice(0, m.index);
-        const candidates = [nf.fn.file !== undefined ? `L:${nf.fn.file}:${parentName}` : `L::${parentName}`, `G:${parentName}`];
+        const candidates = [`L:${img.keyFile(nf.fn.file)}:${parentName}`, `G:${parentName}`];
         const parentKey = candidates.find((k) => img.functionsByKey.has(k));
         if (parentKey !== undefined) uf.union(nf.fn.key, parentKey);
       }
@@ -202,7 +217,7 @@ export function buildPatch(oldBytes: Uint8Array, newBytes: Uint8Array, options: 
   // Whole-build refusals.
   const refusals: Refusal[] = [...checkExports(old, neu), ...checkImports(old, neu), ...checkData(old, neu)];
   refusals.push(...checkCodeAddressesInData(old, neu, changed));
-  const changedFns = [...changed].map((k) => neu.functionsByKey.get(k)!).map((f) => (f.file !== undefined ? { name: f.name, file: f.file } : { name: f.name }));
+  const changedFns = [...changed].map((k) => neu.functionsByKey.get(k)!).map((f) => (f.file !== undefined ? { name: f.name, file: neu.keyFile(f.file), newFile: f.file } : { name: f.name }));
   const structs = checkStructs(old, neu, changedFns);
   refusals.push(...structs.refusals);
 
@@ -274,7 +289,7 @@ export function buildPatch(oldBytes: Uint8Array, newBytes: Uint8Array, options: 
       if (f.file !== undefined) r.file = f.file;
       return r;
     }),
-    data: result.data.map((d) => ({ name: d.name, size: d.bytes.length, relocations: d.relocations.length })),
+    data: result.data.map((d) => ({ name: d.name, size: d.bytes.length, relocations: d.relocations.length, writable: d.writable === true })),
     warnings,
     stats: {
       oldFunctions: old.functions.length,

@@ -1,7 +1,8 @@
 /**
  * Whole-build checks that refuse a patch: the export table, the import table, writable and
- * thread-local data, and code addresses stored in data. A live patch replaces code only; the
- * running process keeps its data, its dynamic linking and its TLS block as they are.
+ * thread-local data, and code addresses stored in data. A live patch replaces code and may add
+ * variables of its own; the running process keeps its data, its dynamic linking and its TLS block
+ * as they are.
  */
 import { readDwarf, SHN_UNDEF, STT_FUNC, STT_GNU_IFUNC, type DwarfInfo, type ElfSymbol } from '../../elf/index.js';
 import type { BuildImage, ObjectInfo } from './image.js';
@@ -115,8 +116,8 @@ function tlsSignature(img: BuildImage, o: ObjectInfo): string {
 }
 
 /**
- * Writable and thread-local data objects: added, removed, resized or re-initialised; and the TLS
- * block's layout. Objects of zero size and linker-owned tables are ignored.
+ * Writable and thread-local data objects: removed, resized or re-initialised, thread-local ones
+ * added; and the TLS block's layout. Objects of zero size and linker-owned tables are ignored.
  */
 export function checkData(old: BuildImage, neu: BuildImage): Refusal[] {
   const out: Refusal[] = [];
@@ -131,11 +132,15 @@ export function checkData(old: BuildImage, neu: BuildImage): Refusal[] {
   for (const [key, nb] of b) {
     const oa = a.get(key);
     if (!oa) {
-      out.push({
-        code: RefusalCode.DATA_ADDED,
-        symbol: displayKey(key),
-        message: `the new build adds the ${nb.kind === 'tls' ? 'thread-local' : 'writable'} data object ${describe(nb)} (${nb.size} bytes): a live patch cannot add data to a running process; ship this fix as a cold update or keep the new state elsewhere`,
-      });
+      // A new variable lives in the patch's own writable area (carried by the emitter when new
+      // code uses it); a new thread-local one would need a slot in every thread's TLS block.
+      if (nb.kind === 'tls') {
+        out.push({
+          code: RefusalCode.DATA_ADDED,
+          symbol: displayKey(key),
+          message: `the new build adds the thread-local data object ${describe(nb)} (${nb.size} bytes): existing threads have no room for it in their TLS blocks; ship this fix as a cold update or keep the new state in a (non-thread-local) variable`,
+        });
+      }
       continue;
     }
     if (oa.size !== nb.size) {
@@ -196,7 +201,7 @@ export function checkData(old: BuildImage, neu: BuildImage): Refusal[] {
  * and the offsets of its members (the running process's objects, on the heap or on stacks, have the
  * old layout). Without DWARF in either build the check cannot run; the caller reports that.
  */
-export function checkStructs(old: BuildImage, neu: BuildImage, functions: readonly { name: string; file?: string }[]): { refusals: Refusal[]; checked: boolean } {
+export function checkStructs(old: BuildImage, neu: BuildImage, functions: readonly { name: string; file?: string; newFile?: string }[]): { refusals: Refusal[]; checked: boolean } {
   const da = readDwarfSafe(old);
   const db = readDwarfSafe(neu);
   if (!da || !db) return { refusals: [], checked: false };
@@ -204,7 +209,7 @@ export function checkStructs(old: BuildImage, neu: BuildImage, functions: readon
   const seen = new Set<string>();
   for (const f of functions) {
     const fa = da.findFunction(f.name, f.file);
-    const fb = db.findFunction(f.name, f.file);
+    const fb = db.findFunction(f.name, f.newFile ?? f.file);
     const keys = new Set([...(fa?.structs ?? []), ...(fb?.structs ?? [])]);
     for (const key of keys) {
       if (seen.has(key)) continue;

@@ -1,6 +1,6 @@
 /**
  * Emission of the plan: the new code of each changed function with its relocations, the data it
- * carries, and the entry plan of the old function.
+ * carries (new constants, and the variables the fix adds), and the entry plan of the old function.
  *
  * Binding (documented choice): every reference to something the running build already has binds to
  * it by the OLD build's link-time vaddr (`kind: 'module'`): unchanged functions, global data, PLT
@@ -293,6 +293,10 @@ export class Emitter {
           return idx === undefined ? undefined : { kind: 'local', part: 'data', index: idx, offset: t.off };
         }
         if (oo) return { kind: 'module', vaddr: oo.vaddr + BigInt(t.off) };
+        if (no?.kind === 'writable') {
+          const idx = this.#carryObject(no);
+          return idx === undefined ? undefined : { kind: 'local', part: 'data', index: idx, offset: t.off };
+        }
         return this.#unresolved(u, displayKey(t.key), 'the running build has no such data object');
       }
       case 'plt': {
@@ -417,7 +421,9 @@ export class Emitter {
     const have = this.#dataByAddr.get(key);
     if (have !== undefined) return have;
     const bytes = this.neu.elf.readVaddr(o.vaddr, o.size).slice();
-    const idx = this.#addData(key, { name: displayKey(o.key), bytes, align: alignOf(o.vaddr, 64), relocations: [] });
+    const d: PatchData = { name: displayKey(o.key), bytes, align: alignOf(o.vaddr, 64), relocations: [] };
+    if (o.kind === 'writable') d.writable = true;
+    const idx = this.#addData(key, d);
     const relocs = this.#dataRelocations(o.vaddr, o.size);
     for (const r of relocs) bytes.fill(0, r.offset, r.offset + RELOCATION_BYTES[r.type]);
     this.data[idx]!.relocations = relocs;

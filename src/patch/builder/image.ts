@@ -126,10 +126,6 @@ export function targetString(t: RefTarget): string {
   }
 }
 
-function symbolKey(s: ElfSymbol): string {
-  return s.bind === STB_LOCAL ? `L:${s.file ?? ''}:${s.name}` : `G:${s.name}`;
-}
-
 function lowerBound<T>(arr: readonly T[], value: bigint, get: (x: T) => bigint): number {
   let lo = 0;
   let hi = arr.length;
@@ -150,6 +146,11 @@ export interface ImageOptions {
    * the functions of a stripped file and its DWARF serves the struct checks.
    */
   debug?: { bytes: Uint8Array; name: string };
+  /**
+   * Called with the symbols (debug file adopted) before they are indexed: returns the compilation
+   * units to key under another name (STT_FILE name → name in keys), see units.ts.
+   */
+  unitNames?: (symbols: readonly ElfSymbol[]) => ReadonlyMap<string, string>;
 }
 
 /** A parsed build with the indexes the builder needs. */
@@ -190,6 +191,7 @@ export class BuildImage {
   #imageHigh = 0n;
   #pltSections: ElfSection[] = [];
   #gotSections: ElfSection[] = [];
+  #unitNames: ReadonlyMap<string, string> = new Map();
 
   constructor(bytes: Uint8Array, options: ImageOptions) {
     this.label = options.label;
@@ -229,6 +231,7 @@ export class BuildImage {
     this.tls = tlsPh ? { memsz: tlsPh.memsz, filesz: tlsPh.filesz, align: tlsPh.align, vaddr: tlsPh.vaddr } : null;
     this.#pltSections = elf.sections.filter((s) => PLT_SECTIONS.includes(s.name) && s.size > 0n);
     this.#gotSections = elf.sections.filter((s) => GOT_SECTIONS.includes(s.name) && s.size > 0n);
+    if (options.unitNames) this.#unitNames = options.unitNames(elf.symbols);
     this.#indexSymbols();
     let emit = false;
     for (const rs of elf.relocationSections) {
@@ -247,6 +250,15 @@ export class BuildImage {
     }
     this.#indexGot();
     this.#indexPlt();
+  }
+
+  /** The unit name used in keys for a local of STT_FILE `file` (the old build's name of a renamed unit). */
+  keyFile(file: string | undefined): string {
+    return file === undefined ? '' : (this.#unitNames.get(file) ?? file);
+  }
+
+  #symbolKey(s: ElfSymbol): string {
+    return s.bind === STB_LOCAL ? `L:${this.keyFile(s.file)}:${s.name}` : `G:${s.name}`;
   }
 
   #indexSymbols(): void {
@@ -279,7 +291,7 @@ export class BuildImage {
               ? 'relro'
               : 'writable';
         const o: ObjectInfo = {
-          key: uniqueKey(symbolKey(s)),
+          key: uniqueKey(this.#symbolKey(s)),
           name: s.name,
           vaddr: s.value,
           end: s.value + s.size,
@@ -303,7 +315,7 @@ export class BuildImage {
       const size = list.reduce((m, q) => (q.size > m ? q.size : m), 0n);
       if (size > 0xffff_ffffn) continue;
       const f: FunctionInfo = {
-        key: uniqueKey(symbolKey(s)),
+        key: uniqueKey(this.#symbolKey(s)),
         name: s.name,
         vaddr,
         end: vaddr + size,
@@ -527,7 +539,7 @@ export class BuildImage {
     const near = this.elf.findSymbolByAddress(addr);
     if (near && near.offset <= 0x10000n) {
       const s = near.symbol;
-      return { t: 'near', key: `${symbolKey(s)}`, off: near.offset };
+      return { t: 'near', key: this.#symbolKey(s), off: near.offset };
     }
     if (sec) return { t: 'near', key: `section:${sec.name}`, off: addr - sec.addr };
     return { t: 'abs', value: addr };

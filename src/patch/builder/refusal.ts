@@ -16,7 +16,9 @@ export const RefusalCode = {
   NEEDED_ADDED: 'REFUSED_NEEDED_ADDED',
   /** The new build imports a symbol the old one does not. */
   IMPORT_ADDED: 'REFUSED_IMPORT_ADDED',
-  /** A writable or TLS data object appears in the new build. */
+  /** Compilation units of the new build whose name the old build lacks could not be paired by content. */
+  UNITS_UNPAIRED: 'REFUSED_UNITS_UNPAIRED',
+  /** A thread-local data object appears in the new build. */
   DATA_ADDED: 'REFUSED_DATA_ADDED',
   /** A writable or TLS data object of the old build is gone. */
   DATA_REMOVED: 'REFUSED_DATA_REMOVED',

@@ -201,18 +201,21 @@ export async function applyPatch(pid: number, plan: PatchPlan, options: ApplyOpt
     const reachData = (a: bigint, b: bigint): boolean => canJmpRel32(module.base, a) && canJmpRel32(module.end, b);
     let codeBase = findArenaSpace(s.record, 'code', layout.codeSize, layout.codeAlign, reachCode);
     let dataBase = layout.dataSize > 0 ? findArenaSpace(s.record, 'data', layout.dataSize, layout.dataAlign, reachData) : 0n;
+    // Variables are reached from the new code (rip-relative) as well as from the module's reach.
+    const reachVars = (a: bigint, b: bigint): boolean => reachData(a, b) && (codeBase === undefined || (canJmpRel32(codeBase, b) && canJmpRel32(codeBase + BigInt(layout.codeSize), a)));
+    let varsBase = layout.varsSize > 0 ? findArenaSpace(s.record, 'vars', layout.varsSize, layout.varsAlign, reachVars) : 0n;
 
     if (options.dryRun) {
       // Link against a hypothetical placement just past the module to prove every symbol resolves.
       const hypo = ((module.end + 0xfffffn) & ~0xfffffn) + 0x100000n;
-      linkPatch(plan, layout, codeBase ?? hypo, dataBase ?? hypo + 0x100000n, { loadBias: module.loadBias, lookupSymbol: lookup });
+      linkPatch(plan, layout, codeBase ?? hypo, dataBase ?? hypo + 0x100000n, { loadBias: module.loadBias, lookupSymbol: lookup }, varsBase ?? hypo + 0x200000n);
       return { ...base, status: 'dry-run', totalMicros: nowMicros() - t0, functions: sites.map((x) => ({ name: x.name, address: x.g.address, kind: x.g.kind, newCode: 0n, stacked: x.stacked })) };
     }
 
     // Setup freeze, only when the record or an arena with room does not exist yet.
     const fresh = { record: false, arenas: [] as RecordArena[] };
     let setupPause = 0;
-    if (!s.store || codeBase === undefined || dataBase === undefined) {
+    if (!s.store || codeBase === undefined || dataBase === undefined || varsBase === undefined) {
       const frozen = freeze(pid, timeoutMs);
       try {
         let codeArena: RecordArena | undefined;
@@ -242,10 +245,17 @@ export async function applyPatch(pid: number, plan: PatchPlan, options: ApplyOpt
           s.record = s.store.write({ ...s.record, arenas: [...s.record.arenas, a] });
           dataBase = findArenaSpace(s.record, 'data', layout.dataSize, layout.dataAlign, reachData);
         }
+        if (varsBase === undefined) {
+          const size = arenaSizeFor('vars', layout.varsSize, layout.varsAlign);
+          const a = newArena(frozen.mapNear(codeBase ?? module.base, size, 'rw-'), size, 'vars', module.path);
+          fresh.arenas.push(a);
+          s.record = s.store.write({ ...s.record, arenas: [...s.record.arenas, a] });
+          varsBase = findArenaSpace(s.record, 'vars', layout.varsSize, layout.varsAlign, reachVars);
+        }
       } finally {
         setupPause = frozen.thaw();
       }
-      if (codeBase === undefined || dataBase === undefined) {
+      if (codeBase === undefined || dataBase === undefined || varsBase === undefined) {
         await unmapFresh(s, fresh);
         throw new HotpatchError('ARENA_UNREACHABLE', `no memory could be mapped within ±2 GiB of every patched function in ${module.path}`);
       }
@@ -255,11 +265,13 @@ export async function applyPatch(pid: number, plan: PatchPlan, options: ApplyOpt
 
     let entry: RecordPatch | undefined;
     try {
-      const linked = linkPatch(plan, layout, codeBase, dataBase, { loadBias: module.loadBias, lookupSymbol: lookup });
+      const linked = linkPatch(plan, layout, codeBase, dataBase, { loadBias: module.loadBias, lookupSymbol: lookup }, varsBase);
       const mem = memoryWriter(pid);
       try {
         mem.writeVerified(codeBase, linked.code);
         if (linked.data.length > 0) mem.writeVerified(dataBase, linked.data);
+        // Initial values of the variables: nothing runs the new code yet, so no thread sees them change.
+        if (linked.vars.length > 0) mem.writeVerified(varsBase, linked.vars);
       } finally {
         mem.close();
       }
@@ -284,6 +296,7 @@ export async function applyPatch(pid: number, plan: PatchPlan, options: ApplyOpt
         state: 'pending', appliedAt: Date.now(),
         code: { start: codeBase, end: codeBase + BigInt(layout.codeSize) },
         data: layout.dataSize > 0 ? { start: dataBase, end: dataBase + BigInt(layout.dataSize) } : null,
+        ...(layout.varsSize > 0 ? { vars: { start: varsBase, end: varsBase + BigInt(layout.varsSize) } } : {}),
         sites: siteRecords,
         relocations: linked.resolved.map((r) => ({ ...r })),
       };

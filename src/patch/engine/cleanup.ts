@@ -27,6 +27,7 @@ export function freeUnusedRetired(s: Session, retired: ReadonlyArray<{ patch: Re
     for (const p of free) {
       mem.writeVerified(p.code.start, new Uint8Array(Number(p.code.end - p.code.start)).fill(INT3));
       if (p.data) mem.writeVerified(p.data.start, new Uint8Array(Number(p.data.end - p.data.start)));
+      if (p.vars) mem.writeVerified(p.vars.start, new Uint8Array(Number(p.vars.end - p.vars.start)));
     }
   } finally {
     mem.close();
@@ -40,7 +41,7 @@ export function freeUnusedRetired(s: Session, retired: ReadonlyArray<{ patch: Re
  * Best effort: needs one more short freeze.
  */
 export async function unmapFresh(s: Session, fresh: { record: boolean; arenas: RecordArena[] }): Promise<void> {
-  const arenas = fresh.arenas.filter((a) => !s.record.patches.some((p) => [p.code, p.data].some((r) => r && r.start < a.end && a.start < r.end)));
+  const arenas = fresh.arenas.filter((a) => !s.record.patches.some((p) => [p.code, p.data, p.vars].some((r) => r && r.start < a.end && a.start < r.end)));
   const dropRecord = fresh.record && s.record.patches.length === 0 && s.record.arenas.every((a) => arenas.includes(a));
   if (arenas.length === 0 && !dropRecord) return;
   // A process that died meanwhile has nothing left to unmap (and must not get injected calls).

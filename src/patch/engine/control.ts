@@ -10,6 +10,7 @@ import {
   MAP_SHARED,
   PROT_EXEC,
   PROT_READ,
+  PROT_WRITE,
   remoteMmap,
   remoteMprotect,
   remoteMunmap,
@@ -17,6 +18,7 @@ import {
   type FrozenProcess,
 } from '../../process/index.js';
 import type { AddressRange } from '../../process/index.js';
+import type { ArenaProtection } from './record.js';
 
 // System call numbers (arch/x86/entry/syscalls/syscall_64.tbl) the engine injects itself.
 const SYS_close = 3;
@@ -52,9 +54,10 @@ export interface Frozen {
    * Maps `size` bytes of anonymous private memory within ±2 GiB of `near`, then makes it `prot`
    * at once (it is mapped read-write by the allocator and never written before the mprotect;
    * hotpatch fills it through /proc/PID/mem afterwards, so it is never writable and executable).
+   * `rw-` (a patch's variables) stays as the allocator mapped it.
    * `beforeProtect` may use the still-writable page (scratch for a system call argument).
    */
-  mapNear(near: bigint, size: number, prot: 'r-x' | 'r--', beforeProtect?: (start: bigint) => void): bigint;
+  mapNear(near: bigint, size: number, prot: ArenaProtection, beforeProtect?: (start: bigint) => void): bigint;
   /** Unmaps exactly [start, start + size). */
   unmap(start: bigint, size: number): void;
   /**
@@ -102,7 +105,7 @@ export function freeze(pid: number, timeoutMs?: number): Frozen {
       const a = allocateNear(fp, near, size);
       try {
         beforeProtect?.(a.address);
-        remoteMprotect(fp, a.address, a.size, prot === 'r-x' ? PROT_READ | PROT_EXEC : PROT_READ);
+        remoteMprotect(fp, a.address, a.size, prot === 'r-x' ? PROT_READ | PROT_EXEC : prot === 'rw-' ? PROT_READ | PROT_WRITE : PROT_READ);
       } catch (e) {
         try {
           remoteMunmap(fp, a.address, a.size);

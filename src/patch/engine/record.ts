@@ -115,19 +115,26 @@ export interface RecordPatch {
   /** Code and data of this patch inside the arenas. */
   code: AddressRange;
   data: AddressRange | null;
+  /** The patch's variables (PatchData.writable), in a `vars` arena; absent when it adds none. */
+  vars?: AddressRange;
   sites: RecordSite[];
   relocations: RecordRelocation[];
   /** Removed but its code could not be freed yet (a thread was still inside it). */
   retired?: boolean;
 }
 
+/** What an arena holds: new code, read-only data, or the variables patches add. */
+export type ArenaKind = 'code' | 'data' | 'vars';
+/** Protection of an arena in the target: never writable and executable at once. */
+export type ArenaProtection = 'r-x' | 'r--' | 'rw-';
+
 /** A region mapped in the target to hold patch code or data. */
 export interface RecordArena {
   start: bigint;
   end: bigint;
-  kind: 'code' | 'data';
-  /** Final protection: "r-x" for code, "r--" for data. */
-  prot: 'r-x' | 'r--';
+  kind: ArenaKind;
+  /** Final protection: "r-x" for code, "r--" for data, "rw-" for variables. */
+  prot: ArenaProtection;
   /** Path of the module the arena was placed near (±2 GiB). */
   near: string;
 }
@@ -291,6 +298,7 @@ function decodePatch(v: unknown, where: string): RecordPatch {
     };
     if (g.signer !== undefined) p.signing.signer = str(g.signer, 'signing.signer');
   }
+  if (o.vars !== undefined) p.vars = range(o.vars, `${where}.vars`);
   if (o.content !== undefined) p.content = bytes(o.content, `${where}.content`, MAX_CONTENT_HEX);
   if (o.retired !== undefined) p.retired = o.retired === true;
   return p;
@@ -330,8 +338,8 @@ export function decodeRecordBody(body: Uint8Array, generation: bigint): PatchRec
       const r = range(ao, `arenas[${i}]`);
       return {
         ...r,
-        kind: oneOf(ao.kind, ['code', 'data'] as const, 'arena kind'),
-        prot: oneOf(ao.prot, ['r-x', 'r--'] as const, 'arena prot'),
+        kind: oneOf(ao.kind, ['code', 'data', 'vars'] as const, 'arena kind'),
+        prot: oneOf(ao.prot, ['r-x', 'r--', 'rw-'] as const, 'arena prot'),
         near: str(ao.near, 'arena near'),
       };
     }),

@@ -1,7 +1,8 @@
 /**
  * Placement of a patch's new code and data inside the arena: pure arithmetic over the plan, done
- * before the target is touched. Code and data live in separate regions (code ends up r-x, data r--),
- * each laid out from offset 0 with the alignment every part asks for.
+ * before the target is touched. Code, read-only data and variables live in separate regions (code
+ * ends up r-x, data r--, variables rw-), each laid out from offset 0 with the alignment every part
+ * asks for.
  */
 import { RefusedError } from '../../errors.js';
 import type { PatchPlan } from '../plan.js';
@@ -10,7 +11,7 @@ import type { PatchPlan } from '../plan.js';
 export interface PatchLayout {
   /** Offset of `plan.functions[i].code` inside the code region. */
   functionOffsets: number[];
-  /** Offset of `plan.data[i].bytes` inside the data region. */
+  /** Offset of `plan.data[i].bytes` inside the data region, or the variables region when it is writable. */
   dataOffsets: number[];
   /** Bytes the code region needs (unaligned end of the last function). */
   codeSize: number;
@@ -20,6 +21,9 @@ export interface PatchLayout {
   codeAlign: number;
   /** Largest alignment any data part asks for. */
   dataAlign: number;
+  /** Bytes the variables region needs (0 when the plan adds no variable). */
+  varsSize: number;
+  varsAlign: number;
 }
 
 /** Alignment never below 16 for code: matches what compilers give functions, keeps entries cache-friendly. */
@@ -64,15 +68,18 @@ export function layoutPatch(plan: PatchPlan): PatchLayout {
     offset += fn.code.length;
   }
   const codeSize = offset;
-  let dataAlign = 1;
-  offset = 0;
+  const regions = { data: { size: 0, align: 1 }, vars: { size: 0, align: 1 } };
   const dataOffsets: number[] = [];
   for (const d of plan.data) {
     const align = checkAlign(d.align, `data ${d.name}`);
-    dataAlign = Math.max(dataAlign, align);
-    offset = alignUp(offset, align);
-    dataOffsets.push(offset);
-    offset += d.bytes.length;
+    const r = d.writable === true ? regions.vars : regions.data;
+    r.align = Math.max(r.align, align);
+    r.size = alignUp(r.size, align);
+    dataOffsets.push(r.size);
+    r.size += d.bytes.length;
   }
-  return { functionOffsets, dataOffsets, codeSize, dataSize: offset, codeAlign, dataAlign };
+  return {
+    functionOffsets, dataOffsets, codeSize, codeAlign,
+    dataSize: regions.data.size, dataAlign: regions.data.align, varsSize: regions.vars.size, varsAlign: regions.vars.align,
+  };
 }

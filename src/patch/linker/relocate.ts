@@ -31,14 +31,17 @@ export interface ResolvedRelocation {
   addend: bigint;
 }
 
-/** The linked patch: bytes ready to be written at `codeBase` / `dataBase`. */
+/** The linked patch: bytes ready to be written at `codeBase` / `dataBase` / `varsBase`. */
 export interface LinkedPatch {
   codeBase: bigint;
   dataBase: bigint;
+  varsBase: bigint;
   /** The whole code region (functions at their layout offsets, gaps filled with int3). */
   code: Uint8Array;
   /** The whole data region (gaps zero). */
   data: Uint8Array;
+  /** The initial contents of the variables region (gaps zero). */
+  vars: Uint8Array;
   /** Run-time address of the new code of plan.functions[i]. */
   functionAddresses: bigint[];
   /** Run-time address of plan.data[i]. */
@@ -167,26 +170,32 @@ function checkRelocationBounds(r: Relocation, partSize: number, where: string): 
 }
 
 /**
- * Links `plan` for a code region at `codeBase` and a data region at `dataBase` (both already
- * aligned as `layout` asks). Overlapping relocation fields are refused.
+ * Links `plan` for a code region at `codeBase`, a data region at `dataBase` and a variables region
+ * at `varsBase` (all already aligned as `layout` asks). Overlapping relocation fields are refused.
  */
-export function linkPatch(plan: PatchPlan, layout: PatchLayout, codeBase: bigint, dataBase: bigint, env: LinkEnvironment): LinkedPatch {
-  if (codeBase % BigInt(layout.codeAlign) !== 0n || (layout.dataSize > 0 && dataBase % BigInt(layout.dataAlign) !== 0n)) {
-    throw new RefusedError('LINK_BAD_BASE', `arena base 0x${codeBase.toString(16)} / 0x${dataBase.toString(16)} is not aligned as the patch needs`);
+export function linkPatch(plan: PatchPlan, layout: PatchLayout, codeBase: bigint, dataBase: bigint, env: LinkEnvironment, varsBase = 0n): LinkedPatch {
+  if (
+    codeBase % BigInt(layout.codeAlign) !== 0n ||
+    (layout.dataSize > 0 && dataBase % BigInt(layout.dataAlign) !== 0n) ||
+    (layout.varsSize > 0 && varsBase % BigInt(layout.varsAlign) !== 0n)
+  ) {
+    throw new RefusedError('LINK_BAD_BASE', `arena base 0x${codeBase.toString(16)} / 0x${dataBase.toString(16)} / 0x${varsBase.toString(16)} is not aligned as the patch needs`);
   }
   const code = new Uint8Array(layout.codeSize).fill(INT3);
   const data = new Uint8Array(layout.dataSize);
+  const vars = new Uint8Array(layout.varsSize);
   const functionAddresses = layout.functionOffsets.map((o) => codeBase + BigInt(o));
-  const dataAddresses = layout.dataOffsets.map((o) => dataBase + BigInt(o));
+  const dataAddresses = layout.dataOffsets.map((o, i) => (plan.data[i]!.writable === true ? varsBase : dataBase) + BigInt(o));
   const resolved: ResolvedRelocation[] = [];
 
   const parts: Array<{ part: 'function' | 'data'; index: number; bytes: Uint8Array; relocations: Relocation[]; region: Uint8Array; regionOffset: number; base: bigint; name: string }> = [];
   plan.functions.forEach((fn, i) =>
     parts.push({ part: 'function', index: i, bytes: fn.code, relocations: fn.relocations, region: code, regionOffset: layout.functionOffsets[i]!, base: codeBase, name: `new code of ${fn.name}` }),
   );
-  plan.data.forEach((d, i) =>
-    parts.push({ part: 'data', index: i, bytes: d.bytes, relocations: d.relocations, region: data, regionOffset: layout.dataOffsets[i]!, base: dataBase, name: `data ${d.name}` }),
-  );
+  plan.data.forEach((d, i) => {
+    const writable = d.writable === true;
+    parts.push({ part: 'data', index: i, bytes: d.bytes, relocations: d.relocations, region: writable ? vars : data, regionOffset: layout.dataOffsets[i]!, base: writable ? varsBase : dataBase, name: `${writable ? 'variable' : 'data'} ${d.name}` });
+  });
 
   for (const p of parts) {
     p.region.set(p.bytes, p.regionOffset);
@@ -205,5 +214,5 @@ export function linkPatch(plan: PatchPlan, layout: PatchLayout, codeBase: bigint
       resolved.push({ part: p.part, index: p.index, offset: r.offset, type: r.type, symbolAddress: s, addend: r.addend });
     }
   }
-  return { codeBase, dataBase, code, data, functionAddresses, dataAddresses, resolved };
+  return { codeBase, dataBase, varsBase, code, data, vars, functionAddresses, dataAddresses, resolved };
 }

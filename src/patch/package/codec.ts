@@ -11,7 +11,7 @@
  *             An unknown tag starting with a lowercase letter is ancillary: skipped, never signed.
  *             An unknown tag starting with an uppercase letter is critical: the package needs a newer
  *             hotpatch (PACKAGE_UNSUPPORTED_VERSION).
- *   CONT    = meta target u32 nFunctions function* u32 nData data*
+ *   CONT    = meta target u32 nFunctions function* u32 nData data* [vars]
  *     meta     = str createdAt | str toolVersion | opt<str> description
  *              | u8 2 (extended meta) opt<str> description | u8 nCves | str cve* | opt<str> severity
  *                -- the description flag byte 2 introduces the extended form, written only when
@@ -22,6 +22,11 @@
  *                | entry | bytes32 code | u32 align | relocs
  *     entry    = u8 kind (1 padded, 2 plain) | u64 siteVaddr | u64 switchVaddr | u8 n | expected[n]
  *     data     = str name | bytes32 bytes | u32 align | relocs
+ *     vars     = u8 1 | u32 n | (u32 dataIndex | u32 zeroSize)*   -- the data that are variables
+ *                (PatchData.writable), indexes strictly increasing; zeroSize > 0: the variable is
+ *                zeroSize zero bytes and its `bytes` are encoded empty. Written only when a plan
+ *                has variables, so packages without them keep their bytes and ids; an older
+ *                hotpatch rejects a package with variables as damaged (stray bytes).
  *     relocs   = u32 n | reloc*
  *     reloc    = u32 offset | u8 type (1 pc32, 2 abs64, 3 abs32, 4 abs32s) | i64 addend | target
  *     target   = u8 1 (module) u64 vaddr
@@ -296,6 +301,7 @@ export function validatePlan(plan: PatchPlan, code: 'PACKAGE_INVALID' | 'PACKAGE
     if (!(d.bytes instanceof Uint8Array) || d.bytes.byteLength > MAX_DATA_SIZE) fail(`${where}: size out of range 0..${MAX_DATA_SIZE}`);
     checkAlign(d.align, where, fail);
     checkRelocations(d.relocations, d.bytes.byteLength, where, plan, fail);
+    if (d.writable !== undefined && d.writable !== true) fail(`${where}: writable is not true or absent`);
   });
 }
 
@@ -376,9 +382,17 @@ function encodeContent(plan: PatchPlan, meta: PackageMeta): Uint8Array {
     writeRelocs(w, f.relocations);
   }
   w.u32(plan.data.length);
-  for (const d of plan.data) {
-    w.str(d.name).u32(d.bytes.byteLength).raw(d.bytes).u32(d.align);
+  const vars: Array<{ index: number; zeroSize: number }> = [];
+  plan.data.forEach((d, index) => {
+    const zeroSize = d.writable === true && d.bytes.byteLength > 0 && d.bytes.every((b) => b === 0) ? d.bytes.byteLength : 0;
+    if (d.writable === true) vars.push({ index, zeroSize });
+    const bytes = zeroSize > 0 ? new Uint8Array(0) : d.bytes;
+    w.str(d.name).u32(bytes.byteLength).raw(bytes).u32(d.align);
     writeRelocs(w, d.relocations);
+  });
+  if (vars.length > 0) {
+    w.u8(1).u32(vars.length);
+    for (const v of vars) w.u32(v.index).u32(v.zeroSize);
   }
   return w.finish();
 }
@@ -533,6 +547,26 @@ function readBytes32(r: ByteReader, field: string, max: number): Uint8Array {
   return r.take(n, field);
 }
 
+/** The `vars` part of the content: marks data as variables and expands zero-filled ones. */
+function readVariables(r: ByteReader, data: PatchData[]): void {
+  const form = r.u8('variables marker');
+  if (form !== 1) throw new PackageError('PACKAGE_CORRUPT', `package content: unknown part ${form} after the data`);
+  const n = r.count('variable', 8);
+  let last = -1;
+  for (let i = 0; i < n; i++) {
+    const index = r.u32('variable index');
+    const zeroSize = r.u32('variable zero size');
+    const d = data[index];
+    if (d === undefined || index <= last) throw new PackageError('PACKAGE_CORRUPT', `package content: variable ${i} names data ${index}, which does not exist or is out of order`);
+    last = index;
+    if (zeroSize > 0) {
+      if (d.bytes.byteLength !== 0 || zeroSize > MAX_DATA_SIZE) throw new PackageError('PACKAGE_CORRUPT', `package content: zero-filled variable ${d.name.slice(0, 80)} has bytes or is too large (${zeroSize})`);
+      d.bytes = new Uint8Array(zeroSize);
+    }
+    d.writable = true;
+  }
+}
+
 function decodeContent(body: Uint8Array): { plan: PatchPlan; meta: PackageMeta } {
   const r = new ByteReader(body, 'content section');
   const meta: PackageMeta = { createdAt: r.str('createdAt'), toolVersion: r.str('toolVersion') };
@@ -583,6 +617,7 @@ function decodeContent(body: Uint8Array): { plan: PatchPlan; meta: PackageMeta }
     const d: PatchData = { name: dname, bytes, align, relocations: readRelocs(r, `data ${i}`) };
     plan.data.push(d);
   }
+  if (r.remaining > 0) readVariables(r, plan.data);
   if (r.remaining !== 0) throw new PackageError('PACKAGE_CORRUPT', `package content: ${r.remaining} stray bytes after the data`);
   validatePlan(plan, 'PACKAGE_CORRUPT');
   return { plan, meta };
