@@ -13,6 +13,7 @@ import {
   applyPackageFile,
   applyPatch,
   buildPatch,
+  buildPatchAsync,
   BuildRefusedError,
   createPackage,
   encodePackage,
@@ -137,6 +138,12 @@ describe('docs/api.md examples, on a running process', () => {
     }
     for (const f of built.report.changed) console.log(`${f.name}: ${f.reason}, entry ${f.entry}`);
     for (const w of built.report.warnings) console.warn(`warning: ${w}`);
+    // --- docs/api.md: build in a worker thread, abortable (the same plan)
+    const ac = new AbortController();
+    setTimeout(() => ac.abort(), 30_000);
+    const builtSync = built;
+    built = await buildPatchAsync(readFileSync(oldPath), readFileSync(newPath), { signal: ac.signal });
+    expect(built.plan.functions).toEqual(builtSync.plan.functions);
     // --- docs/api.md: package and sign
     pkg = signPackage(createPackage(built.plan, { description: 'price: 12 per item' }), readPrivateKeyFile(keyFile));
     writeFileAtomic(pkgPath, encodePackage(pkg));
