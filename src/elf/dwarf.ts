@@ -66,6 +66,9 @@ export const DW_AT_type = 0x49;
 export const DW_AT_containing_type = 0x1d;
 export const DW_AT_data_bit_offset = 0x6b;
 export const DW_AT_str_offsets_base = 0x72;
+export const DW_AT_linkage_name = 0x6e;
+/** Pre-DWARF-4 spelling of DW_AT_linkage_name (gcc emits it with -gdwarf-2/3). */
+export const DW_AT_MIPS_linkage_name = 0x2007;
 export const DW_AT_producer = 0x25;
 export const DW_AT_comp_dir = 0x1b;
 
@@ -170,6 +173,8 @@ export interface DwarfStruct {
 export interface DwarfFunction {
   /** Name (qualified for C++ methods via DW_AT_specification parents). */
   name: string;
+  /** The symbol name (DW_AT_linkage_name, mangled) when it differs from `name`: C++ functions and methods. */
+  linkageName?: string;
   /** DW_AT_name of the compile unit, as stored (often the path given to gcc). */
   unit: string;
   /** Base name of `unit`: what the ELF STT_FILE symbol holds for the unit's static functions. */
@@ -197,7 +202,7 @@ export interface DwarfInfo {
   functions: DwarfFunction[];
   /** Every distinct layout with this key (more than one when units disagree). */
   findStructs(key: string): DwarfStruct[];
-  /** The function `name`; `file` (unit base name) picks a static function of one unit. */
+  /** The function `name` (qualified or mangled); `file` (unit base name) picks a static function of one unit. */
   findFunction(name: string, file?: string): DwarfFunction | undefined;
   /**
    * `keys` plus every struct reachable from them through members (by value or pointer), over all
@@ -370,6 +375,8 @@ interface Die {
   parent: Die | undefined;
   children: Die[] | undefined;
   name?: string;
+  /** DW_AT_linkage_name: the symbol (mangled) name of a C++ function or method. */
+  linkageName?: string;
   type?: number;
   containingType?: number;
   byteSize?: number;
@@ -558,7 +565,7 @@ function parseAllDies(s: Sections, maxDies: number): { dies: Map<number, Die>; u
       strOffsetsBase: version >= 5 ? (offsetSize === 8 ? 16 : 8) : 0,
       offsetSize,
     };
-    const deferred: Array<{ die: Die; key: 'name'; strx: number }> = [];
+    const deferred: Array<{ die: Die; key: 'name' | 'linkageName'; strx: number }> = [];
     const stack: Die[] = [];
     let first = true;
     while (u.pos < u.end) {
@@ -589,6 +596,11 @@ function parseAllDies(s: Sections, maxDies: number): { dies: Map<number, Die>; u
           case DW_AT_name:
             if (typeof v === 'string') die.name = v;
             else if (typeof v === 'object' && 'strx' in v) deferred.push({ die, key: 'name', strx: v.strx });
+            break;
+          case DW_AT_linkage_name:
+          case DW_AT_MIPS_linkage_name:
+            if (typeof v === 'string') die.linkageName = v;
+            else if (typeof v === 'object' && 'strx' in v) deferred.push({ die, key: 'linkageName', strx: v.strx });
             break;
           case DW_AT_type:
             if (typeof v === 'number') die.type = v;
@@ -650,7 +662,7 @@ function parseAllDies(s: Sections, maxDies: number): { dies: Map<number, Die>; u
       if (ab.children) stack.push(die);
     }
     // Indexed strings resolve once the unit DIE's DW_AT_str_offsets_base is known.
-    for (const d of deferred) d.die.name = strx(s, ctx, d.strx);
+    for (const d of deferred) d.die[d.key] = strx(s, ctx, d.strx);
     const root = dies.get(base + unitStart + unitHeaderSize(version, offsetSize, unitType, src.types));
     if (root?.name !== undefined) ctx.info.name = root.name;
     ctx.file = ctx.info.name.replace(/^.*\//, '');
@@ -1088,10 +1100,19 @@ function analyse(dies: Map<number, Die>, units: UnitCtx[]): DwarfInfo {
     // the abstract function stays in its source unit. Not for type units (methods declared there).
     const unit = o.unit.typeUnit ? d.unit : o.unit;
     const external = (o.external ?? false) || (d.external ?? false);
-    const key = `${unit.file}\0${name}`;
+    // The mangled name sits on the in-class declaration (reached through DW_AT_specification) or on
+    // the abstract origin; overloads share `name` but not it, so it keys the function when present.
+    let linkageName = d.linkageName;
+    for (let cur: Die | undefined = d, n = 0; linkageName === undefined && cur && n < 8; n++) {
+      const next: number | undefined = cur.origin ?? cur.spec;
+      cur = next !== undefined ? dies.get(next) : undefined;
+      linkageName = cur?.linkageName;
+    }
+    const key = `${unit.file}\0${linkageName ?? name}`;
     let fn = functions.get(key);
     if (!fn) {
       fn = { name, unit: unit.info.name, file: unit.file, external, structs: [], set: new Set<string>() };
+      if (linkageName !== undefined && linkageName !== name) fn.linkageName = linkageName;
       functions.set(key, fn);
     }
     fn.external ||= external;
@@ -1117,9 +1138,11 @@ function analyse(dies: Map<number, Die>, units: UnitCtx[]): DwarfInfo {
     const { set, ...rest } = f;
     const out: DwarfFunction = { ...rest, structs: [...set].sort() };
     fnList.push(out);
-    const l = fnByName.get(out.name);
-    if (l) l.push(out);
-    else fnByName.set(out.name, [out]);
+    for (const n of out.linkageName !== undefined ? [out.name, out.linkageName] : [out.name]) {
+      const l = fnByName.get(n);
+      if (l) l.push(out);
+      else fnByName.set(n, [out]);
+    }
   }
 
   return {

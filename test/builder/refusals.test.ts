@@ -46,6 +46,14 @@ describe('builder refusals (each names the symbol and the reason)', () => {
       symbol: 'struct account',
       message: /struct account, used by the changed function \w+.*size 16 -> 24; member balance moves from offset 8 to 16; member reserved added at offset 8/,
     },
+    {
+      // C++: the changed method is found in DWARF by its mangled name (DW_AT_linkage_name).
+      scenario: 'fail_struct_layout_cxx',
+      options: { cxx: true, flags: ['-O2', '-g', '-fpatchable-function-entry=7,5'] },
+      code: RefusalCode.STRUCT_LAYOUT_CHANGED,
+      symbol: 'class bank::Account',
+      message: /class bank::Account, used by the changed function _ZN4bank7Account7depositEi\b.*size 16 -> 24; member balance moves from offset 8 to 16; member reserved added at offset 8/,
+    },
     { scenario: 'fail_data_in_code', code: RefusalCode.UNDECODABLE, symbol: 'work', message: /do not decode as x86-64 instructions/ },
     { scenario: 'fail_mid_insn_jump', code: RefusalCode.MID_INSTRUCTION_JUMP, symbol: 'work', message: /jumps into the middle of an instruction/ },
     { scenario: 'fail_computed_goto', code: RefusalCode.UNBOUNDED_INDIRECT_JUMP, symbol: 'work', message: /targets\.\d \(prog\.c\) holds the address .* inside the function/ },
