@@ -11,7 +11,7 @@
  *             An unknown tag starting with a lowercase letter is ancillary: skipped, never signed.
  *             An unknown tag starting with an uppercase letter is critical: the package needs a newer
  *             hotpatch (PACKAGE_UNSUPPORTED_VERSION).
- *   CONT    = meta target u32 nFunctions function* u32 nData data*
+ *   CONT    = meta target u32 nFunctions function* u32 nData data* [unwind]
  *     meta     = str createdAt | str toolVersion | opt<str> description
  *              | u8 2 (extended meta) opt<str> description | u8 nCves | str cve* | opt<str> severity
  *                -- the description flag byte 2 introduces the extended form, written only when
@@ -22,6 +22,9 @@
  *                | entry | bytes32 code | u32 align | relocs
  *     entry    = u8 kind (1 padded, 2 plain) | u64 siteVaddr | u64 switchVaddr | u8 n | expected[n]
  *     data     = str name | bytes32 bytes | u32 align | relocs
+ *     unwind   = u8 1 | u32 ehFrame (index of the data item holding the .eh_frame image) -- only
+ *                when the plan carries unwind information, so packages without it keep their bytes
+ *                and ids; an older hotpatch rejects it as stray bytes (damaged).
  *     relocs   = u32 n | reloc*
  *     reloc    = u32 offset | u8 type (1 pc32, 2 abs64, 3 abs32, 4 abs32s) | i64 addend | target
  *     target   = u8 1 (module) u64 vaddr
@@ -43,7 +46,8 @@
  * `validatePlan`). Hostile input yields a PackageError, never a crash or an unbounded allocation.
  */
 import { createHash } from 'node:crypto';
-import { PackageError } from '../../errors.js';
+import { ElfError, PackageError } from '../../errors.js';
+import { parseEhFrame } from '../../elf/eh-frame.js';
 import type {
   EntryPlan,
   PatchData,
@@ -74,6 +78,9 @@ export const MIN_EXPECTED_BYTES = 2;
 export const MAX_EXPECTED_BYTES = 32;
 /** Largest alignment of new code or data in the arena (one page). */
 export const MAX_ALIGN = 4096;
+
+/** Form byte of the optional unwind trailer of CONT. */
+const UNWIND_FORM = 1;
 
 const SIGNATURE_DOMAIN = new TextEncoder().encode('hotpatch-package-signature-v1\0');
 
@@ -301,6 +308,29 @@ export function validatePlan(plan: PatchPlan, code: 'PACKAGE_INVALID' | 'PACKAGE
     checkAlign(d.align, where, fail);
     checkRelocations(d.relocations, d.bytes.byteLength, where, plan, fail);
   });
+  if (plan.unwind !== undefined) checkUnwind(plan, fail);
+}
+
+/**
+ * The unwind image is parsed by the target's unwinder, inside the target: it must be a well-formed
+ * `.eh_frame` (every record inside it, every FDE naming a CIE before it, zero-terminated).
+ */
+function checkUnwind(plan: PatchPlan, fail: Fail): void {
+  const i = plan.unwind!.ehFrame;
+  const d = Number.isInteger(i) && i >= 0 ? plan.data[i] : undefined;
+  if (d === undefined) return fail(`unwind: .eh_frame data index ${i} is not a data item of the plan`);
+  const b = d.bytes;
+  let fdes = 0;
+  try {
+    const parsed = parseEhFrame(b, 0n);
+    fdes = parsed.fdes.length;
+    const last = [...parsed.cies, ...parsed.fdes].reduce((m, r) => Math.max(m, r.offset + r.size), 0);
+    if (last + 4 !== b.byteLength || b.subarray(last).some((x) => x !== 0)) fail(`unwind: data ${i} does not end with a 4-byte zero terminator right after its last record`);
+  } catch (e) {
+    if (!(e instanceof ElfError)) throw e;
+    fail(`unwind: data ${i} is not a valid .eh_frame image (${e.message})`);
+  }
+  if (fdes === 0) fail(`unwind: data ${i} holds no FDE`);
 }
 
 function validateMeta(meta: PackageMeta, fail: Fail): void {
@@ -384,6 +414,7 @@ function encodeContent(plan: PatchPlan, meta: PackageMeta): Uint8Array {
     w.str(d.name).u32(d.bytes.byteLength).raw(d.bytes).u32(d.align);
     writeRelocs(w, d.relocations);
   }
+  if (plan.unwind) w.u8(UNWIND_FORM).u32(plan.unwind.ehFrame);
   return w.finish();
 }
 
@@ -586,6 +617,11 @@ function decodeContent(body: Uint8Array): { plan: PatchPlan; meta: PackageMeta }
     const align = r.u32('data align');
     const d: PatchData = { name: dname, bytes, align, relocations: readRelocs(r, `data ${i}`) };
     plan.data.push(d);
+  }
+  if (r.remaining > 0) {
+    const form = r.u8('unwind form');
+    if (form !== UNWIND_FORM) throw new PackageError('PACKAGE_CORRUPT', `package content: unknown section form ${form} after the data`);
+    plan.unwind = { ehFrame: r.u32('unwind .eh_frame index') };
   }
   if (r.remaining !== 0) throw new PackageError('PACKAGE_CORRUPT', `package content: ${r.remaining} stray bytes after the data`);
   validatePlan(plan, 'PACKAGE_CORRUPT');
