@@ -20,6 +20,7 @@ import { assertCodeAgrees, assertNoTransaction, hex, nowMicros, openSession, ope
 import { bytesEqual, hexBytes, siteGeometry, siteUnsafeRanges, siteWrites, siteWrittenBytes, type SiteGeometry, type SiteWrite } from './sites.js';
 import { switchWithRetry, type GuardedRange } from './switch.js';
 import { freeUnusedRetired, retiredRanges, unmapFresh } from './cleanup.js';
+import { registerUnwind, unregisterUnwind } from './unwind.js';
 
 /** Options of {@link applyPatch}. */
 export interface ApplyOptions {
@@ -295,6 +296,7 @@ export async function applyPatch(pid: number, plan: PatchPlan, options: ApplyOpt
         patches: [...s.record.patches, entry],
       });
       faultPoint('apply:record-pending', pid);
+      await registerUnwind(s, entry, plan, linked.dataAddresses, { modules, lookup, timeoutMs });
 
       const writes: Array<{ site: RecordSite; g: SiteGeometry; writes: SiteWrite[] }> = sites.map((x, i) => ({
         site: siteRecords[i]!, g: x.g, writes: siteWrites(x.g, x.current, siteRecords[i]!.written, 'apply'),
@@ -327,6 +329,7 @@ export async function applyPatch(pid: number, plan: PatchPlan, options: ApplyOpt
       // Nothing was switched (the switch is all or nothing): drop the pending entry, unmap what we mapped.
       try {
         if (entry) {
+          await unregisterUnwind(s, entry, timeoutMs);
           const pending = entry;
           s.record = store.write({ ...s.record, transaction: null, patches: s.record.patches.filter((p) => p !== pending) });
         }
