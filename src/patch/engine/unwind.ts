@@ -56,6 +56,14 @@ function unwinderAt(modules: readonly Module[], register: bigint, deregister: bi
   return { register, deregister, path: m.path, text: m.mappings.filter((x) => x.protection.execute).map((x) => ({ start: x.start, end: x.end })) };
 }
 
+/**
+ * Whether libgcc ran the registration of the object at `page`: __register_frame_info sets
+ * pc_begin to -1 before linking the object, init_object later to the lowest pc; we map it zeroed.
+ */
+function registered(frozen: Frozen, page: bigint): boolean {
+  return new DataView(frozen.read(page, 8).buffer).getBigUint64(0, true) !== 0n;
+}
+
 function sleep(ms: number): Promise<void> {
   return new Promise((res) => setTimeout(res, ms));
 }
@@ -111,11 +119,13 @@ export async function registerUnwind(
       frozen.write(page, new Uint8Array(OBJECT_SIZE));
       frozen.call(u.register, [ehFrame, page]);
     } catch (e) {
-      // The call either did not run or was abandoned before libgcc linked the object (it does so last).
-      delete entry.unwind;
+      // Never ran: forget the page. Ran (even abandoned): keep it recorded; the caller unregisters.
       try {
-        s.record = store.write({ ...s.record });
-        frozen.unmap(page, OBJECT_PAGE);
+        if (!registered(frozen, page)) {
+          delete entry.unwind;
+          s.record = store.write({ ...s.record });
+          frozen.unmap(page, OBJECT_PAGE);
+        }
       } catch {
         /* the original error is what the user needs */
       }
@@ -132,20 +142,22 @@ export async function unregisterUnwind(s: Session, patch: RecordPatch, timeoutMs
   const u = unwinderAt(s.proc.enumerateModules(), unwind.deregister, unwind.deregister);
   if (!u) throw new HotpatchError('UNWIND_MISSING', `process ${s.pid} no longer has the unwinder its patch registered with (__deregister_frame_info); nothing was changed`);
   await whileUnwinderIdle(s.pid, u, timeoutMs, (frozen) => {
-    const ob = frozen.read(unwind.object.start, OBJECT_SIZE);
-    const dv = new DataView(ob.buffer, ob.byteOffset, ob.byteLength);
-    if ((dv.getBigUint64(OBJECT_S, true) & S_SORTED) !== 0n) {
-      // Sorted by a lookup: make it unsorted again so deregistration unlinks it without free().
-      const sort = dv.getBigUint64(OBJECT_U, true);
-      const orig = new DataView(frozen.read(sort, 8).buffer).getBigUint64(0, true);
-      if (orig !== unwind.ehFrame) throw new HotpatchError('UNWIND_CORRUPT', `the unwinder's object for the patch in process ${s.pid} does not describe its .eh_frame; nothing was changed`);
-      const fixed = ob.slice();
-      const fv = new DataView(fixed.buffer);
-      fv.setBigUint64(OBJECT_U, unwind.ehFrame, true);
-      fv.setBigUint64(OBJECT_S, dv.getBigUint64(OBJECT_S, true) & ~S_SORTED, true);
-      frozen.write(unwind.object.start, fixed);
+    // Not registered when a crash came before the call: then there is nothing to unlink (and libgcc
+    // aborts the process when asked to deregister an object it does not know).
+    if (registered(frozen, unwind.object.start)) {
+      const ob = frozen.read(unwind.object.start, OBJECT_SIZE);
+      const dv = new DataView(ob.buffer, ob.byteOffset, ob.byteLength);
+      const bits = dv.getBigUint64(OBJECT_S, true);
+      if ((bits & S_SORTED) !== 0n) {
+        // Sorted by a lookup: make it unsorted again so deregistration unlinks it without free().
+        const orig = new DataView(frozen.read(dv.getBigUint64(OBJECT_U, true), 8).buffer).getBigUint64(0, true);
+        if (orig !== unwind.ehFrame) throw new HotpatchError('UNWIND_CORRUPT', `the unwinder's object for the patch in process ${s.pid} does not describe its .eh_frame; nothing was changed`);
+        dv.setBigUint64(OBJECT_U, unwind.ehFrame, true);
+        dv.setBigUint64(OBJECT_S, bits & ~S_SORTED, true);
+        frozen.write(unwind.object.start, ob);
+      }
+      frozen.call(u.deregister, [unwind.ehFrame]);
     }
-    frozen.call(u.deregister, [unwind.ehFrame]);
     delete patch.unwind;
     s.record = store.write({ ...s.record });
     frozen.unmap(unwind.object.start, Number(unwind.object.end - unwind.object.start));
