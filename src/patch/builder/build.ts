@@ -245,7 +245,7 @@ export function buildPatch(oldBytes: Uint8Array, newBytes: Uint8Array, options: 
   if (old.isFixedAddress && !old.hasEmitRelocs) {
     warnings.push('non-PIE build without -Wl,--emit-relocs: absolute addresses in code were recognised by value; link with -Wl,--emit-relocs for exact relocations');
   }
-  if (unwind.missing.length > 0 && (neu.elf.dynamic?.needed ?? []).some((n) => n.startsWith('libstdc++'))) {
+  if (unwind.missing.length > 0) {
     const list = unwind.missing.slice(0, 5).map((m) => `${m.name} (${m.reason})`).join(', ');
     warnings.push(`C++ build: no unwind information is carried for ${list}${unwind.missing.length > 5 ? ` and ${unwind.missing.length - 5} more` : ''}: an exception thrown in or passing through such a function terminates the process`);
   }

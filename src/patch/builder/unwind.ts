@@ -40,13 +40,26 @@ function relocationType(p: EncodedPointer): RelocationType {
 /** Why carrying one FDE failed; the function is then reported without unwind information. */
 class SkipFde extends Error {}
 
-/** Carries the unwind information of every unit the emitter placed (call after `finish`). */
+/** Runtimes that unwind through code: exceptions (libstdc++) or an explicit unwinder (libgcc_s). */
+const UNWINDING_RUNTIMES = /^(?:libstdc\+\+|libgcc_s)\./;
+
+/** Whether the new build links a runtime that unwinds through code (else nothing is carried). */
+export function needsUnwind(neu: Emitter['neu']): boolean {
+  return (neu.elf.dynamic?.needed ?? []).some((n) => UNWINDING_RUNTIMES.test(n));
+}
+
+/**
+ * Carries the unwind information of every unit the emitter placed (call after `finish`), for
+ * builds linked with libstdc++ or libgcc_s only: a C program's `.eh_frame` (gcc emits one by
+ * default) would only cost bytes, nothing in it throws.
+ */
 export function carryUnwind(emitter: Emitter): UnwindResult {
   const neu = emitter.neu;
   const missing: UnwindResult['missing'] = [];
   const units = [...emitter.placedUnits()];
   const ehSec = neu.elf.findSection('.eh_frame');
-  if (!ehSec || units.length === 0) return { missing, fdes: 0 };
+  if (!needsUnwind(neu) || units.length === 0) return { missing, fdes: 0 };
+  if (!ehSec) return { missing: units.map((u) => ({ name: displayKey(u.nf.fn.key), reason: 'the new build has no .eh_frame' })), fdes: 0 };
   const ehBytes = neu.elf.sectionData(ehSec);
   let parsed: ReturnType<typeof parseEhFrame>;
   try {
