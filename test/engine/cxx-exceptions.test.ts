@@ -5,11 +5,16 @@
  * registered nothing terminates and the answers equal the fixed build's; after remove the old
  * handlers catch again; without the unwind information (the control) the process terminates.
  */
-import { readFileSync } from 'node:fs';
+import { mkdtempSync, readFileSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
 import { beforeAll, describe, expect, it } from 'vitest';
 import { buildPatch } from '../../src/patch/builder/index.js';
 import { applyPatch, readRecordFromMappings, removePatch } from '../../src/patch/engine/index.js';
+import { verifyProcess } from '../../src/guard/index.js';
 import { createPackage, decodePackage, encodePackage } from '../../src/patch/package/index.js';
+import { signPackage, writeKeyFiles } from '../../src/patch/trust/index.js';
+import { applyPackageFile } from '../../src/patch/updater/index.js';
 import type { PatchPlan } from '../../src/patch/plan.js';
 import { readMappings } from '../../src/process/control/procfs.js';
 import { killTargetsAfterAll, startTarget, type Target } from '../helpers/native.js';
@@ -101,6 +106,24 @@ describe('C++ exceptions through patched code', () => {
       await new Promise((r) => setTimeout(r, 300));
       expect(await workerCalls(t)).toBeGreaterThan(calls1);
       expect(t.child.exitCode).toBeNull();
+    } finally {
+      await t.kill();
+    }
+  }, 120_000);
+
+  it('a signed package applied by the updater verifies clean (the unwind data and its object page are sanctioned)', async () => {
+    const dir = mkdtempSync(join(tmpdir(), 'hotpatch-cxx-'));
+    const key = writeKeyFiles(join(dir, 'ops.key'), { comment: 'ops' });
+    const pkgPath = join(dir, 'fix.hpk');
+    writeFileSync(pkgPath, encodePackage(signPackage(createPackage(plan), readFileSync(join(dir, 'ops.key'), 'utf8'))));
+    const t = await startTarget(pair.old);
+    try {
+      const report = await applyPackageFile(pkgPath, { pids: [t.pid], trustFiles: [key.publicKeyFile], timeoutMs: 20_000 });
+      expect(JSON.stringify(report)).toMatch(/patched/);
+      expect(await ask(t, '7', /7: [^\n]*\n/)).toBe('7: runtime seven (fixed)\n');
+      const r = await verifyProcess(t.pid, { allowPtrace: false, structures: [5, 10], trustFiles: [key.publicKeyFile] });
+      expect(r.checked).toBe(true);
+      expect(r.findings.map((f) => `${f.code} ${f.kind} ${f.detail}`)).toEqual([]);
     } finally {
       await t.kill();
     }
