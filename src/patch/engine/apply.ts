@@ -296,7 +296,7 @@ export async function applyPatch(pid: number, plan: PatchPlan, options: ApplyOpt
         patches: [...s.record.patches, entry],
       });
       faultPoint('apply:record-pending', pid);
-      await registerUnwind(s, entry, plan, linked.dataAddresses, { modules, lookup, timeoutMs });
+      const unwindPause = await registerUnwind(s, entry, plan, linked.dataAddresses, { modules, lookup, timeoutMs });
 
       const writes: Array<{ site: RecordSite; g: SiteGeometry; writes: SiteWrite[] }> = sites.map((x, i) => ({
         site: siteRecords[i]!, g: x.g, writes: siteWrites(x.g, x.current, siteRecords[i]!.written, 'apply'),
@@ -321,7 +321,7 @@ export async function applyPatch(pid: number, plan: PatchPlan, options: ApplyOpt
       freeUnusedRetired(s, retired, outcome.observedInUse);
       return {
         ...base, status: 'patched', pauseMicros: outcome.pauseMicros, frozenWorkMicros: outcome.workMicros, setupPauseMicros: setupPause,
-        totalPauseMicros: outcome.totalPauseMicros + setupPause, attempts: outcome.attempts, threads: outcome.threads,
+        totalPauseMicros: outcome.totalPauseMicros + setupPause + unwindPause, attempts: outcome.attempts, threads: outcome.threads,
         totalMicros: nowMicros() - t0,
         functions: sites.map((x, i) => ({ name: x.name, address: x.g.address, kind: x.g.kind, newCode: siteRecords[i]!.newCode.start, stacked: x.stacked })),
       };

@@ -68,24 +68,26 @@ function sleep(ms: number): Promise<void> {
   return new Promise((res) => setTimeout(res, ms));
 }
 
-/** Freezes the target when no thread is inside the unwinder and runs `work`; retries until `timeoutMs`. */
-async function whileUnwinderIdle(pid: number, u: Unwinder, timeoutMs: number, work: (f: Frozen) => void): Promise<void> {
+/**
+ * Freezes the target when no thread is inside the unwinder and runs `work`; retries until
+ * `timeoutMs`. Returns the sum of the pauses (µs).
+ */
+async function whileUnwinderIdle(pid: number, u: Unwinder, what: 'register' | 'unregister', timeoutMs: number, work: (f: Frozen) => void): Promise<number> {
   const deadline = Date.now() + timeoutMs;
+  let paused = 0;
   for (let delay = 1; ; delay = Math.min(delay * 2, 50)) {
     const frozen = freeze(pid, timeoutMs);
     let busy: string | undefined;
     try {
       const use = frozen.threadsUsing(u.text)[0];
-      if (use === undefined) {
-        work(frozen);
-        return;
-      }
-      busy = `thread ${use.tid} is inside ${u.path} (${use.how} 0x${use.address.toString(16)})`;
+      if (use === undefined) work(frozen);
+      else busy = `thread ${use.tid} is inside ${u.path} (${use.how} 0x${use.address.toString(16)})`;
     } finally {
-      frozen.thaw();
+      paused += frozen.thaw();
     }
+    if (busy === undefined) return paused;
     if (Date.now() + delay > deadline) {
-      throw new HotpatchError('UNWIND_BUSY', `cannot register the patch's unwind information in process ${pid}: ${busy} for ${timeoutMs} ms (an exception storm?); retry, or raise --timeout`);
+      throw new HotpatchError('UNWIND_BUSY', `cannot ${what} the patch's unwind information in process ${pid}: ${busy} for ${timeoutMs} ms (an exception storm?); retry, or raise --timeout`);
     }
     await sleep(delay);
   }
@@ -95,6 +97,7 @@ async function whileUnwinderIdle(pid: number, u: Unwinder, timeoutMs: number, wo
  * Registers the plan's unwind information for `entry` (already in the record, code and data
  * written): sets entry.unwind and writes the record before the call. No-op without unwind
  * information or without an unwinder in the target (a C program: nothing there can throw).
+ * Returns the pause it caused (µs).
  */
 export async function registerUnwind(
   s: Session,
@@ -102,15 +105,15 @@ export async function registerUnwind(
   plan: PatchPlan,
   dataAddresses: readonly bigint[],
   env: { modules: readonly Module[]; lookup: SymbolLookup; timeoutMs: number },
-): Promise<void> {
-  if (plan.unwind === undefined || !s.store) return;
+): Promise<number> {
+  if (plan.unwind === undefined || !s.store) return 0;
   const register = env.lookup({ kind: 'symbol', name: '__register_frame_info' });
   const deregister = env.lookup({ kind: 'symbol', name: '__deregister_frame_info' });
   const u = register !== undefined && deregister !== undefined ? unwinderAt(env.modules, register, deregister) : undefined;
-  if (!u) return;
+  if (!u) return 0;
   const store = s.store;
   const ehFrame = dataAddresses[plan.unwind.ehFrame]!;
-  await whileUnwinderIdle(s.pid, u, env.timeoutMs, (frozen) => {
+  return whileUnwinderIdle(s.pid, u, 'register', env.timeoutMs, (frozen) => {
     const page = frozen.mapWritable(OBJECT_PAGE);
     const unwind: RecordUnwind = { ehFrame, object: { start: page, end: page + BigInt(OBJECT_PAGE) }, deregister: u.deregister };
     try {
@@ -141,7 +144,7 @@ export async function unregisterUnwind(s: Session, patch: RecordPatch, timeoutMs
   const store = s.store;
   const u = unwinderAt(s.proc.enumerateModules(), unwind.deregister, unwind.deregister);
   if (!u) throw new HotpatchError('UNWIND_MISSING', `process ${s.pid} no longer has the unwinder its patch registered with (__deregister_frame_info); nothing was changed`);
-  await whileUnwinderIdle(s.pid, u, timeoutMs, (frozen) => {
+  await whileUnwinderIdle(s.pid, u, 'unregister', timeoutMs, (frozen) => {
     // Not registered when a crash came before the call: then there is nothing to unlink (and libgcc
     // aborts the process when asked to deregister an object it does not know).
     if (registered(frozen, unwind.object.start)) {
