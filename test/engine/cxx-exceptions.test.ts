@@ -5,9 +5,11 @@
  * registered nothing terminates and the answers equal the fixed build's; after remove the old
  * handlers catch again; without the unwind information (the control) the process terminates.
  */
+import { execFile } from 'node:child_process';
 import { mkdtempSync, readFileSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
+import { promisify } from 'node:util';
 import { beforeAll, describe, expect, it } from 'vitest';
 import { buildPatch } from '../../src/patch/builder/index.js';
 import { applyPatch, readRecordFromMappings, removePatch } from '../../src/patch/engine/index.js';
@@ -17,10 +19,24 @@ import { signPackage, writeKeyFiles } from '../../src/patch/trust/index.js';
 import { applyPackageFile } from '../../src/patch/updater/index.js';
 import type { PatchPlan } from '../../src/patch/plan.js';
 import { readMappings } from '../../src/process/control/procfs.js';
-import { killTargetsAfterAll, startTarget, type Target } from '../helpers/native.js';
+import { killTargetsAfterAll, REPO_ROOT, startTarget, type Target } from '../helpers/native.js';
 import { buildPair, RECOMMENDED } from '../builder/pairs.js';
 
 killTargetsAfterAll();
+
+const CLI = join(REPO_ROOT, 'dist/src/cli/main.js');
+const run = promisify(execFile);
+
+/** The real CLI (from dist), optionally killed at a named step (HOTPATCH_FAULT). */
+async function cli(args: string[], env: Record<string, string>): Promise<{ code: number | null; signal: string | null; out: string }> {
+  try {
+    const r = await run('node', [CLI, ...args], { env: { ...process.env, ...env } });
+    return { code: 0, signal: null, out: r.stdout + r.stderr };
+  } catch (e) {
+    const x = e as { code?: number; signal?: string; stdout: string; stderr: string };
+    return { code: typeof x.code === 'number' ? x.code : null, signal: x.signal ?? null, out: x.stdout + x.stderr };
+  }
+}
 
 const INPUTS = Array.from({ length: 40 }, (_, i) => String(i + 1));
 
@@ -124,6 +140,32 @@ describe('C++ exceptions through patched code', () => {
       const r = await verifyProcess(t.pid, { allowPtrace: false, structures: [5, 10], trustFiles: [key.publicKeyFile] });
       expect(r.checked).toBe(true);
       expect(r.findings.map((f) => `${f.code} ${f.kind} ${f.detail}`)).toEqual([]);
+    } finally {
+      await t.kill();
+    }
+  }, 120_000);
+
+  it('a patcher killed after registering (mid-switch): recover unregisters, the old handlers catch, nothing terminates', async () => {
+    const dir = mkdtempSync(join(tmpdir(), 'hotpatch-cxx-'));
+    const pkgPath = join(dir, 'fix.hpk');
+    writeFileSync(pkgPath, encodePackage(createPackage(plan)));
+    const env = { HOTPATCH_LOCK_DIR: dir };
+    const t = await startTarget(pair.old);
+    try {
+      const before = await answers(t);
+      const killed = await cli(['apply', pkgPath, '--pid', String(t.pid), '--allow-unsigned', '--timeout', '20'], { ...env, HOTPATCH_FAULT: 'apply:frozen' });
+      expect(killed.signal, killed.out).toBe('SIGKILL');
+      const pending = readRecordFromMappings(t.pid, readMappings(t.pid))!.patches[0]!;
+      expect(pending.state).toBe('pending');
+      const page = pending.unwind!.object.start;
+      const recovered = await cli(['recover', '--pid', String(t.pid), '--timeout', '20'], env);
+      expect(recovered.code, recovered.out).toBe(0);
+      expect(readRecordFromMappings(t.pid, readMappings(t.pid))!.patches.every((p) => p.unwind === undefined)).toBe(true);
+      expect(readMappings(t.pid).some((m) => m.start === page)).toBe(false);
+      expect(await answers(t)).toEqual(before);
+      const calls = await workerCalls(t);
+      await new Promise((r) => setTimeout(r, 300));
+      expect(await workerCalls(t)).toBeGreaterThan(calls);
     } finally {
       await t.kill();
     }
