@@ -171,6 +171,23 @@ describe('C++ exceptions through patched code', () => {
     }
   }, 120_000);
 
+  it('non-PIE and -O0 builds (absolute and pc-relative unwind pointers) unwind through the patch too', async () => {
+    for (const flags of [['-O2', '-no-pie', '-fno-pie', '-fpatchable-function-entry=7,5'], ['-O0']]) {
+      const p = await buildPair('cxx_exceptions', { cxx: true, flags: [...flags, '-pthread'] });
+      const b = buildPatch(new Uint8Array(readFileSync(p.old)), new Uint8Array(readFileSync(p.new)), { oldName: p.old });
+      expect(b.plan.unwind, flags.join(' ')).toBeDefined();
+      const t = await startTarget(p.old);
+      try {
+        await applyPatch(t.pid, b.plan, { patchId: `np-${flags.length}`, timeoutMs: 20_000 });
+        expect(await answers(t), flags.join(' ')).toEqual(fixed);
+        await removePatch(t.pid, `np-${flags.length}`, { timeoutMs: 20_000 });
+        expect(await ask(t, '5', /5: [^\n]*\n/)).toBe('5: bad 1005\n');
+      } finally {
+        await t.kill();
+      }
+    }
+  }, 180_000);
+
   it('control: the same patch without its unwind information terminates the process', async () => {
     const { unwind: _dropped, ...bare } = plan;
     const t = await startTarget(pair.old);
