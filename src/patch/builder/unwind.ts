@@ -44,7 +44,7 @@ class SkipFde extends Error {}
 const UNWINDING_RUNTIMES = /^(?:libstdc\+\+|libgcc_s)\./;
 
 /** Whether the new build links a runtime that unwinds through code (else nothing is carried). */
-export function needsUnwind(neu: Emitter['neu']): boolean {
+function needsUnwind(neu: Emitter['neu']): boolean {
   return (neu.elf.dynamic?.needed ?? []).some((n) => UNWINDING_RUNTIMES.test(n));
 }
 
