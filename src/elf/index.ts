@@ -14,3 +14,16 @@ export {
   type DwarfUnit,
   type DwarfReadOptions,
 } from './dwarf.js';
+export {
+  parseEhFrame,
+  parseLsda,
+  encodedSize,
+  EhFrameErrorCode,
+  DW_EH_PE_indirect,
+  DW_EH_PE_pcrel,
+  DW_EH_PE_omit,
+  type CieRecord,
+  type FdeRecord,
+  type EncodedPointer,
+  type LsdaInfo,
+} from './eh-frame.js';

@@ -99,9 +99,22 @@ export interface PatchData {
   writable?: boolean;
 }
 
+/**
+ * Unwind information of the new code, so that C++ exceptions (and debuggers) unwind through it:
+ * the engine registers the `.eh_frame` image with the target's unwinder on apply and unregisters
+ * it on remove (src/patch/engine/unwind.ts). Its pointers (pc ranges, personality, LSDA) are
+ * ordinary relocations of the data item; the LSDAs (catch clauses) are data items of their own.
+ */
+export interface PatchUnwind {
+  /** Index in `data` of the `.eh_frame` image: CIEs, FDEs, then a zero terminator. */
+  ehFrame: number;
+}
+
 /** Everything the engine needs to apply and to remove a patch. */
 export interface PatchPlan {
   target: TargetIdentity;
   functions: PatchFunction[];
   data: PatchData[];
+  /** Absent when the new code has no unwind information (C without -fexceptions/-funwind-tables...). */
+  unwind?: PatchUnwind;
 }

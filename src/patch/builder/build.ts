@@ -17,6 +17,7 @@ import { BuildImage, displayKey, type FunctionInfo } from './image.js';
 import { normalizeFunction, type NormalFunction } from './normalize.js';
 import { BuildRefusedError, RefusalCode, type Refusal } from './refusal.js';
 import { pairUnits, type UnitPairing } from './units.js';
+import { carryUnwind } from './unwind.js';
 
 /** Options of {@link buildPatch}. */
 export interface BuildOptions {
@@ -242,7 +243,9 @@ export function buildPatch(oldBytes: Uint8Array, newBytes: Uint8Array, options: 
       return x < y ? -1 : x > y ? 1 : 0;
     });
   for (const k of entries) emitter.addEntry(old.functionsByKey.get(k)!, newNorm.get(k)!);
-  const result = emitter.finish();
+  emitter.finish();
+  const unwind = carryUnwind(emitter);
+  const result = emitter.finish(); // relocates anything the unwind pointers brought in
   refusals.push(...result.refusals);
   if (refusals.length > 0) throw new BuildRefusedError(refusals);
 
@@ -251,14 +254,15 @@ export function buildPatch(oldBytes: Uint8Array, newBytes: Uint8Array, options: 
     functions: result.functions,
     data: result.data,
   };
+  if (unwind.unwind) plan.unwind = unwind.unwind;
   const warnings: string[] = [];
   if (!structs.checked) warnings.push('no DWARF in both builds (-g): struct layout changes used by changed functions were not checked');
   if (old.isFixedAddress && !old.hasEmitRelocs) {
     warnings.push('non-PIE build without -Wl,--emit-relocs: absolute addresses in code were recognised by value; link with -Wl,--emit-relocs for exact relocations');
   }
-  if ((neu.elf.dynamic?.needed ?? []).some((n) => n.startsWith('libstdc++'))) {
-    // The arena code has no .eh_frame registered with the unwinder (yet).
-    warnings.push('C++ build: an exception thrown in or propagating through a patched function cannot be unwound through the new code and terminates the process; patch only functions that do not throw or let exceptions pass');
+  if (unwind.missing.length > 0) {
+    const list = unwind.missing.slice(0, 5).map((m) => `${m.name} (${m.reason})`).join(', ');
+    warnings.push(`C++ build: no unwind information is carried for ${list}${unwind.missing.length > 5 ? ` and ${unwind.missing.length - 5} more` : ''}: an exception thrown in or passing through such a function terminates the process`);
   }
   const carried = new Set(result.appended.map((a) => a.key));
   const unused = neu.functions.filter((f) => !old.functionsByKey.has(f.key) && !carried.has(f.key) && !isCrt(f)).map((f) => displayKey(f.key));

@@ -340,6 +340,21 @@ export class Emitter {
     return s ? s.value + off : undefined;
   }
 
+  /** Every unit of new code placed so far (all of them after `finish`), for unwind.ts. */
+  placedUnits(): IterableIterator<PlacedUnit> {
+    return this.#placed.values();
+  }
+
+  /** Binds an address of the new build that carried data points at (refused, undefined, when it cannot be bound). */
+  bindDataPointer(addr: bigint): RelocationTarget | undefined {
+    return this.#bind(this.neu.symbolize(addr), addr, undefined);
+  }
+
+  /** Adds a data item under a de-duplication `key` (or returns the one already added). */
+  addData(key: string, d: PatchData): number {
+    return this.#dataByAddr.get(key) ?? this.#addData(key, d);
+  }
+
   #addData(key: string, d: PatchData): number {
     const idx = this.data.length;
     this.data.push(d);

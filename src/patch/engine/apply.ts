@@ -20,6 +20,7 @@ import { assertCodeAgrees, assertNoTransaction, hex, nowMicros, openSession, ope
 import { bytesEqual, hexBytes, siteGeometry, siteUnsafeRanges, siteWrites, siteWrittenBytes, type SiteGeometry, type SiteWrite } from './sites.js';
 import { switchWithRetry, type GuardedRange } from './switch.js';
 import { freeUnusedRetired, retiredRanges, unmapFresh } from './cleanup.js';
+import { registerUnwind, unregisterUnwind } from './unwind.js';
 
 /** Options of {@link applyPatch}. */
 export interface ApplyOptions {
@@ -308,6 +309,7 @@ export async function applyPatch(pid: number, plan: PatchPlan, options: ApplyOpt
         patches: [...s.record.patches, entry],
       });
       faultPoint('apply:record-pending', pid);
+      const unwindPause = await registerUnwind(s, entry, plan, linked.dataAddresses, { modules, lookup, timeoutMs });
 
       const writes: Array<{ site: RecordSite; g: SiteGeometry; writes: SiteWrite[] }> = sites.map((x, i) => ({
         site: siteRecords[i]!, g: x.g, writes: siteWrites(x.g, x.current, siteRecords[i]!.written, 'apply'),
@@ -332,7 +334,7 @@ export async function applyPatch(pid: number, plan: PatchPlan, options: ApplyOpt
       freeUnusedRetired(s, retired, outcome.observedInUse);
       return {
         ...base, status: 'patched', pauseMicros: outcome.pauseMicros, frozenWorkMicros: outcome.workMicros, setupPauseMicros: setupPause,
-        totalPauseMicros: outcome.totalPauseMicros + setupPause, attempts: outcome.attempts, threads: outcome.threads,
+        totalPauseMicros: outcome.totalPauseMicros + setupPause + unwindPause, attempts: outcome.attempts, threads: outcome.threads,
         totalMicros: nowMicros() - t0,
         functions: sites.map((x, i) => ({ name: x.name, address: x.g.address, kind: x.g.kind, newCode: siteRecords[i]!.newCode.start, stacked: x.stacked })),
       };
@@ -340,6 +342,7 @@ export async function applyPatch(pid: number, plan: PatchPlan, options: ApplyOpt
       // Nothing was switched (the switch is all or nothing): drop the pending entry, unmap what we mapped.
       try {
         if (entry) {
+          await unregisterUnwind(s, entry, timeoutMs);
           const pending = entry;
           s.record = store.write({ ...s.record, transaction: null, patches: s.record.patches.filter((p) => p !== pending) });
         }

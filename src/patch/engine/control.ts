@@ -7,6 +7,8 @@ import {
   allocateNear,
   findThreadsUsing,
   freezeProcess,
+  MAP_ANONYMOUS,
+  MAP_PRIVATE,
   MAP_SHARED,
   PROT_EXEC,
   PROT_READ,
@@ -60,6 +62,10 @@ export interface Frozen {
   mapNear(near: bigint, size: number, prot: ArenaProtection, beforeProtect?: (start: bigint) => void): bigint;
   /** Unmaps exactly [start, start + size). */
   unmap(start: bigint, size: number): void;
+  /** Maps `size` bytes of anonymous private read-write memory anywhere (state the target's own code writes). */
+  mapWritable(size: number): bigint;
+  /** Calls the target's function at `fn` in one thread, the others staying frozen (FrozenProcess.injectCall). */
+  call(fn: bigint, args: readonly bigint[]): void;
   /**
    * Creates a memfd called `name` in the target (the name string is written at `scratch`, memory
    * of ours in the target that is writable through /proc/PID/mem), sizes it to `size`, maps it
@@ -117,6 +123,8 @@ export function freeze(pid: number, timeoutMs?: number): Frozen {
       return a.address;
     },
     unmap: (start, size) => remoteMunmap(fp, start, size),
+    mapWritable: (size) => remoteMmap(fp, 0n, size, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS),
+    call: (fn, args) => fp.injectCall(fn, args),
     createSharedMemfdMapping(name, size, scratch) {
       fp.writeMemory(scratch, new TextEncoder().encode(`${name}\0`));
       const fd = syscallOrThrow(fp, 'memfd_create', SYS_memfd_create, [scratch, MFD_CLOEXEC], `"${name}", MFD_CLOEXEC`);

@@ -121,6 +121,21 @@ export interface RecordPatch {
   relocations: RecordRelocation[];
   /** Removed but its code could not be freed yet (a thread was still inside it). */
   retired?: boolean;
+  /** The new code's unwind information as registered with the target's unwinder (src/patch/engine/unwind.ts). */
+  unwind?: RecordUnwind;
+}
+
+/**
+ * Unwind information registered in the target: written before the registration call and cleared
+ * after the deregistration, so it is present whenever the unwinder may know the object.
+ */
+export interface RecordUnwind {
+  /** Run-time address of the `.eh_frame` image (in the patch's data). */
+  ehFrame: bigint;
+  /** The read-write page holding libgcc's `struct object` for it (at its start). */
+  object: AddressRange;
+  /** Run-time address of the `__deregister_frame_info` it was registered with (the same libgcc on remove). */
+  deregister: bigint;
 }
 
 /** What an arena holds: new code, read-only data, or the variables patches add. */
@@ -301,6 +316,10 @@ function decodePatch(v: unknown, where: string): RecordPatch {
   if (o.vars !== undefined) p.vars = range(o.vars, `${where}.vars`);
   if (o.content !== undefined) p.content = bytes(o.content, `${where}.content`, MAX_CONTENT_HEX);
   if (o.retired !== undefined) p.retired = o.retired === true;
+  if (o.unwind !== undefined) {
+    const u = obj(o.unwind, `${where}.unwind`);
+    p.unwind = { ehFrame: addr(u.ehFrame, `${where}.unwind.ehFrame`), object: range(u.object, `${where}.unwind.object`), deregister: addr(u.deregister, `${where}.unwind.deregister`) };
+  }
   return p;
 }
 

@@ -16,6 +16,7 @@
 import { HotpatchError } from '../../errors.js';
 import { freeUnusedRetired, retiredRanges } from './cleanup.js';
 import { writeSitesAllOrNothing } from './apply.js';
+import { unregisterUnwind } from './unwind.js';
 import type { RecordPatch, RecordSite } from './record.js';
 import { recordedGeometry } from './remove.js';
 import { hex, nowMicros, openSession, siteStack, type Session } from './session.js';
@@ -90,6 +91,7 @@ export async function recoverProcess(pid: number, options: RecoverOptions = {}):
       result.pauseMicros = outcome.pauseMicros;
       inUse = outcome.observedInUse;
     }
+    for (const patch of undo) await unregisterUnwind(s, patch, options.timeoutMs ?? 5000);
     const finished = new Map<RecordPatch, RecordPatch>();
     for (const patch of undo) {
       finished.set(patch, { ...patch, state: 'removed', retired: true, sites: patch.sites.map((x) => ({ ...x, state: 'removed' })) });

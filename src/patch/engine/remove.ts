@@ -11,6 +11,7 @@ import type { RecordPatch, RecordSite } from './record.js';
 import { assertCodeAgrees, assertNoTransaction, hex, livePatches, nowMicros, openSession, siteStack } from './session.js';
 import { bytesEqual, hexBytes, siteUnsafeRanges, siteWrites, type SiteGeometry } from './sites.js';
 import { switchWithRetry, type GuardedRange } from './switch.js';
+import { unregisterUnwind } from './unwind.js';
 
 export interface RemoveOptions {
   /** How long to retry while threads are in the way (default 5000 ms). */
@@ -111,6 +112,7 @@ export async function removePatch(pid: number, patchId: string, options: RemoveO
     }
     faultPoint('remove:thawed', pid);
     s.proc.assertAlive();
+    await unregisterUnwind(s, removing, options.timeoutMs ?? 5000);
     const codeInUse = outcome.observedInUse[0] === true;
     const removed: RecordPatch = { ...removing, state: 'removed', retired: true, sites: removing.sites.map((x) => ({ ...x, state: 'removed' })) };
     s.record = store.write({ ...s.record, transaction: null, patches: s.record.patches.map((p) => (p === removing ? removed : p)) });

@@ -11,7 +11,7 @@
  *             An unknown tag starting with a lowercase letter is ancillary: skipped, never signed.
  *             An unknown tag starting with an uppercase letter is critical: the package needs a newer
  *             hotpatch (PACKAGE_UNSUPPORTED_VERSION).
- *   CONT    = meta target u32 nFunctions function* u32 nData data* [vars]
+ *   CONT    = meta target u32 nFunctions function* u32 nData data* [vars] [unwind]
  *     meta     = str createdAt | str toolVersion | opt<str> description
  *              | u8 2 (extended meta) opt<str> description | u8 nCves | str cve* | opt<str> severity
  *                -- the description flag byte 2 introduces the extended form, written only when
@@ -24,9 +24,11 @@
  *     data     = str name | bytes32 bytes | u32 align | relocs
  *     vars     = u8 1 | u32 n | (u32 dataIndex | u32 zeroSize)*   -- the data that are variables
  *                (PatchData.writable), indexes strictly increasing; zeroSize > 0: the variable is
- *                zeroSize zero bytes and its `bytes` are encoded empty. Written only when a plan
- *                has variables, so packages without them keep their bytes and ids; an older
- *                hotpatch rejects a package with variables as damaged (stray bytes).
+ *                zeroSize zero bytes and its `bytes` are encoded empty.
+ *     unwind   = u8 2 | u32 ehFrame (index of the data item holding the .eh_frame image)
+ *                Each optional part is written only when the plan has it, in the order of their
+ *                tags, so packages without them keep their bytes and ids; an older hotpatch
+ *                rejects a package with them as damaged (stray bytes).
  *     relocs   = u32 n | reloc*
  *     reloc    = u32 offset | u8 type (1 pc32, 2 abs64, 3 abs32, 4 abs32s) | i64 addend | target
  *     target   = u8 1 (module) u64 vaddr
@@ -48,7 +50,8 @@
  * `validatePlan`). Hostile input yields a PackageError, never a crash or an unbounded allocation.
  */
 import { createHash } from 'node:crypto';
-import { PackageError } from '../../errors.js';
+import { ElfError, PackageError } from '../../errors.js';
+import { parseEhFrame } from '../../elf/eh-frame.js';
 import type {
   EntryPlan,
   PatchData,
@@ -82,6 +85,11 @@ export const MIN_EXPECTED_BYTES = 2;
 export const MAX_EXPECTED_BYTES = 32;
 /** Largest alignment of new code or data in the arena (one page). */
 export const MAX_ALIGN = 4096;
+
+/** Form byte of the optional unwind trailer of CONT. */
+/** Tags of the optional parts after the data (see CONT above), in the order they are written. */
+const VARIABLES_PART = 1;
+const UNWIND_PART = 2;
 
 const SIGNATURE_DOMAIN = new TextEncoder().encode('hotpatch-package-signature-v1\0');
 
@@ -303,6 +311,29 @@ export function validatePlan(plan: PatchPlan, code: 'PACKAGE_INVALID' | 'PACKAGE
     checkRelocations(d.relocations, d.bytes.byteLength, where, plan, fail);
     if (d.writable !== undefined && d.writable !== true) fail(`${where}: writable is not true or absent`);
   });
+  if (plan.unwind !== undefined) checkUnwind(plan, fail);
+}
+
+/**
+ * The unwind image is parsed by the target's unwinder, inside the target: it must be a well-formed
+ * `.eh_frame` (every record inside it, every FDE naming a CIE before it, zero-terminated).
+ */
+function checkUnwind(plan: PatchPlan, fail: Fail): void {
+  const i = plan.unwind!.ehFrame;
+  const d = Number.isInteger(i) && i >= 0 ? plan.data[i] : undefined;
+  if (d === undefined) return fail(`unwind: .eh_frame data index ${i} is not a data item of the plan`);
+  const b = d.bytes;
+  let fdes = 0;
+  try {
+    const parsed = parseEhFrame(b, 0n);
+    fdes = parsed.fdes.length;
+    const last = [...parsed.cies, ...parsed.fdes].reduce((m, r) => Math.max(m, r.offset + r.size), 0);
+    if (last + 4 !== b.byteLength || b.subarray(last).some((x) => x !== 0)) fail(`unwind: data ${i} does not end with a 4-byte zero terminator right after its last record`);
+  } catch (e) {
+    if (!(e instanceof ElfError)) throw e;
+    fail(`unwind: data ${i} is not a valid .eh_frame image (${e.message})`);
+  }
+  if (fdes === 0) fail(`unwind: data ${i} holds no FDE`);
 }
 
 function validateMeta(meta: PackageMeta, fail: Fail): void {
@@ -391,9 +422,10 @@ function encodeContent(plan: PatchPlan, meta: PackageMeta): Uint8Array {
     writeRelocs(w, d.relocations);
   });
   if (vars.length > 0) {
-    w.u8(1).u32(vars.length);
+    w.u8(VARIABLES_PART).u32(vars.length);
     for (const v of vars) w.u32(v.index).u32(v.zeroSize);
   }
+  if (plan.unwind) w.u8(UNWIND_PART).u32(plan.unwind.ehFrame);
   return w.finish();
 }
 
@@ -549,8 +581,6 @@ function readBytes32(r: ByteReader, field: string, max: number): Uint8Array {
 
 /** The `vars` part of the content: marks data as variables and expands zero-filled ones. */
 function readVariables(r: ByteReader, data: PatchData[]): void {
-  const form = r.u8('variables marker');
-  if (form !== 1) throw new PackageError('PACKAGE_CORRUPT', `package content: unknown part ${form} after the data`);
   const n = r.count('variable', 8);
   let last = -1;
   for (let i = 0; i < n; i++) {
@@ -617,7 +647,14 @@ function decodeContent(body: Uint8Array): { plan: PatchPlan; meta: PackageMeta }
     const d: PatchData = { name: dname, bytes, align, relocations: readRelocs(r, `data ${i}`) };
     plan.data.push(d);
   }
-  if (r.remaining > 0) readVariables(r, plan.data);
+  for (let last = 0; r.remaining > 0; ) {
+    const part = r.u8('part after the data');
+    if (part <= last) throw new PackageError('PACKAGE_CORRUPT', `package content: part ${part} after the data is repeated or out of order`);
+    last = part;
+    if (part === VARIABLES_PART) readVariables(r, plan.data);
+    else if (part === UNWIND_PART) plan.unwind = { ehFrame: r.u32('unwind .eh_frame index') };
+    else throw new PackageError('PACKAGE_CORRUPT', `package content: unknown part ${part} after the data`);
+  }
   if (r.remaining !== 0) throw new PackageError('PACKAGE_CORRUPT', `package content: ${r.remaining} stray bytes after the data`);
   validatePlan(plan, 'PACKAGE_CORRUPT');
   return { plan, meta };

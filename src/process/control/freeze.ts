@@ -52,6 +52,7 @@ import {
   SYS_epoll_pwait,
   SYS_epoll_pwait2,
   SYS_epoll_wait,
+  SYS_getpid,
   SYS_restart_syscall,
 } from '../ptrace/constants.js';
 import {
@@ -66,7 +67,7 @@ import {
   tgkill,
   type SchedulingState,
 } from '../ptrace/ffi.js';
-import { REG_ORIG_RAX, REG_R10, REG_R8, REG_R9, REG_RAX, REG_RDI, REG_RDX, REG_RIP, REG_RSI, REG_RSP, RegisterSet } from '../ptrace/regs.js';
+import { REG_ORIG_RAX, REG_R10, REG_R8, REG_R9, REG_RAX, REG_RCX, REG_RDI, REG_RDX, REG_RIP, REG_RSI, REG_RSP, RegisterSet } from '../ptrace/regs.js';
 import { pollTid, sleepMicros, waitForTid, type WaitResult } from '../ptrace/tracee.js';
 import {
   PROCESS_ALREADY_TRACED,
@@ -84,6 +85,13 @@ import { ProcessMemory } from './memory.js';
 import { listTaskIds, readMappings, readStartTime, readStatusOrUndefined, readThreadState, readThreadWchan } from './procfs.js';
 import { buildSigframe, frameLayout, RED_ZONE, sigframeXstate } from './sigframe.js';
 import { findInjectionGadgets, type InjectionGadgets } from './syscall-gadget.js';
+
+/** Stack an injected call may use below its restore frame (libgcc's registration needs < 1 KiB). */
+const CALL_STACK_ROOM = 16n << 10n;
+/** rt_sigreturn (arch/x86/entry/syscalls/syscall_64.tbl). */
+const SYS_rt_sigreturn = 15;
+/** Signals a fault of the thread itself raises (never blocked by a signal mask). */
+const SYNCHRONOUS_FAULTS = new Set([4, 5, 7, 8, 11]); // SIGILL, SIGTRAP, SIGBUS, SIGFPE, SIGSEGV
 
 /**
  * Why a frozen thread is stopped.
@@ -564,6 +572,92 @@ export class FrozenProcess {
       throw fail(PROCESS_INJECTION_FAILED, `injected system call ${nr} did not complete in thread ${t.tid} of process ${this.pid}`);
     }
     return result;
+  }
+
+  /**
+   * Calls the function at `fn` with up to six integer arguments (System V ABI) in a frozen thread
+   * and returns when it has returned. The other threads stay frozen: the callee must not wait for
+   * anything they could hold (the caller's duty, e.g. by checking no thread is inside the callee's
+   * library, see src/patch/engine/unwind.ts). Its return value is not available.
+   *
+   * Same self-restoring frame as injectSyscall (the thread is armed with an injected getpid first):
+   * the thread enters `fn` with rsp at the frame, so the frame's `pretcode` (an rt_sigreturn
+   * sequence) is the return address; the frame sits at 8 mod 16 as a real signal frame does (the
+   * ABI's alignment at a function entry). With the patcher alive, we catch the rt_sigreturn at its
+   * syscall-enter stop and turn it into a getpid that leaves the thread armed again; if the patcher
+   * is killed at any instant, the kernel detaches the thread, the call completes, and rt_sigreturn
+   * resumes the thread where it was. A fault in the callee is not delivered: the thread is put back
+   * armed (the call abandoned) and PROCESS_INJECTION_FAILED thrown.
+   */
+  injectCall(fn: bigint, args: ReadonlyArray<number | bigint> = [], options: { tid?: number } = {}): void {
+    if (args.length > 6) throw new RangeError('an injected call takes at most 6 register arguments');
+    const tid = options.tid ?? this.#pickInjectionThread().tid;
+    this.injectSyscall(SYS_getpid, [], { tid });
+    const t = this.#thread(tid);
+    const stack = this.maps().find((m) => m.start <= t.frameSp && t.frameSp < m.end);
+    // The main thread's [stack] grows on demand; a thread stack is a fixed mapping.
+    if (!stack || (stack.path !== '[stack]' && t.frameSp - stack.start < CALL_STACK_ROOM)) {
+      throw fail(PROCESS_INJECTION_FAILED, `thread ${tid} of process ${this.pid} has less than ${CALL_STACK_ROOM} bytes of stack below its restore frame for an injected call`);
+    }
+    const w = this.#scratch.words;
+    let r = ptraceBuffer(PTRACE_GETREGS, tid, 0, w);
+    if (r < 0) throw this.#ptraceError('PTRACE_GETREGS', tid, -r);
+    const armed = w.slice();
+    const argRegs = [REG_RDI, REG_RSI, REG_RDX, REG_RCX, REG_R8, REG_R9];
+    for (let i = 0; i < 6; i++) w[argRegs[i]!] = BigInt.asUintN(64, BigInt(args[i] ?? 0));
+    w[REG_RIP] = fn;
+    w[REG_RSP] = t.frameSp;
+    w[REG_RAX] = 0n;
+    w[REG_ORIG_RAX] = ORIG_RAX_NONE;
+    r = ptraceBuffer(PTRACE_SETREGS, tid, 0, w);
+    if (r < 0) throw this.#ptraceError('PTRACE_SETREGS', tid, -r);
+    const rearm = (): void => {
+      armed[REG_RAX] = 0n;
+      armed[REG_ORIG_RAX] = ORIG_RAX_NONE;
+      ptraceBuffer(PTRACE_SETREGS, tid, 0, armed);
+    };
+    const keep = this.#keepLeaderExit && tid === this.pid;
+    const deadline = process.hrtime.bigint() + BigInt(this.#options.syscallTimeoutMs) * 1_000_000n;
+    let returned = false;
+    for (let stops = 0; stops < 10_000; stops++) {
+      r = ptrace(PTRACE_SYSCALL, tid, 0, 0);
+      if (r < 0) throw this.#ptraceError('PTRACE_SYSCALL', tid, -r);
+      const ev = waitSpinning(tid, keep, deadline);
+      if (ev.kind === 'none') {
+        // Stuck (a lock held by a frozen thread?): interrupt and abandon the call.
+        ptrace(PTRACE_INTERRUPT, tid, 0, 0);
+        const stopped = waitForTid(tid, keep, process.hrtime.bigint() + 1_000_000_000n);
+        if (stopped.kind === 'stopped') rearm();
+        throw fail(PROCESS_INJECTION_FAILED, `injected call of 0x${fn.toString(16)} did not return within ${this.#options.syscallTimeoutMs} ms in thread ${tid} of process ${this.pid}; it was abandoned`);
+      }
+      if (ev.kind !== 'stopped') {
+        t.attached = false;
+        throw this.#exitedError(tid);
+      }
+      if (ev.event !== 0 || ev.signal === SIGTRAP) continue;
+      if (ev.signal !== (SIGTRAP | 0x80)) {
+        if (SYNCHRONOUS_FAULTS.has(ev.signal)) {
+          rearm();
+          throw fail(PROCESS_INJECTION_FAILED, `injected call of 0x${fn.toString(16)} faulted (signal ${ev.signal}) in thread ${tid} of process ${this.pid}; it was abandoned and the signal dropped`);
+        }
+        t.heldSignals.push(ev.signal);
+        continue;
+      }
+      r = ptraceBuffer(PTRACE_GETREGS, tid, 0, w);
+      if (r < 0) throw this.#ptraceError('PTRACE_GETREGS', tid, -r);
+      if (!returned) {
+        // Any other system call of the callee: its enter and exit stops pass.
+        if (w[REG_ORIG_RAX] !== BigInt(SYS_rt_sigreturn) || w[REG_RSP] !== t.frameSp + 8n) continue;
+        // The callee returned into the frame's rt_sigreturn: run a getpid at the armed position instead.
+        returned = true;
+        armed[REG_ORIG_RAX] = BigInt(SYS_getpid);
+        r = ptraceBuffer(PTRACE_SETREGS, tid, 0, armed);
+        if (r < 0) throw this.#ptraceError('PTRACE_SETREGS', tid, -r);
+        continue;
+      }
+      if (w[REG_RIP] === t.armedRip && w[REG_RSP] === t.frameSp) return;
+    }
+    throw fail(PROCESS_INJECTION_FAILED, `injected call of 0x${fn.toString(16)} did not complete in thread ${tid} of process ${this.pid}`);
   }
 
   /**

@@ -76,10 +76,14 @@ export function sigframeXstate(regset: Uint8Array): Uint8Array {
   return out;
 }
 
-/** Where a frame for a thread with stack pointer `rsp` goes: [sp, end), fpstate 64-byte aligned. */
+/**
+ * Where a frame for a thread with stack pointer `rsp` goes: [sp, end), fpstate 64-byte aligned,
+ * sp at 8 mod 16 like the kernel's get_sigframe (so `pretcode` can serve as the return address of
+ * an injected function call, whose entry the ABI wants at rsp + 8 aligned to 16).
+ */
 export function frameLayout(rsp: bigint, fpstateSize: number): { sp: bigint; fpstate: bigint; end: bigint } {
   const fpstate = (rsp - RED_ZONE - BigInt(fpstateSize)) & ~63n;
-  const sp = fpstate - 448n; // 440 rounded up to 64: fpstate stays aligned and above the frame
+  const sp = fpstate - 456n; // 440 rounded up to 8 mod 16 below the aligned fpstate
   return { sp, fpstate, end: fpstate + BigInt(fpstateSize) };
 }
 

@@ -51,6 +51,7 @@ export const REG_R8 = INDEX.r8;
 export const REG_R10 = INDEX.r10;
 export const REG_RAX = INDEX.rax;
 export const REG_RDX = INDEX.rdx;
+export const REG_RCX = INDEX.rcx;
 export const REG_RSI = INDEX.rsi;
 export const REG_RDI = INDEX.rdi;
 export const REG_ORIG_RAX = INDEX.orig_rax;
