@@ -13,19 +13,15 @@
  * apt-get source / dpkg-source or the archive, the file is skipped with the reason. Builds are cached
  * under the tmp dir (a cold run compiles 4 × 15 files: about 25 s on 2 cores).
  */
-import { execFile } from 'node:child_process';
 import { createHash } from 'node:crypto';
-import { existsSync, mkdirSync, readFileSync, readdirSync, renameSync, rmSync, symlinkSync, writeFileSync, cpSync } from 'node:fs';
+import { cpSync, existsSync, mkdirSync, readdirSync, readFileSync, renameSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { promisify } from 'node:util';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { debugFilePath, parseElf } from '../../src/elf/index.js';
+import { parseElf } from '../../src/elf/index.js';
 import { buildPatch } from '../../src/patch/builder/index.js';
-import { FIXTURES, killTargetsAfterAll, REPO_ROOT, startTarget, type Target } from '../helpers/native.js';
-
-const run = promisify(execFile);
-const CLI = join(REPO_ROOT, 'dist/src/cli/main.js');
+import { FIXTURES, killTargetsAfterAll, startTarget } from '../helpers/native.js';
+import { ask, debianFlags, fetchSource, hotpatch, installDebugFile, installStripped, READY, sh, twoAtATime } from './debian-helpers.js';
 const FIX = JSON.parse(readFileSync(join(FIXTURES, 'debian/zlib/CVE-2022-37434.json'), 'utf8')) as { file: string; vulnerable: string; fixed: string };
 const ROOT = join(tmpdir(), 'hotpatch-debian-zlib');
 const SOURCES = ['adler32.c', 'crc32.c', 'deflate.c', 'infback.c', 'inffast.c', 'inflate.c', 'inftrees.c', 'trees.c', 'zutil.c', 'compress.c', 'uncompr.c', 'gzclose.c', 'gzlib.c', 'gzread.c', 'gzwrite.c'];
@@ -33,53 +29,8 @@ const SOURCES = ['adler32.c', 'crc32.c', 'deflate.c', 'infback.c', 'inffast.c', 
 const RULES_CFLAGS = ['-Wall', '-D_REENTRANT', '-O3', '-DUNALIGNED_OK', '-fPIC', '-DPIC', '-D_LARGEFILE64_SOURCE=1', '-DHAVE_HIDDEN'];
 /** dpkg >= 1.22 adds it on amd64 (hardening=+branch); bookworm's dpkg does not yet. */
 const CF_PROTECTION = '-fcf-protection';
-const READY = ['-fpatchable-function-entry=7,5', '-ffunction-sections', '-Wl,--emit-relocs'];
 
 killTargetsAfterAll();
-
-async function sh(cmd: string, args: string[], cwd?: string, env?: NodeJS.ProcessEnv): Promise<string> {
-  const { stdout } = await run(cmd, args, { cwd, env: env ?? process.env, maxBuffer: 64 << 20 });
-  return stdout;
-}
-
-/** Debian's zlib source tree (unpacked once under ROOT), or the reason it cannot be had. */
-async function fetchSource(): Promise<{ dir: string } | { skip: string }> {
-  const dir = join(ROOT, 'src');
-  if (existsSync(join(dir, 'debian/rules'))) return { dir };
-  for (const tool of ['apt-get', 'dpkg-source', 'dpkg-buildflags']) {
-    try {
-      await sh('sh', ['-c', `command -v ${tool}`]);
-    } catch {
-      return { skip: `${tool} is not installed (apt-get install dpkg-dev)` };
-    }
-  }
-  const apt = join(ROOT, 'apt');
-  rmSync(apt, { recursive: true, force: true });
-  for (const d of ['etc', 'lists/partial', 'cache/archives/partial', 'dl']) mkdirSync(join(apt, d), { recursive: true });
-  let suite = 'bookworm';
-  try {
-    suite = readFileSync('/etc/os-release', 'utf8').match(/^VERSION_CODENAME=(\w+)/m)?.[1] ?? suite;
-  } catch {
-    // keep bookworm
-  }
-  writeFileSync(
-    join(apt, 'etc/src.sources'),
-    `Types: deb-src\nURIs: http://deb.debian.org/debian\nSuites: ${suite}\nComponents: main\nSigned-By: /usr/share/keyrings/debian-archive-keyring.gpg\n`,
-  );
-  const o = ['-o', 'Dir::Etc::SourceList=/dev/null', '-o', `Dir::Etc::SourceParts=${join(apt, 'etc')}`, '-o', `Dir::State::Lists=${join(apt, 'lists')}`, '-o', `Dir::Cache=${join(apt, 'cache')}`, '-o', 'Debug::NoLocking=1', '-o', 'APT::Sandbox::User=root'];
-  try {
-    await sh('apt-get', [...o, '-qq', 'update']);
-    await sh('apt-get', [...o, '-qq', 'source', '--download-only', 'zlib'], join(apt, 'dl'));
-    const dsc = readdirSync(join(apt, 'dl')).find((f) => f.endsWith('.dsc'));
-    if (!dsc) return { skip: 'apt-get source zlib fetched no .dsc' };
-    rmSync(`${dir}.tmp`, { recursive: true, force: true });
-    await sh('dpkg-source', ['--no-check', '-x', dsc, `${dir}.tmp`], join(apt, 'dl'));
-    renameSync(`${dir}.tmp`, dir);
-    return { dir };
-  } catch (e) {
-    return { skip: `cannot fetch the Debian source package zlib (deb-src of the distribution's archive): ${(e as Error).message.split('\n')[0]}` };
-  }
-}
 
 interface Flavour {
   label: string;
@@ -92,10 +43,8 @@ const FLAVOURS: Flavour[] = [
 
 /** Builds libz.so.1.2.13 of one variant and flavour (cached); returns its directory. */
 async function buildLib(src: string, variant: 'old' | 'new', f: Flavour): Promise<{ lib: string; millis: number }> {
-  const env = { ...process.env, DEB_BUILD_MAINT_OPTIONS: 'hardening=+all' };
-  const cflags = [...(await sh('dpkg-buildflags', ['--get', 'CFLAGS'], src, env)).trim().split(/\s+/), ...(await sh('dpkg-buildflags', ['--get', 'CPPFLAGS'], src, env)).trim().split(/\s+/)];
-  const ldflags = (await sh('dpkg-buildflags', ['--get', 'LDFLAGS'], src, env)).trim().split(/\s+/);
-  const base = [...cflags.filter((x) => !x.startsWith('-ffile-prefix-map')), ...RULES_CFLAGS, CF_PROTECTION, ...(f.ready ? READY : [])];
+  const { cflags, ldflags } = await debianFlags(src, { ...process.env, DEB_BUILD_MAINT_OPTIONS: 'hardening=+all' });
+  const base = [...cflags, ...RULES_CFLAGS, CF_PROTECTION, ...(f.ready ? READY : [])];
   const key = createHash('sha256').update(JSON.stringify({ variant, base, ldflags, FIX })).digest('hex').slice(0, 12);
   const dir = join(ROOT, `${variant}-${f.ready ? 'ready' : 'deb'}-${key}`);
   const lib = join(dir, 'libz.so.1.2.13');
@@ -121,43 +70,9 @@ async function buildLib(src: string, variant: 'old' | 'new', f: Flavour): Promis
   return { lib, millis: Date.now() - t0 };
 }
 
-/**
- * Installs `lib` stripped under its real name with the soname link, like the package does (dh_strip:
- * --strip-unneeded; a build with --emit-relocs keeps symbols its relocations name that way, so it
- * is stripped with --strip-all).
- */
-async function install(lib: string, into: string, ready: boolean, name = 'libz.so.1.2.13'): Promise<string> {
-  mkdirSync(into, { recursive: true });
-  const real = join(into, name);
-  await sh('strip', [ready ? '--strip-all' : '--strip-unneeded', '--remove-section=.comment', '-o', real, lib]);
-  symlinkSync(name, join(into, 'libz.so.1'));
-  return real;
-}
+const install = (lib: string, into: string, ready: boolean, name = 'libz.so.1.2.13') => installStripped(lib, into, { ready, name, soname: 'libz.so.1' });
 
-async function hotpatch(args: string[]): Promise<{ code: number; stdout: string; stderr: string }> {
-  try {
-    const { stdout, stderr } = await run('node', [CLI, ...args], { maxBuffer: 64 << 20 });
-    return { code: 0, stdout, stderr };
-  } catch (e) {
-    const x = e as { code: number; stdout: string; stderr: string };
-    return { code: x.code, stdout: x.stdout, stderr: x.stderr };
-  }
-}
-
-async function ask(t: Target, line: string, answer: RegExp): Promise<string> {
-  const before = t.output().length;
-  t.child.stdin!.write(`${line}\n`);
-  const deadline = Date.now() + 10_000;
-  for (;;) {
-    const got = t.output().slice(before);
-    const m = answer.exec(got);
-    if (m) return m[0];
-    if (Date.now() > deadline) throw new Error(`process ${t.pid} answered ${JSON.stringify(got)} to ${JSON.stringify(line)}, expected ${answer}`);
-    await new Promise((r) => setTimeout(r, 20));
-  }
-}
-
-const source = await fetchSource();
+const source = await fetchSource('zlib', ROOT);
 const skip = 'skip' in source ? source.skip : undefined;
 if (skip) console.warn(`test/builder/debian.test.ts skipped: ${skip}`);
 
@@ -168,11 +83,7 @@ describe.skipIf(skip !== undefined)('a Debian library, stripped as installed: zl
   const libs = new Map<string, string>();
   // The four builds, two at a time (2 cores): each is one gcc run over 15 files.
   beforeAll(async () => {
-    const jobs = FLAVOURS.flatMap((f) => (['old', 'new'] as const).map((v) => ({ v, f })));
-    const next = async (): Promise<void> => {
-      for (let j = jobs.shift(); j; j = jobs.shift()) await lib(j.v, j.f);
-    };
-    await Promise.all([next(), next()]);
+    await twoAtATime(FLAVOURS.flatMap((f) => (['old', 'new'] as const).map((v) => () => lib(v, f))));
   }, 600_000);
   const lib = async (variant: 'old' | 'new', f: Flavour): Promise<string> => {
     const k = `${variant}-${f.ready}`;
@@ -214,10 +125,7 @@ describe.skipIf(skip !== undefined)('a Debian library, stripped as installed: zl
     const otherStripped = await install(ro, otherDir, true, 'libz.so.1.2.12');
     // The distribution's debug package: the unstripped symbols under .build-id.
     const dbg = join(run0, 'usr/lib/debug');
-    const id = parseElf(new Uint8Array(readFileSync(stripped))).buildId!;
-    const dbgFile = debugFilePath(dbg, id);
-    mkdirSync(join(dbgFile, '..'), { recursive: true });
-    await sh('objcopy', ['--only-keep-debug', o, dbgFile]);
+    await installDebugFile(stripped, o, dbg);
     const client = join(run0, 'client');
     await sh('gcc', ['-O2', '-pthread', '-I', src, '-o', client, join(FIXTURES, 'debian/zlib/client.c'), join(libDir, 'libz.so.1')]);
 
