@@ -247,6 +247,14 @@ describe('builder: distribution flags (issue #15): unchanged code never enters t
     });
   }
 
+  it('a shared library with -flto -O2: the fix of a hidden helper that LTO inlined across files gives exactly its callers', async () => {
+    for (const flags of [['-O2', '-flto=auto', ...DEB_HARDENING], ['-O2', '-flto=auto', '-fcf-protection', ...RECOMMENDED.slice(1)]]) {
+      const { r, old } = await plan('lto_lib', { shared: true, flags });
+      expect(old.findSymbol('valid_len'), 'LTO inlined the helper').toBeUndefined();
+      expect(names(r.plan), flags.join(' ')).toEqual(['lto_copy', 'lto_fill']);
+    }
+  });
+
   it('the changed function of switch_o3 carries its new jump table, relocated to the new code', async () => {
     const { r } = await plan('switch_o3', { flags: ['-O3', ...DEB_HARDENING] });
     expect(r.plan.data.map((x) => x.name)).toEqual(['jump table of run']);
