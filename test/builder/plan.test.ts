@@ -9,7 +9,7 @@ import { parseElf, type ElfFile } from '../../src/elf/index.js';
 import { buildPatch, type BuildResult } from '../../src/patch/builder/index.js';
 import { validatePlan } from '../../src/patch/package/index.js';
 import type { PatchPlan, RelocationTarget } from '../../src/patch/plan.js';
-import { buildPair, RECOMMENDED, type PairOptions } from './pairs.js';
+import { buildPair, DEB_HARDENING, RECOMMENDED, type PairOptions } from './pairs.js';
 
 async function plan(scenario: string, options: PairOptions = {}): Promise<{ r: BuildResult; old: ElfFile; neu: ElfFile }> {
   const p = await buildPair(scenario, options);
@@ -222,8 +222,6 @@ describe('builder: the build-flag matrix', () => {
   }
 });
 
-/** Debian's `dpkg-buildflags` (bookworm, hardening=+all) without any hotpatch flag or --emit-relocs. */
-const DEB_HARDENING = ['-g', '-fstack-protector-strong', '-Wformat', '-Werror=format-security', '-fcf-protection', '-Wdate-time', '-D_FORTIFY_SOURCE=2', '-Wl,-z,relro', '-Wl,-z,now'];
 const DISTRIBUTION: { label: string; flags: string[] }[] = [
   { label: 'dpkg-buildflags -O2', flags: ['-O2', ...DEB_HARDENING] },
   { label: 'dpkg-buildflags -O3', flags: ['-O3', ...DEB_HARDENING] },
