@@ -17,11 +17,11 @@
 import { cpSync, readdirSync, readFileSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { afterAll, describe, expect, it } from 'vitest';
 import { parseElf } from '../../src/elf/index.js';
 import { buildPatch } from '../../src/patch/builder/index.js';
 import { FIXTURES, killTargetsAfterAll, startTarget } from '../helpers/native.js';
-import { ask, buildOnce, debianFlags, fetchSource, hotpatch, installDebugFile, installStripped, READY, sh, twoAtATime } from './debian-helpers.js';
+import { ask, buildOnce, debianFlags, fetchSource, hotpatch, installDebugFile, installStripped, libraryBuilds, READY, sh, type Flavour } from './debian-helpers.js';
 
 const ROOT = join(tmpdir(), 'hotpatch-debian-expat');
 const FIXTURE = join(FIXTURES, 'debian/expat');
@@ -49,10 +49,6 @@ const INVALID_ARGUMENT = 41;
 
 killTargetsAfterAll();
 
-interface Flavour {
-  label: string;
-  ready: boolean;
-}
 const FLAVOURS: Flavour[] = [
   { label: 'Debian flags (dpkg-buildflags -O2, hardening, -Bsymbolic-functions, no --emit-relocs)', ready: false },
   { label: 'hotpatch-ready flags on top', ready: true },
@@ -96,23 +92,7 @@ describe.skipIf(skip !== undefined)('a Debian library, stripped as installed: ex
   const src = 'dir' in source ? source.dir : '';
   const run0 = join(ROOT, `run-${process.pid}`);
   afterAll(() => rmSync(run0, { recursive: true, force: true }));
-  const libs = new Map<string, string>();
-  const lib = async (variant: 'old' | 'new', f: Flavour): Promise<string> => {
-    const k = `${variant}-${f.ready}`;
-    let p = libs.get(k);
-    if (!p) {
-      const b = await buildLib(src, variant, f);
-      if (b.millis > 0) console.log(`built ${variant} ${NAME} (${f.label}) in ${(b.millis / 1000).toFixed(1)} s`);
-      p = b.lib;
-      libs.set(k, p);
-    }
-    return p;
-  };
-  beforeAll(async () => {
-    const t0 = Date.now();
-    await twoAtATime(FLAVOURS.flatMap((f) => (['old', 'new'] as const).map((v) => () => lib(v, f))));
-    console.log(`the four expat builds (two at a time) took ${((Date.now() - t0) / 1000).toFixed(1)} s`);
-  }, 900_000);
+  const lib = libraryBuilds(NAME, FLAVOURS, (v, f) => buildLib(src, v, f));
 
   for (const f of FLAVOURS) {
     it(`${f.label}: the package holds exactly XML_ParseBuffer and the functions with a moved __LINE__, built from the stripped file and its debug symbols`, async () => {

@@ -5,9 +5,11 @@
  * CLI, and the request/answer protocol of the client programs.
  */
 import { execFile } from 'node:child_process';
+import { createHash } from 'node:crypto';
 import { existsSync, mkdirSync, readdirSync, readFileSync, renameSync, rmSync, symlinkSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { promisify } from 'node:util';
+import { beforeAll } from 'vitest';
 import { debugFilePath, parseElf } from '../../src/elf/index.js';
 import { REPO_ROOT, type Target } from '../helpers/native.js';
 
@@ -73,6 +75,60 @@ export async function debianFlags(src: string, env: NodeJS.ProcessEnv = process.
   const get = async (what: string) => (await sh('dpkg-buildflags', ['--get', what], src, env)).trim().split(/\s+/).filter((x) => x !== '');
   const cflags = [...(await get('CFLAGS')), ...(await get('CPPFLAGS'))].filter((x) => !x.startsWith('-ffile-prefix-map'));
   return { cflags, ldflags: await get('LDFLAGS') };
+}
+
+/**
+ * Builds `file` once per `key` (cached as ROOT/LABEL-HASH/FILE): `build` compiles in its own empty
+ * work directory, given the -ffile-prefix-map flag that records that directory as "." (as
+ * dpkg-buildflags does), so two variants build at once and still name their sources alike.
+ * `millis` is 0 when the build came from the cache.
+ */
+export async function buildOnce(root: string, label: string, key: unknown, file: string, build: (work: string, prefixMap: string) => Promise<void>): Promise<{ lib: string; millis: number }> {
+  const dir = join(root, `${label}-${createHash('sha256').update(JSON.stringify(key)).digest('hex').slice(0, 12)}`);
+  const lib = join(dir, file);
+  if (existsSync(lib)) return { lib, millis: 0 };
+  const t0 = Date.now();
+  const work = join(root, `work-${label}`);
+  rmSync(work, { recursive: true, force: true });
+  mkdirSync(work, { recursive: true });
+  await build(work, `-ffile-prefix-map=${work}=.`);
+  rmSync(dir, { recursive: true, force: true });
+  mkdirSync(dir, { recursive: true });
+  renameSync(join(work, file), lib);
+  return { lib, millis: Date.now() - t0 };
+}
+
+/** A set of build flags of a library: Debian's own, or the hotpatch-ready ones on top. */
+export interface Flavour {
+  label: string;
+  ready: boolean;
+}
+export type Variant = 'old' | 'new';
+
+/**
+ * The builds of a library (old and new for each flavour), made in `beforeAll` two at a time and
+ * logged with their times; the returned function gives the file of one (built once).
+ */
+export function libraryBuilds(name: string, flavours: Flavour[], build: (v: Variant, f: Flavour) => Promise<{ lib: string; millis: number }>): (v: Variant, f: Flavour) => Promise<string> {
+  const libs = new Map<string, Promise<string>>();
+  const lib = (v: Variant, f: Flavour): Promise<string> => {
+    const k = `${v}-${f.ready}`;
+    let p = libs.get(k);
+    if (!p) {
+      p = build(v, f).then((b) => {
+        if (b.millis > 0) console.log(`built ${v} ${name} (${f.label}) in ${(b.millis / 1000).toFixed(1)} s`);
+        return b.lib;
+      });
+      libs.set(k, p);
+    }
+    return p;
+  };
+  beforeAll(async () => {
+    const t0 = Date.now();
+    await twoAtATime(flavours.flatMap((f) => (['old', 'new'] as const).map((v) => () => lib(v, f))));
+    console.log(`the ${flavours.length * 2} builds of ${name} (two at a time) took ${((Date.now() - t0) / 1000).toFixed(1)} s`);
+  }, 900_000);
+  return lib;
 }
 
 /** Runs `jobs` at most two at a time (the machine has 2 cores). */

@@ -13,15 +13,14 @@
  * apt-get source / dpkg-source or the archive, the file is skipped with the reason. Builds are cached
  * under the tmp dir (a cold run compiles 4 × 15 files: about 25 s on 2 cores).
  */
-import { createHash } from 'node:crypto';
-import { cpSync, existsSync, mkdirSync, readdirSync, readFileSync, renameSync, rmSync, writeFileSync } from 'node:fs';
+import { cpSync, readdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { afterAll, describe, expect, it } from 'vitest';
 import { parseElf } from '../../src/elf/index.js';
 import { buildPatch } from '../../src/patch/builder/index.js';
 import { FIXTURES, killTargetsAfterAll, startTarget } from '../helpers/native.js';
-import { ask, debianFlags, fetchSource, hotpatch, installDebugFile, installStripped, READY, sh, twoAtATime } from './debian-helpers.js';
+import { ask, buildOnce, debianFlags, fetchSource, hotpatch, installDebugFile, installStripped, libraryBuilds, READY, sh, type Flavour } from './debian-helpers.js';
 const FIX = JSON.parse(readFileSync(join(FIXTURES, 'debian/zlib/CVE-2022-37434.json'), 'utf8')) as { file: string; vulnerable: string; fixed: string };
 const ROOT = join(tmpdir(), 'hotpatch-debian-zlib');
 const SOURCES = ['adler32.c', 'crc32.c', 'deflate.c', 'infback.c', 'inffast.c', 'inflate.c', 'inftrees.c', 'trees.c', 'zutil.c', 'compress.c', 'uncompr.c', 'gzclose.c', 'gzlib.c', 'gzread.c', 'gzwrite.c'];
@@ -32,10 +31,6 @@ const CF_PROTECTION = '-fcf-protection';
 
 killTargetsAfterAll();
 
-interface Flavour {
-  label: string;
-  ready: boolean;
-}
 const FLAVOURS: Flavour[] = [
   { label: 'Debian flags (dpkg-buildflags, -O3, hardening, no --emit-relocs)', ready: false },
   { label: 'hotpatch-ready flags on top', ready: true },
@@ -45,29 +40,16 @@ const FLAVOURS: Flavour[] = [
 async function buildLib(src: string, variant: 'old' | 'new', f: Flavour): Promise<{ lib: string; millis: number }> {
   const { cflags, ldflags } = await debianFlags(src, { ...process.env, DEB_BUILD_MAINT_OPTIONS: 'hardening=+all' });
   const base = [...cflags, ...RULES_CFLAGS, CF_PROTECTION, ...(f.ready ? READY : [])];
-  const key = createHash('sha256').update(JSON.stringify({ variant, base, ldflags, FIX })).digest('hex').slice(0, 12);
-  const dir = join(ROOT, `${variant}-${f.ready ? 'ready' : 'deb'}-${key}`);
-  const lib = join(dir, 'libz.so.1.2.13');
-  if (existsSync(lib)) return { lib, millis: 0 };
-  const t0 = Date.now();
-  // Each build in its own directory, recorded as "." (as dpkg-buildflags' -ffile-prefix-map does),
-  // so old and new build at once and still name their sources alike.
-  const work = join(ROOT, `work-${variant}-${f.ready ? 'ready' : 'deb'}`);
-  const flags = [...base, `-ffile-prefix-map=${work}=.`];
-  rmSync(work, { recursive: true, force: true });
-  mkdirSync(work, { recursive: true });
-  for (const s of [...SOURCES, ...readdirSync(src).filter((x) => x.endsWith('.h')), 'zlib.map']) cpSync(join(src, s), join(work, s));
-  if (variant === 'old') {
-    const p = join(work, FIX.file);
-    const text = readFileSync(p, 'utf8');
-    if (!text.includes(FIX.fixed)) throw new Error(`${FIX.file} of the source package does not hold the fixed text of the CVE: update test/fixtures/debian/zlib`);
-    writeFileSync(p, text.replace(FIX.fixed, FIX.vulnerable));
-  }
-  await sh('gcc', [...flags, '-shared', '-Wl,-soname,libz.so.1,--version-script,zlib.map', ...ldflags, '-o', 'libz.so.1.2.13', ...SOURCES], work);
-  rmSync(dir, { recursive: true, force: true });
-  mkdirSync(dir, { recursive: true });
-  renameSync(join(work, 'libz.so.1.2.13'), lib);
-  return { lib, millis: Date.now() - t0 };
+  return buildOnce(ROOT, `${variant}-${f.ready ? 'ready' : 'deb'}`, { variant, base, ldflags, FIX }, 'libz.so.1.2.13', async (work, prefixMap) => {
+    for (const s of [...SOURCES, ...readdirSync(src).filter((x) => x.endsWith('.h')), 'zlib.map']) cpSync(join(src, s), join(work, s));
+    if (variant === 'old') {
+      const p = join(work, FIX.file);
+      const text = readFileSync(p, 'utf8');
+      if (!text.includes(FIX.fixed)) throw new Error(`${FIX.file} of the source package does not hold the fixed text of the CVE: update test/fixtures/debian/zlib`);
+      writeFileSync(p, text.replace(FIX.fixed, FIX.vulnerable));
+    }
+    await sh('gcc', [...base, prefixMap, '-shared', '-Wl,-soname,libz.so.1,--version-script,zlib.map', ...ldflags, '-o', 'libz.so.1.2.13', ...SOURCES], work);
+  });
 }
 
 const install = (lib: string, into: string, ready: boolean, name = 'libz.so.1.2.13') => installStripped(lib, into, { ready, name, soname: 'libz.so.1' });
@@ -80,22 +62,7 @@ describe.skipIf(skip !== undefined)('a Debian library, stripped as installed: zl
   const src = 'dir' in source ? source.dir : '';
   const run0 = join(ROOT, `run-${process.pid}`);
   afterAll(() => rmSync(run0, { recursive: true, force: true }));
-  const libs = new Map<string, string>();
-  // The four builds, two at a time (2 cores): each is one gcc run over 15 files.
-  beforeAll(async () => {
-    await twoAtATime(FLAVOURS.flatMap((f) => (['old', 'new'] as const).map((v) => () => lib(v, f))));
-  }, 600_000);
-  const lib = async (variant: 'old' | 'new', f: Flavour): Promise<string> => {
-    const k = `${variant}-${f.ready}`;
-    let p = libs.get(k);
-    if (!p) {
-      const b = await buildLib(src, variant, f);
-      if (b.millis > 0) console.log(`built ${variant} libz.so.1.2.13 (${f.label}) in ${(b.millis / 1000).toFixed(1)} s`);
-      p = b.lib;
-      libs.set(k, p);
-    }
-    return p;
-  };
+  const lib = libraryBuilds('libz.so.1.2.13', FLAVOURS, (v, f) => buildLib(src, v, f));
 
   for (const f of FLAVOURS) {
     it(`${f.label}: the package holds exactly inflate, built from the stripped file and its debug symbols`, async () => {
