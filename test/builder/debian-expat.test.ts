@@ -14,14 +14,14 @@
  * another build of libexpat.so.1 (under an unrelated file name) as "runs another build".
  * See test/fixtures/debian/README.md.
  */
-import { cpSync, readdirSync, readFileSync, rmSync } from 'node:fs';
+import { cpSync, readdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterAll, describe, expect, it } from 'vitest';
 import { parseElf } from '../../src/elf/index.js';
 import { buildPatch } from '../../src/patch/builder/index.js';
 import { FIXTURES, killTargetsAfterAll, startTarget } from '../helpers/native.js';
-import { ask, buildOnce, debianFlags, fetchSource, hotpatch, installDebugFile, installStripped, libraryBuilds, READY, sh, type Flavour } from './debian-helpers.js';
+import { ask, buildOnce, debianFlags, fetchSource, hotpatch, installDebugFile, installStripped, libraryBuilds, READY, sh, type Flavour, type Variant } from './debian-helpers.js';
 
 const ROOT = join(tmpdir(), 'hotpatch-debian-expat');
 const FIXTURE = join(FIXTURES, 'debian/expat');
@@ -54,8 +54,14 @@ const FLAVOURS: Flavour[] = [
   { label: 'hotpatch-ready flags on top', ready: true },
 ];
 
-/** Builds libexpat.so.1.8.10 of one variant (old: Debian's CVE-2024-45490 patch reverted) and flavour. */
-async function buildLib(src: string, variant: 'old' | 'new', f: Flavour): Promise<{ lib: string; millis: number }> {
+/** The code the patch adds to XML_ParseBuffer (and a blank line before and after it). */
+const FIX_CODE = '  if (len < 0) {\n    parser->m_errorCode = XML_ERROR_INVALID_ARGUMENT;\n    return XML_STATUS_ERROR;\n  }\n';
+
+/**
+ * Builds libexpat.so.1.8.10 of one variant and flavour. old: Debian's CVE-2024-45490 patch
+ * reverted; old-same-lines: vulnerable too, the fix's lines left blank (no line number moves).
+ */
+async function buildLib(src: string, variant: Variant | 'old-same-lines', f: Flavour): Promise<{ lib: string; millis: number }> {
   const { cflags, ldflags } = await debianFlags(src);
   const flags = [...cflags, ...RULES_CFLAGS, ...(f.ready ? READY : [])];
   const patch = readFileSync(join(src, PATCH), 'utf8');
@@ -66,6 +72,11 @@ async function buildLib(src: string, variant: 'old' | 'new', f: Flavour): Promis
     cpSync(join(FIXTURE, 'expat_config.h'), join(work, 'expat_config.h'));
     // dpkg-source applied the patch; the vulnerable build takes it out again.
     if (variant === 'old') await sh('patch', ['-R', '-p3', '-s', '-i', join(src, PATCH)], work);
+    if (variant === 'old-same-lines') {
+      const text = readFileSync(join(work, 'xmlparse.c'), 'utf8');
+      if (text.split(FIX_CODE).length !== 2) throw new Error('xmlparse.c of the source package does not hold the fix of CVE-2024-45490 once: update the test');
+      writeFileSync(join(work, 'xmlparse.c'), text.replace(FIX_CODE, '\n'.repeat(4)));
+    }
     await sh('gcc', [...flags, prefixMap, '-I.', '-shared', ...RULES_LDFLAGS, ...ldflags, `-Wl,-soname,${SONAME}`, '-o', NAME, ...SOURCES], work);
   });
 }
@@ -121,6 +132,14 @@ describe.skipIf(skip !== undefined)('a Debian library, stripped as installed: ex
       }
     }, 300_000);
   }
+
+  it('the fix reverted keeping the line count (Debian flags): the package holds exactly XML_ParseBuffer', async () => {
+    const b = await buildLib(src, 'old-same-lines', FLAVOURS[0]!);
+    if (b.millis > 0) console.log(`built old-same-lines ${NAME} in ${(b.millis / 1000).toFixed(1)} s`);
+    const n = await lib('new', FLAVOURS[0]!);
+    const r = buildPatch(new Uint8Array(readFileSync(b.lib)), new Uint8Array(readFileSync(n)), { oldName: b.lib, newName: n });
+    expect(r.plan.functions.map((x) => x.name)).toEqual(['XML_ParseBuffer']);
+  }, 300_000);
 
   it('apply --all patches every process of the build whatever its file name, lists another build of the soname, the negative length is refused live, remove --all restores', async () => {
     const [deb, ready] = [FLAVOURS[0]!, FLAVOURS[1]!];
@@ -186,5 +205,5 @@ describe.skipIf(skip !== undefined)('a Debian library, stripped as installed: ex
     } finally {
       for (const t of all) await t.kill();
     }
-  }, 300_000);
+  }, 900_000);
 });

@@ -154,5 +154,5 @@ describe.skipIf(skip !== undefined)('a Debian library, stripped as installed: zl
     } finally {
       for (const t of all) await t.kill();
     }
-  }, 300_000);
+  }, 900_000);
 });
