@@ -54,7 +54,7 @@ const FLAVOURS: Flavour[] = [
   { label: 'hotpatch-ready flags on top', ready: true },
 ];
 
-/** The code the patch adds to XML_ParseBuffer (and a blank line before and after it). */
+/** The four lines of code the patch adds to XML_ParseBuffer (with a blank line on each side). */
 const FIX_CODE = '  if (len < 0) {\n    parser->m_errorCode = XML_ERROR_INVALID_ARGUMENT;\n    return XML_STATUS_ERROR;\n  }\n';
 
 /**
