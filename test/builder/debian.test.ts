@@ -13,19 +13,14 @@
  * apt-get source / dpkg-source or the archive, the file is skipped with the reason. Builds are cached
  * under the tmp dir (a cold run compiles 4 × 15 files: about 25 s on 2 cores).
  */
-import { execFile } from 'node:child_process';
-import { createHash } from 'node:crypto';
-import { existsSync, mkdirSync, readFileSync, readdirSync, renameSync, rmSync, symlinkSync, writeFileSync, cpSync } from 'node:fs';
+import { cpSync, readdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { promisify } from 'node:util';
-import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { debugFilePath, parseElf } from '../../src/elf/index.js';
+import { afterAll, describe, expect, it } from 'vitest';
+import { parseElf } from '../../src/elf/index.js';
 import { buildPatch } from '../../src/patch/builder/index.js';
-import { FIXTURES, killTargetsAfterAll, REPO_ROOT, startTarget, type Target } from '../helpers/native.js';
-
-const run = promisify(execFile);
-const CLI = join(REPO_ROOT, 'dist/src/cli/main.js');
+import { FIXTURES, killTargetsAfterAll, startTarget } from '../helpers/native.js';
+import { ask, buildOnce, debianFlags, fetchSource, hotpatch, installDebugFile, installStripped, libraryBuilds, READY, sh, type Flavour } from './debian-helpers.js';
 const FIX = JSON.parse(readFileSync(join(FIXTURES, 'debian/zlib/CVE-2022-37434.json'), 'utf8')) as { file: string; vulnerable: string; fixed: string };
 const ROOT = join(tmpdir(), 'hotpatch-debian-zlib');
 const SOURCES = ['adler32.c', 'crc32.c', 'deflate.c', 'infback.c', 'inffast.c', 'inflate.c', 'inftrees.c', 'trees.c', 'zutil.c', 'compress.c', 'uncompr.c', 'gzclose.c', 'gzlib.c', 'gzread.c', 'gzwrite.c'];
@@ -33,58 +28,9 @@ const SOURCES = ['adler32.c', 'crc32.c', 'deflate.c', 'infback.c', 'inffast.c', 
 const RULES_CFLAGS = ['-Wall', '-D_REENTRANT', '-O3', '-DUNALIGNED_OK', '-fPIC', '-DPIC', '-D_LARGEFILE64_SOURCE=1', '-DHAVE_HIDDEN'];
 /** dpkg >= 1.22 adds it on amd64 (hardening=+branch); bookworm's dpkg does not yet. */
 const CF_PROTECTION = '-fcf-protection';
-const READY = ['-fpatchable-function-entry=7,5', '-ffunction-sections', '-Wl,--emit-relocs'];
 
 killTargetsAfterAll();
 
-async function sh(cmd: string, args: string[], cwd?: string, env?: NodeJS.ProcessEnv): Promise<string> {
-  const { stdout } = await run(cmd, args, { cwd, env: env ?? process.env, maxBuffer: 64 << 20 });
-  return stdout;
-}
-
-/** Debian's zlib source tree (unpacked once under ROOT), or the reason it cannot be had. */
-async function fetchSource(): Promise<{ dir: string } | { skip: string }> {
-  const dir = join(ROOT, 'src');
-  if (existsSync(join(dir, 'debian/rules'))) return { dir };
-  for (const tool of ['apt-get', 'dpkg-source', 'dpkg-buildflags']) {
-    try {
-      await sh('sh', ['-c', `command -v ${tool}`]);
-    } catch {
-      return { skip: `${tool} is not installed (apt-get install dpkg-dev)` };
-    }
-  }
-  const apt = join(ROOT, 'apt');
-  rmSync(apt, { recursive: true, force: true });
-  for (const d of ['etc', 'lists/partial', 'cache/archives/partial', 'dl']) mkdirSync(join(apt, d), { recursive: true });
-  let suite = 'bookworm';
-  try {
-    suite = readFileSync('/etc/os-release', 'utf8').match(/^VERSION_CODENAME=(\w+)/m)?.[1] ?? suite;
-  } catch {
-    // keep bookworm
-  }
-  writeFileSync(
-    join(apt, 'etc/src.sources'),
-    `Types: deb-src\nURIs: http://deb.debian.org/debian\nSuites: ${suite}\nComponents: main\nSigned-By: /usr/share/keyrings/debian-archive-keyring.gpg\n`,
-  );
-  const o = ['-o', 'Dir::Etc::SourceList=/dev/null', '-o', `Dir::Etc::SourceParts=${join(apt, 'etc')}`, '-o', `Dir::State::Lists=${join(apt, 'lists')}`, '-o', `Dir::Cache=${join(apt, 'cache')}`, '-o', 'Debug::NoLocking=1', '-o', 'APT::Sandbox::User=root'];
-  try {
-    await sh('apt-get', [...o, '-qq', 'update']);
-    await sh('apt-get', [...o, '-qq', 'source', '--download-only', 'zlib'], join(apt, 'dl'));
-    const dsc = readdirSync(join(apt, 'dl')).find((f) => f.endsWith('.dsc'));
-    if (!dsc) return { skip: 'apt-get source zlib fetched no .dsc' };
-    rmSync(`${dir}.tmp`, { recursive: true, force: true });
-    await sh('dpkg-source', ['--no-check', '-x', dsc, `${dir}.tmp`], join(apt, 'dl'));
-    renameSync(`${dir}.tmp`, dir);
-    return { dir };
-  } catch (e) {
-    return { skip: `cannot fetch the Debian source package zlib (deb-src of the distribution's archive): ${(e as Error).message.split('\n')[0]}` };
-  }
-}
-
-interface Flavour {
-  label: string;
-  ready: boolean;
-}
 const FLAVOURS: Flavour[] = [
   { label: 'Debian flags (dpkg-buildflags, -O3, hardening, no --emit-relocs)', ready: false },
   { label: 'hotpatch-ready flags on top', ready: true },
@@ -92,72 +38,23 @@ const FLAVOURS: Flavour[] = [
 
 /** Builds libz.so.1.2.13 of one variant and flavour (cached); returns its directory. */
 async function buildLib(src: string, variant: 'old' | 'new', f: Flavour): Promise<{ lib: string; millis: number }> {
-  const env = { ...process.env, DEB_BUILD_MAINT_OPTIONS: 'hardening=+all' };
-  const cflags = [...(await sh('dpkg-buildflags', ['--get', 'CFLAGS'], src, env)).trim().split(/\s+/), ...(await sh('dpkg-buildflags', ['--get', 'CPPFLAGS'], src, env)).trim().split(/\s+/)];
-  const ldflags = (await sh('dpkg-buildflags', ['--get', 'LDFLAGS'], src, env)).trim().split(/\s+/);
-  const base = [...cflags.filter((x) => !x.startsWith('-ffile-prefix-map')), ...RULES_CFLAGS, CF_PROTECTION, ...(f.ready ? READY : [])];
-  const key = createHash('sha256').update(JSON.stringify({ variant, base, ldflags, FIX })).digest('hex').slice(0, 12);
-  const dir = join(ROOT, `${variant}-${f.ready ? 'ready' : 'deb'}-${key}`);
-  const lib = join(dir, 'libz.so.1.2.13');
-  if (existsSync(lib)) return { lib, millis: 0 };
-  const t0 = Date.now();
-  // Each build in its own directory, recorded as "." (as dpkg-buildflags' -ffile-prefix-map does),
-  // so old and new build at once and still name their sources alike.
-  const work = join(ROOT, `work-${variant}-${f.ready ? 'ready' : 'deb'}`);
-  const flags = [...base, `-ffile-prefix-map=${work}=.`];
-  rmSync(work, { recursive: true, force: true });
-  mkdirSync(work, { recursive: true });
-  for (const s of [...SOURCES, ...readdirSync(src).filter((x) => x.endsWith('.h')), 'zlib.map']) cpSync(join(src, s), join(work, s));
-  if (variant === 'old') {
-    const p = join(work, FIX.file);
-    const text = readFileSync(p, 'utf8');
-    if (!text.includes(FIX.fixed)) throw new Error(`${FIX.file} of the source package does not hold the fixed text of the CVE: update test/fixtures/debian/zlib`);
-    writeFileSync(p, text.replace(FIX.fixed, FIX.vulnerable));
-  }
-  await sh('gcc', [...flags, '-shared', '-Wl,-soname,libz.so.1,--version-script,zlib.map', ...ldflags, '-o', 'libz.so.1.2.13', ...SOURCES], work);
-  rmSync(dir, { recursive: true, force: true });
-  mkdirSync(dir, { recursive: true });
-  renameSync(join(work, 'libz.so.1.2.13'), lib);
-  return { lib, millis: Date.now() - t0 };
+  const { cflags, ldflags } = await debianFlags(src, { ...process.env, DEB_BUILD_MAINT_OPTIONS: 'hardening=+all' });
+  const base = [...cflags, ...RULES_CFLAGS, CF_PROTECTION, ...(f.ready ? READY : [])];
+  return buildOnce(ROOT, `${variant}-${f.ready ? 'ready' : 'deb'}`, { variant, base, ldflags, FIX }, 'libz.so.1.2.13', async (work, prefixMap) => {
+    for (const s of [...SOURCES, ...readdirSync(src).filter((x) => x.endsWith('.h')), 'zlib.map']) cpSync(join(src, s), join(work, s));
+    if (variant === 'old') {
+      const p = join(work, FIX.file);
+      const text = readFileSync(p, 'utf8');
+      if (!text.includes(FIX.fixed)) throw new Error(`${FIX.file} of the source package does not hold the fixed text of the CVE: update test/fixtures/debian/zlib`);
+      writeFileSync(p, text.replace(FIX.fixed, FIX.vulnerable));
+    }
+    await sh('gcc', [...base, prefixMap, '-shared', '-Wl,-soname,libz.so.1,--version-script,zlib.map', ...ldflags, '-o', 'libz.so.1.2.13', ...SOURCES], work);
+  });
 }
 
-/**
- * Installs `lib` stripped under its real name with the soname link, like the package does (dh_strip:
- * --strip-unneeded; a build with --emit-relocs keeps symbols its relocations name that way, so it
- * is stripped with --strip-all).
- */
-async function install(lib: string, into: string, ready: boolean, name = 'libz.so.1.2.13'): Promise<string> {
-  mkdirSync(into, { recursive: true });
-  const real = join(into, name);
-  await sh('strip', [ready ? '--strip-all' : '--strip-unneeded', '--remove-section=.comment', '-o', real, lib]);
-  symlinkSync(name, join(into, 'libz.so.1'));
-  return real;
-}
+const install = (lib: string, into: string, ready: boolean, name = 'libz.so.1.2.13') => installStripped(lib, into, { ready, name, soname: 'libz.so.1' });
 
-async function hotpatch(args: string[]): Promise<{ code: number; stdout: string; stderr: string }> {
-  try {
-    const { stdout, stderr } = await run('node', [CLI, ...args], { maxBuffer: 64 << 20 });
-    return { code: 0, stdout, stderr };
-  } catch (e) {
-    const x = e as { code: number; stdout: string; stderr: string };
-    return { code: x.code, stdout: x.stdout, stderr: x.stderr };
-  }
-}
-
-async function ask(t: Target, line: string, answer: RegExp): Promise<string> {
-  const before = t.output().length;
-  t.child.stdin!.write(`${line}\n`);
-  const deadline = Date.now() + 10_000;
-  for (;;) {
-    const got = t.output().slice(before);
-    const m = answer.exec(got);
-    if (m) return m[0];
-    if (Date.now() > deadline) throw new Error(`process ${t.pid} answered ${JSON.stringify(got)} to ${JSON.stringify(line)}, expected ${answer}`);
-    await new Promise((r) => setTimeout(r, 20));
-  }
-}
-
-const source = await fetchSource();
+const source = await fetchSource('zlib', ROOT);
 const skip = 'skip' in source ? source.skip : undefined;
 if (skip) console.warn(`test/builder/debian.test.ts skipped: ${skip}`);
 
@@ -165,26 +62,7 @@ describe.skipIf(skip !== undefined)('a Debian library, stripped as installed: zl
   const src = 'dir' in source ? source.dir : '';
   const run0 = join(ROOT, `run-${process.pid}`);
   afterAll(() => rmSync(run0, { recursive: true, force: true }));
-  const libs = new Map<string, string>();
-  // The four builds, two at a time (2 cores): each is one gcc run over 15 files.
-  beforeAll(async () => {
-    const jobs = FLAVOURS.flatMap((f) => (['old', 'new'] as const).map((v) => ({ v, f })));
-    const next = async (): Promise<void> => {
-      for (let j = jobs.shift(); j; j = jobs.shift()) await lib(j.v, j.f);
-    };
-    await Promise.all([next(), next()]);
-  }, 600_000);
-  const lib = async (variant: 'old' | 'new', f: Flavour): Promise<string> => {
-    const k = `${variant}-${f.ready}`;
-    let p = libs.get(k);
-    if (!p) {
-      const b = await buildLib(src, variant, f);
-      if (b.millis > 0) console.log(`built ${variant} libz.so.1.2.13 (${f.label}) in ${(b.millis / 1000).toFixed(1)} s`);
-      p = b.lib;
-      libs.set(k, p);
-    }
-    return p;
-  };
+  const lib = libraryBuilds('libz.so.1.2.13', FLAVOURS, (v, f) => buildLib(src, v, f));
 
   for (const f of FLAVOURS) {
     it(`${f.label}: the package holds exactly inflate, built from the stripped file and its debug symbols`, async () => {
@@ -214,10 +92,7 @@ describe.skipIf(skip !== undefined)('a Debian library, stripped as installed: zl
     const otherStripped = await install(ro, otherDir, true, 'libz.so.1.2.12');
     // The distribution's debug package: the unstripped symbols under .build-id.
     const dbg = join(run0, 'usr/lib/debug');
-    const id = parseElf(new Uint8Array(readFileSync(stripped))).buildId!;
-    const dbgFile = debugFilePath(dbg, id);
-    mkdirSync(join(dbgFile, '..'), { recursive: true });
-    await sh('objcopy', ['--only-keep-debug', o, dbgFile]);
+    await installDebugFile(stripped, o, dbg);
     const client = join(run0, 'client');
     await sh('gcc', ['-O2', '-pthread', '-I', src, '-o', client, join(FIXTURES, 'debian/zlib/client.c'), join(libDir, 'libz.so.1')]);
 
@@ -279,5 +154,5 @@ describe.skipIf(skip !== undefined)('a Debian library, stripped as installed: zl
     } finally {
       for (const t of all) await t.kill();
     }
-  }, 300_000);
+  }, 900_000);
 });

@@ -37,6 +37,9 @@ export interface Pair {
 /** The recommended flags: hotpatchable entries and kept relocations. */
 export const RECOMMENDED = ['-O2', '-fpatchable-function-entry=7,5', '-Wl,--emit-relocs'];
 
+/** Debian's `dpkg-buildflags` (bookworm, hardening=+all) without any hotpatch flag or --emit-relocs. */
+export const DEB_HARDENING = ['-g', '-fstack-protector-strong', '-Wformat', '-Werror=format-security', '-fcf-protection', '-Wdate-time', '-D_FORTIFY_SOURCE=2', '-Wl,-z,relro', '-Wl,-z,now'];
+
 function sources(scenario: string, variant: 'old' | 'new'): { from: string; name: string }[] {
   const dir = join(FIXTURES, 'builder', scenario);
   const sub = join(dir, variant);

@@ -9,7 +9,7 @@ import { parseElf, type ElfFile } from '../../src/elf/index.js';
 import { buildPatch, type BuildResult } from '../../src/patch/builder/index.js';
 import { validatePlan } from '../../src/patch/package/index.js';
 import type { PatchPlan, RelocationTarget } from '../../src/patch/plan.js';
-import { buildPair, RECOMMENDED, type PairOptions } from './pairs.js';
+import { buildPair, DEB_HARDENING, RECOMMENDED, type PairOptions } from './pairs.js';
 
 async function plan(scenario: string, options: PairOptions = {}): Promise<{ r: BuildResult; old: ElfFile; neu: ElfFile }> {
   const p = await buildPair(scenario, options);
@@ -225,8 +225,6 @@ describe('builder: the build-flag matrix', () => {
   }
 });
 
-/** Debian's `dpkg-buildflags` (bookworm, hardening=+all) without any hotpatch flag or --emit-relocs. */
-const DEB_HARDENING = ['-g', '-fstack-protector-strong', '-Wformat', '-Werror=format-security', '-fcf-protection', '-Wdate-time', '-D_FORTIFY_SOURCE=2', '-Wl,-z,relro', '-Wl,-z,now'];
 const DISTRIBUTION: { label: string; flags: string[] }[] = [
   { label: 'dpkg-buildflags -O2', flags: ['-O2', ...DEB_HARDENING] },
   { label: 'dpkg-buildflags -O3', flags: ['-O3', ...DEB_HARDENING] },
@@ -249,6 +247,14 @@ describe('builder: distribution flags (issue #15): unchanged code never enters t
       }
     });
   }
+
+  it('a shared library with -flto -O2: the fix of a hidden helper that LTO inlined across files gives exactly its callers', async () => {
+    for (const flags of [['-O2', '-flto=auto', ...DEB_HARDENING], ['-O2', '-flto=auto', '-fcf-protection', ...RECOMMENDED.slice(1)]]) {
+      const { r, old } = await plan('lto_lib', { shared: true, flags });
+      expect(old.findSymbol('valid_len'), 'LTO inlined the helper').toBeUndefined();
+      expect(names(r.plan), flags.join(' ')).toEqual(['lto_copy', 'lto_fill']);
+    }
+  });
 
   it('the changed function of switch_o3 carries its new jump table, relocated to the new code', async () => {
     const { r } = await plan('switch_o3', { flags: ['-O3', ...DEB_HARDENING] });

@@ -10,7 +10,7 @@ import { promisify } from 'node:util';
 import { describe, expect, it } from 'vitest';
 import { ElfError, HotpatchError, RefusedError } from '../../src/errors.js';
 import { buildPatch, BuildRefusedError, RefusalCode } from '../../src/patch/builder/index.js';
-import { buildPair, RECOMMENDED, type PairOptions } from './pairs.js';
+import { buildPair, DEB_HARDENING, RECOMMENDED, type PairOptions } from './pairs.js';
 
 const run = promisify(execFile);
 
@@ -55,12 +55,15 @@ describe('builder refusals (each names the symbol and the reason)', () => {
     { scenario: 'fail_data_in_code', code: RefusalCode.UNDECODABLE, symbol: 'work', message: /do not decode as x86-64 instructions/ },
     { scenario: 'fail_mid_insn_jump', code: RefusalCode.MID_INSTRUCTION_JUMP, symbol: 'work', message: /jumps into the middle of an instruction/ },
     { scenario: 'fail_computed_goto', code: RefusalCode.UNBOUNDED_INDIRECT_JUMP, symbol: 'work', message: /targets\.\d \(prog\.c\) holds the address .* inside the function/ },
+    // The same with the distribution's flags: non-PIE, and LTO (no --emit-relocs, no hotpatch flags).
+    { scenario: 'fail_computed_goto', options: { flags: ['-O2', '-no-pie', '-fno-pie', ...DEB_HARDENING] }, code: RefusalCode.UNBOUNDED_INDIRECT_JUMP, symbol: 'work', message: /targets\.\d \(prog\.c\) holds the address .* inside the function/ },
+    { scenario: 'fail_computed_goto', options: { flags: ['-O2', '-flto=auto', ...DEB_HARDENING] }, code: RefusalCode.UNBOUNDED_INDIRECT_JUMP, symbol: 'work', message: /data object targets\.\d holds the address .* inside the function/ },
     { scenario: 'fail_rel8_exit', options: { flags: ['-O2', '-fno-toplevel-reorder'] }, code: RefusalCode.REL8_EXIT, symbol: 'work', message: /short branch at \+0x2 leaves the function .*near_exit.* no branch island is within its 127-byte reach/ },
     { scenario: 'fail_new_tls_slot', options: SHARED, code: RefusalCode.UNRESOLVED_REFERENCE, symbol: 'lib_visit', message: /GOT slot tpoff:@0: the running build has no such slot/ },
     { scenario: 'fail_too_small', options: { flags: ['-O2', '-falign-functions=1'] }, code: RefusalCode.TOO_SMALL, symbol: 'flag', message: /flag is too small to redirect: only 3 byte/ },
   ];
   for (const c of cases) {
-    it(`${c.scenario}: ${c.code}`, async () => {
+    it(`${c.scenario}${c.options?.flags ? ` [${c.options.flags.join(' ')}]` : ''}: ${c.code}`, async () => {
       const e = await refusal(c.scenario, c.options);
       const r = e.refusals.find((x) => x.code === c.code);
       expect(r, `${c.scenario} refusals: ${JSON.stringify(e.refusals)}`).toBeDefined();

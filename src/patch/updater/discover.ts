@@ -2,10 +2,11 @@
  * Finding the processes a package applies to: every process that maps the package's target image
  * (executable or shared library), matched by GNU build-id — whatever path it was loaded from, and
  * whether that file still exists or was deleted/replaced since — plus the processes that map a
- * file of the same name but another build (reported as skipped, never touched).
+ * file of the same name, or of the same library by file name or DT_SONAME, but another build
+ * (reported as skipped, never touched).
  */
 import { RefusedError } from '../../errors.js';
-import { enumerateProcessIds, openProcess, type Module } from '../../process/index.js';
+import { enumerateProcessIds, openProcess, readSonameFromFile, type Module } from '../../process/index.js';
 import { findRecordMapping, listPatches, type ProcessPatches } from '../engine/index.js';
 import type { TargetIdentity } from '../plan.js';
 
@@ -80,7 +81,7 @@ export function findImageProcesses(target: TargetIdentity, options: FindOptions 
         scan.matches.push({ pid, exe, module: match });
         continue;
       }
-      const sameName = modules.find((m) => m.name === target.name && m.kind !== 'vdso') ?? modules.find((m) => m.kind !== 'vdso' && sameLibrary(m.name, target.name));
+      const sameName = modules.find((m) => m.name === target.name && m.kind !== 'vdso') ?? modules.find((m) => m.kind !== 'vdso' && sameLibrary(m.name, target.name)) ?? modules.find((m) => sameSoname(m, target.name));
       if (sameName) scan.others.push({ pid, exe, module: sameName, ...otherBuildReason(sameName, target, options.fixedBuildId) });
       else if (explicit) {
         const error = new RefusedError('MODULE_NOT_LOADED', `process ${pid} (${exe}) does not map ${target.name} (build-id ${target.buildId}); nothing was changed`);
@@ -106,6 +107,17 @@ export function sameLibrary(a: string, b: string): boolean {
   const y = parse(b);
   if (!x || !y || x[1] !== y[1]) return false;
   return x[2] === undefined || y[2] === undefined || x[2] === y[2];
+}
+
+/**
+ * A library whose file has an unrelated name (a bundled or renamed copy) but whose DT_SONAME names
+ * the target's library: `xmlparser.so` with soname `libexpat.so.1` is another build of
+ * `libexpat.so.1.8.10`.
+ */
+function sameSoname(m: Module, targetName: string): boolean {
+  if (m.kind !== 'library') return false;
+  const soname = readSonameFromFile(m.mapFilesPath ?? m.path, m.elf);
+  return soname !== undefined && (soname === targetName || sameLibrary(soname, targetName));
 }
 
 function safeExe(f: () => string): string {

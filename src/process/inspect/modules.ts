@@ -6,7 +6,7 @@
 import { closeSync, fstatSync, openSync } from 'node:fs';
 import { basename } from 'node:path';
 import { ElfError } from '../../errors.js';
-import { PT_LOAD, PT_NOTE, parseElf, type ElfFile, type ElfProgramHeader } from '../../elf/index.js';
+import { DT_NULL, DT_SONAME, DT_STRSZ, DT_STRTAB, PT_DYNAMIC, PT_LOAD, PT_NOTE, parseElf, type ElfFile, type ElfProgramHeader } from '../../elf/index.js';
 import type { Auxv, Mapping } from './procfs.js';
 import { readFileRange } from './memory.js';
 
@@ -154,6 +154,59 @@ export function readElfSummaryFromFile(path: string): ElfImageSummary | undefine
     }
     if (summaryCache.size >= SUMMARY_CACHE_MAX) summaryCache.clear();
     summaryCache.set(key, result ?? null);
+    return result;
+  } catch {
+    return undefined;
+  } finally {
+    closeSync(fd);
+  }
+}
+
+/** Cache of DT_SONAME by identity of the file (dev:ino:size:mtime); null: none. */
+const sonameCache = new Map<string, string | null>();
+
+/**
+ * DT_SONAME of a mapped file, read from its dynamic section and string table only (two small
+ * reads, cached per file): what a library is, whatever the name of the file. Undefined when the
+ * file has none or cannot be read.
+ */
+export function readSonameFromFile(path: string, elf: ElfImageSummary): string | undefined {
+  const dyn = elf.programHeaders.find((p) => p.type === PT_DYNAMIC);
+  if (!dyn || dyn.filesz === 0n || dyn.filesz > 0x10000n) return undefined;
+  let fd: number;
+  try {
+    fd = openSync(path, 'r');
+  } catch {
+    return undefined;
+  }
+  try {
+    const st = fstatSync(fd, { bigint: true });
+    const key = `${st.dev}:${st.ino}:${st.size}:${st.mtimeNs}`;
+    const cached = sonameCache.get(key);
+    if (cached !== undefined) return cached ?? undefined;
+    const d = readFileRange(fd, Number(dyn.offset), Number(dyn.filesz));
+    const dv = new DataView(d.buffer, d.byteOffset, d.byteLength);
+    let strtab: bigint | undefined;
+    let strsz = 0n;
+    let soname: bigint | undefined;
+    for (let at = 0; at + 16 <= d.byteLength; at += 16) {
+      const tag = dv.getBigInt64(at, true);
+      const val = dv.getBigUint64(at + 8, true);
+      if (tag === BigInt(DT_NULL)) break;
+      if (tag === BigInt(DT_STRTAB)) strtab = val;
+      else if (tag === BigInt(DT_STRSZ)) strsz = val;
+      else if (tag === BigInt(DT_SONAME)) soname = val;
+    }
+    let result: string | undefined;
+    // DT_STRTAB is a vaddr: the PT_LOAD holding it gives its file offset.
+    const load = strtab === undefined ? undefined : elf.programHeaders.find((p) => p.type === PT_LOAD && p.vaddr <= strtab! && strtab! < p.vaddr + p.filesz);
+    if (load && soname !== undefined && soname < strsz) {
+      const bytes = readFileRange(fd, Number(load.offset + (strtab! - load.vaddr) + soname), Math.min(256, Number(strsz - soname)));
+      const end = bytes.indexOf(0);
+      if (end > 0) result = new TextDecoder('utf-8', { fatal: false }).decode(bytes.subarray(0, end));
+    }
+    if (sonameCache.size >= SUMMARY_CACHE_MAX) sonameCache.clear();
+    sonameCache.set(key, result ?? null);
     return result;
   } catch {
     return undefined;

@@ -1,0 +1,190 @@
+/**
+ * Shared by the tests that build real libraries from Debian source packages (debian*.test.ts):
+ * fetching a source package through a private apt configuration, Debian's build flags, installing
+ * a build stripped under its real name with the soname link, its debug file under .build-id, the
+ * CLI, and the request/answer protocol of the client programs.
+ */
+import { execFile } from 'node:child_process';
+import { createHash } from 'node:crypto';
+import { existsSync, mkdirSync, readdirSync, readFileSync, renameSync, rmSync, symlinkSync, writeFileSync } from 'node:fs';
+import { join } from 'node:path';
+import { promisify } from 'node:util';
+import { beforeAll } from 'vitest';
+import { debugFilePath, parseElf } from '../../src/elf/index.js';
+import { REPO_ROOT, type Target } from '../helpers/native.js';
+
+const run = promisify(execFile);
+const CLI = join(REPO_ROOT, 'dist/src/cli/main.js');
+
+/** The hotpatch-ready flags added on top of the distribution's. */
+export const READY = ['-fpatchable-function-entry=7,5', '-ffunction-sections', '-Wl,--emit-relocs'];
+
+export async function sh(cmd: string, args: string[], cwd?: string, env?: NodeJS.ProcessEnv): Promise<string> {
+  const { stdout } = await run(cmd, args, { cwd, env: env ?? process.env, maxBuffer: 64 << 20 });
+  return stdout;
+}
+
+/**
+ * Debian's source tree of `pkg` (unpacked once as ROOT/src, patches applied as dpkg-source does),
+ * or the reason it cannot be had. The apt configuration lives in ROOT/apt: the machine's apt
+ * sources are not touched.
+ */
+export async function fetchSource(pkg: string, root: string): Promise<{ dir: string } | { skip: string }> {
+  const dir = join(root, 'src');
+  if (existsSync(join(dir, 'debian/rules'))) return { dir };
+  for (const tool of ['apt-get', 'dpkg-source', 'dpkg-buildflags']) {
+    try {
+      await sh('sh', ['-c', `command -v ${tool}`]);
+    } catch {
+      return { skip: `${tool} is not installed (apt-get install dpkg-dev)` };
+    }
+  }
+  const apt = join(root, 'apt');
+  rmSync(apt, { recursive: true, force: true });
+  for (const d of ['etc', 'lists/partial', 'cache/archives/partial', 'dl']) mkdirSync(join(apt, d), { recursive: true });
+  let suite = 'bookworm';
+  try {
+    suite = readFileSync('/etc/os-release', 'utf8').match(/^VERSION_CODENAME=(\w+)/m)?.[1] ?? suite;
+  } catch {
+    // keep bookworm
+  }
+  writeFileSync(
+    join(apt, 'etc/src.sources'),
+    `Types: deb-src\nURIs: http://deb.debian.org/debian\nSuites: ${suite}\nComponents: main\nSigned-By: /usr/share/keyrings/debian-archive-keyring.gpg\n`,
+  );
+  const o = ['-o', 'Dir::Etc::SourceList=/dev/null', '-o', `Dir::Etc::SourceParts=${join(apt, 'etc')}`, '-o', `Dir::State::Lists=${join(apt, 'lists')}`, '-o', `Dir::Cache=${join(apt, 'cache')}`, '-o', 'Debug::NoLocking=1', '-o', 'APT::Sandbox::User=root'];
+  try {
+    await sh('apt-get', [...o, '-qq', 'update']);
+    await sh('apt-get', [...o, '-qq', 'source', '--download-only', pkg], join(apt, 'dl'));
+    const dsc = readdirSync(join(apt, 'dl')).find((f) => f.endsWith('.dsc'));
+    if (!dsc) return { skip: `apt-get source ${pkg} fetched no .dsc` };
+    rmSync(`${dir}.tmp`, { recursive: true, force: true });
+    await sh('dpkg-source', ['--no-check', '-x', dsc, `${dir}.tmp`], join(apt, 'dl'));
+    renameSync(`${dir}.tmp`, dir);
+    return { dir };
+  } catch (e) {
+    return { skip: `cannot fetch the Debian source package ${pkg} (deb-src of the distribution's archive): ${(e as Error).message.split('\n')[0]}` };
+  }
+}
+
+/**
+ * `dpkg-buildflags` of the source tree: CFLAGS and CPPFLAGS (without -ffile-prefix-map, which
+ * names the tree: each build maps its own directory to "."), and LDFLAGS.
+ */
+export async function debianFlags(src: string, env: NodeJS.ProcessEnv = process.env): Promise<{ cflags: string[]; ldflags: string[] }> {
+  const get = async (what: string) => (await sh('dpkg-buildflags', ['--get', what], src, env)).trim().split(/\s+/).filter((x) => x !== '');
+  const cflags = [...(await get('CFLAGS')), ...(await get('CPPFLAGS'))].filter((x) => !x.startsWith('-ffile-prefix-map'));
+  return { cflags, ldflags: await get('LDFLAGS') };
+}
+
+/**
+ * Builds `file` once per `key` (cached as ROOT/LABEL-HASH/FILE): `build` compiles in its own empty
+ * work directory, given the -ffile-prefix-map flag that records that directory as "." (as
+ * dpkg-buildflags does), so two variants build at once and still name their sources alike.
+ * `millis` is 0 when the build came from the cache.
+ */
+export async function buildOnce(root: string, label: string, key: unknown, file: string, build: (work: string, prefixMap: string) => Promise<void>): Promise<{ lib: string; millis: number }> {
+  const dir = join(root, `${label}-${createHash('sha256').update(JSON.stringify(key)).digest('hex').slice(0, 12)}`);
+  const lib = join(dir, file);
+  if (existsSync(lib)) return { lib, millis: 0 };
+  const t0 = Date.now();
+  const work = join(root, `work-${label}`);
+  rmSync(work, { recursive: true, force: true });
+  mkdirSync(work, { recursive: true });
+  await build(work, `-ffile-prefix-map=${work}=.`);
+  rmSync(dir, { recursive: true, force: true });
+  mkdirSync(dir, { recursive: true });
+  renameSync(join(work, file), lib);
+  return { lib, millis: Date.now() - t0 };
+}
+
+/** A set of build flags of a library: Debian's own, or the hotpatch-ready ones on top. */
+export interface Flavour {
+  label: string;
+  ready: boolean;
+}
+export type Variant = 'old' | 'new';
+
+/**
+ * The builds of a library (old and new for each flavour), made in `beforeAll` two at a time and
+ * logged with their times; the returned function gives the file of one (built once).
+ */
+export function libraryBuilds(name: string, flavours: Flavour[], build: (v: Variant, f: Flavour) => Promise<{ lib: string; millis: number }>): (v: Variant, f: Flavour) => Promise<string> {
+  const libs = new Map<string, Promise<string>>();
+  const lib = (v: Variant, f: Flavour): Promise<string> => {
+    const k = `${v}-${f.ready}`;
+    let p = libs.get(k);
+    if (!p) {
+      p = build(v, f).then((b) => {
+        if (b.millis > 0) console.log(`built ${v} ${name} (${f.label}) in ${(b.millis / 1000).toFixed(1)} s`);
+        return b.lib;
+      });
+      libs.set(k, p);
+    }
+    return p;
+  };
+  beforeAll(async () => {
+    const t0 = Date.now();
+    await twoAtATime(flavours.flatMap((f) => (['old', 'new'] as const).map((v) => () => lib(v, f))));
+    console.log(`the ${flavours.length * 2} builds of ${name} (two at a time) took ${((Date.now() - t0) / 1000).toFixed(1)} s`);
+  }, 900_000);
+  return lib;
+}
+
+/** Runs `jobs` at most two at a time (the machine has 2 cores). */
+export async function twoAtATime<T>(jobs: Array<() => Promise<T>>): Promise<T[]> {
+  const out: T[] = new Array<T>(jobs.length);
+  let next = 0;
+  const lane = async (): Promise<void> => {
+    for (let i = next++; i < jobs.length; i = next++) out[i] = await jobs[i]!();
+  };
+  await Promise.all([lane(), lane()]);
+  return out;
+}
+
+/**
+ * Installs `lib` stripped under its real name `name` with the soname link, like the package does
+ * (dh_strip: --strip-unneeded; a build with --emit-relocs keeps the symbols its relocations name
+ * that way, so it is stripped with --strip-all). Returns the installed file.
+ */
+export async function installStripped(lib: string, into: string, o: { ready: boolean; name: string; soname: string }): Promise<string> {
+  mkdirSync(into, { recursive: true });
+  const real = join(into, o.name);
+  await sh('strip', [o.ready ? '--strip-all' : '--strip-unneeded', '--remove-section=.comment', '-o', real, lib]);
+  symlinkSync(o.name, join(into, o.soname));
+  return real;
+}
+
+/** The distribution's debug package for `stripped`: `unstripped`'s debug info under dbgDir/.build-id/. */
+export async function installDebugFile(stripped: string, unstripped: string, dbgDir: string): Promise<string> {
+  const id = parseElf(new Uint8Array(readFileSync(stripped))).buildId!;
+  const file = debugFilePath(dbgDir, id);
+  mkdirSync(join(file, '..'), { recursive: true });
+  await sh('objcopy', ['--only-keep-debug', unstripped, file]);
+  return file;
+}
+
+/** Runs the hotpatch CLI (from dist), never throwing: the exit code is in `code`. */
+export async function hotpatch(args: string[]): Promise<{ code: number; stdout: string; stderr: string }> {
+  try {
+    const { stdout, stderr } = await run('node', [CLI, ...args], { maxBuffer: 64 << 20 });
+    return { code: 0, stdout, stderr };
+  } catch (e) {
+    const x = e as { code: number; stdout: string; stderr: string };
+    return { code: x.code, stdout: x.stdout, stderr: x.stderr };
+  }
+}
+
+/** Sends one request line to a client and returns the first match of `answer` in what follows. */
+export async function ask(t: Target, line: string, answer: RegExp): Promise<string> {
+  const before = t.output().length;
+  t.child.stdin!.write(`${line}\n`);
+  const deadline = Date.now() + 10_000;
+  for (;;) {
+    const got = t.output().slice(before);
+    const m = answer.exec(got);
+    if (m) return m[0];
+    if (Date.now() > deadline) throw new Error(`process ${t.pid} answered ${JSON.stringify(got)} to ${JSON.stringify(line)}, expected ${answer}`);
+    await new Promise((r) => setTimeout(r, 20));
+  }
+}
