@@ -22,6 +22,7 @@ import { promisify } from 'node:util';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { debugFilePath, parseElf } from '../../src/elf/index.js';
 import { buildPatch } from '../../src/patch/builder/index.js';
+import { fetchDebianSource } from '../helpers/debian-source.js';
 import { FIXTURES, killTargetsAfterAll, REPO_ROOT, startTarget, type Target } from '../helpers/native.js';
 
 const run = promisify(execFile);
@@ -40,45 +41,6 @@ killTargetsAfterAll();
 async function sh(cmd: string, args: string[], cwd?: string, env?: NodeJS.ProcessEnv): Promise<string> {
   const { stdout } = await run(cmd, args, { cwd, env: env ?? process.env, maxBuffer: 64 << 20 });
   return stdout;
-}
-
-/** Debian's zlib source tree (unpacked once under ROOT), or the reason it cannot be had. */
-async function fetchSource(): Promise<{ dir: string } | { skip: string }> {
-  const dir = join(ROOT, 'src');
-  if (existsSync(join(dir, 'debian/rules'))) return { dir };
-  for (const tool of ['apt-get', 'dpkg-source', 'dpkg-buildflags']) {
-    try {
-      await sh('sh', ['-c', `command -v ${tool}`]);
-    } catch {
-      return { skip: `${tool} is not installed (apt-get install dpkg-dev)` };
-    }
-  }
-  const apt = join(ROOT, 'apt');
-  rmSync(apt, { recursive: true, force: true });
-  for (const d of ['etc', 'lists/partial', 'cache/archives/partial', 'dl']) mkdirSync(join(apt, d), { recursive: true });
-  let suite = 'bookworm';
-  try {
-    suite = readFileSync('/etc/os-release', 'utf8').match(/^VERSION_CODENAME=(\w+)/m)?.[1] ?? suite;
-  } catch {
-    // keep bookworm
-  }
-  writeFileSync(
-    join(apt, 'etc/src.sources'),
-    `Types: deb-src\nURIs: http://deb.debian.org/debian\nSuites: ${suite}\nComponents: main\nSigned-By: /usr/share/keyrings/debian-archive-keyring.gpg\n`,
-  );
-  const o = ['-o', 'Dir::Etc::SourceList=/dev/null', '-o', `Dir::Etc::SourceParts=${join(apt, 'etc')}`, '-o', `Dir::State::Lists=${join(apt, 'lists')}`, '-o', `Dir::Cache=${join(apt, 'cache')}`, '-o', 'Debug::NoLocking=1', '-o', 'APT::Sandbox::User=root'];
-  try {
-    await sh('apt-get', [...o, '-qq', 'update']);
-    await sh('apt-get', [...o, '-qq', 'source', '--download-only', 'zlib'], join(apt, 'dl'));
-    const dsc = readdirSync(join(apt, 'dl')).find((f) => f.endsWith('.dsc'));
-    if (!dsc) return { skip: 'apt-get source zlib fetched no .dsc' };
-    rmSync(`${dir}.tmp`, { recursive: true, force: true });
-    await sh('dpkg-source', ['--no-check', '-x', dsc, `${dir}.tmp`], join(apt, 'dl'));
-    renameSync(`${dir}.tmp`, dir);
-    return { dir };
-  } catch (e) {
-    return { skip: `cannot fetch the Debian source package zlib (deb-src of the distribution's archive): ${(e as Error).message.split('\n')[0]}` };
-  }
 }
 
 interface Flavour {
@@ -157,7 +119,7 @@ async function ask(t: Target, line: string, answer: RegExp): Promise<string> {
   }
 }
 
-const source = await fetchSource();
+const source = await fetchDebianSource('zlib', ROOT);
 const skip = 'skip' in source ? source.skip : undefined;
 if (skip) console.warn(`test/builder/debian.test.ts skipped: ${skip}`);
 
