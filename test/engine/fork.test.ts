@@ -161,10 +161,11 @@ describe('fork', () => {
     const late = await fork(t); // inherits both, and shares the parent's record
 
     const tree = [t.pid, early, mid, late];
+    const caches = new VerifierCaches(); // the analysis of the files, shared by the processes of the tree
     for (const pid of tree) {
       expect(applied(pid), `process ${pid}`).toEqual([one.id, fix.id]);
       expect(await values(t, pid)).toBe('padded=12 other=42');
-      const f = await findingsOf(pid, { caches: new VerifierCaches(), trustedKeys: [key.publicKeyFile] });
+      const f = await findingsOf(pid, { caches, trustedKeys: [key.publicKeyFile] });
       expect(f, summary(f)).toEqual([]);
     }
 
@@ -172,9 +173,9 @@ describe('fork', () => {
     const code = listPatches(late).record!.patches.find((p) => p.id === fix.id)!.sites[0]!.newCode.start;
     pokeMemory(late, code, Uint8Array.of(0x8d, 0x47, 0x05, 0xc3)); // lea eax,[rdi+5]; ret
     expect(await values(t, late)).toBe('padded=15 other=42');
-    const tampered = await findingsOf(late, { caches: new VerifierCaches(), trustedKeys: [key.publicKeyFile] });
+    const tampered = await findingsOf(late, { caches, trustedKeys: [key.publicKeyFile] });
     expect(tampered.some((x) => x.code === 10), summary(tampered)).toBe(true);
-    expect(await findingsOf(t.pid, { caches: new VerifierCaches(), trustedKeys: [key.publicKeyFile] })).toEqual([]);
+    expect(await findingsOf(t.pid, { caches, trustedKeys: [key.publicKeyFile] })).toEqual([]);
     pokeMemory(late, code, Uint8Array.from(PADDED_FIX));
 
     // remove --all takes both out of every process, those forked while patched included.
@@ -187,5 +188,5 @@ describe('fork', () => {
       expect(retired(pid)).toEqual([]);
       expect(hotpatchMappings(pid), `process ${pid}`).toEqual([]);
     }
-  });
+  }, 300_000);
 });

@@ -187,8 +187,9 @@ describe.skipIf(reason !== undefined)(`pre-fork nginx under load${reason ? ` (sk
     await until('the load to start', () => lines().length >= 20);
 
     const applied = (pid: number): string[] => listPatches(pid).patches.filter((p) => p.state === 'applied').map((p) => p.id);
+    const caches = new VerifierCaches(); // the analysis of the files, shared by master and workers
     const verifyClean = async (pid: number): Promise<void> => {
-      const f = await findingsOf(pid, { caches: new VerifierCaches(), trustedKeys: [pub] });
+      const f = await findingsOf(pid, { caches, trustedKeys: [pub] });
       expect(f, `process ${pid}: ${summary(f)}`).toEqual([]);
     };
 
