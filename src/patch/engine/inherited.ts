@@ -12,8 +12,7 @@
  * in the shared record, whatever its state there.
  */
 import { bytesEqual } from './bytes.js';
-import type { Mapping } from '../../process/index.js';
-import type { AddressRange } from '../../process/index.js';
+import type { AddressRange, Mapping } from '../../process/index.js';
 import type { PatchRecord, RecordArena, RecordPatch } from './record.js';
 
 /** Whether `r` lies inside one of `arenas`. */
