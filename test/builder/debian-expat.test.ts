@@ -20,8 +20,10 @@ import { join } from 'node:path';
 import { afterAll, describe, expect, it } from 'vitest';
 import { parseElf } from '../../src/elf/index.js';
 import { buildPatch } from '../../src/patch/builder/index.js';
-import { FIXTURES, killTargetsAfterAll, startTarget } from '../helpers/native.js';
-import { ask, buildOnce, debianFlags, fetchSource, hotpatch, installDebugFile, installStripped, libraryBuilds, READY, sh, type Flavour, type Variant } from './debian-helpers.js';
+import { ask, FIXTURES, killTargetsAfterAll, startTarget } from '../helpers/native.js';
+import { buildOnce, debianFlags, installDebugFile, installStripped, libraryBuilds, READY, sh, type Flavour, type Variant } from './debian-helpers.js';
+import { fetchDebianSource } from '../helpers/debian-source.js';
+import { runCli } from '../helpers/cli.js';
 
 const ROOT = join(tmpdir(), 'hotpatch-debian-expat');
 const FIXTURE = join(FIXTURES, 'debian/expat');
@@ -95,7 +97,7 @@ async function normalisedCode(lib: string, fn: string): Promise<string[]> {
     .map((l) => l.replace(/^\s+[0-9a-f]+:\s*/, '').replace(/#.*/, '').replace(/[0-9a-f]+ <[^>]*>/g, 'ADDR').replace(/-?0x[0-9a-f]+\(%rip\)/g, 'RIP').trim());
 }
 
-const source = await fetchSource('expat', ROOT);
+const source = await fetchDebianSource('expat', ROOT);
 const skip = 'skip' in source ? source.skip : undefined;
 if (skip) console.warn(`test/builder/debian-expat.test.ts skipped: ${skip}`);
 
@@ -158,11 +160,11 @@ describe.skipIf(skip !== undefined)('a Debian library, stripped as installed: ex
     await sh('gcc', ['-O2', '-pthread', '-I', join(src, 'expat/lib'), '-o', client, join(FIXTURE, 'client.c'), join(libDir, SONAME)]);
 
     const pkg = join(run0, 'deb.hpk');
-    const b = await hotpatch(['build', '--old', stripped, '--new', n, '-o', pkg, '--debug-dir', dbg, '--json']);
+    const b = await runCli(['build', '--old', stripped, '--new', n, '-o', pkg, '--debug-dir', dbg, '--json']);
     expect(b.code, b.stderr).toBe(0);
     expect((JSON.parse(b.stdout) as { functions: { name: string }[] }).functions.map((x) => x.name).sort()).toEqual(['XML_ParseBuffer', ...LINE_SHIFTED].sort());
     const readyPkg = join(run0, 'ready.hpk');
-    const b2 = await hotpatch(['build', '--old', other, '--old-debug', ro, '--new', rn, '-o', readyPkg, '--json']);
+    const b2 = await runCli(['build', '--old', other, '--old-debug', ro, '--new', rn, '-o', readyPkg, '--json']);
     expect(b2.code, b2.stderr).toBe(0);
 
     const env = (dir: string) => ({ ...process.env, LD_LIBRARY_PATH: dir });
@@ -179,7 +181,7 @@ describe.skipIf(skip !== undefined)('a Debian library, stripped as installed: ex
       // The vulnerable XML_ParseBuffer accepts the negative length (error code 0).
       for (const t of all) expect(await ask(t, 'x', /code -?\d+\n/)).toBe('code 0\n');
 
-      const a = await hotpatch(['apply', pkg, '--all', '--allow-unsigned', '--json']);
+      const a = await runCli(['apply', pkg, '--all', '--allow-unsigned', '--json']);
       expect(a.code, a.stderr).toBe(0);
       const results = (JSON.parse(a.stdout) as { results: { pid: number; status: string; code?: string; reason?: string }[] }).results;
       const mine = results.filter((x) => all.some((t) => t.pid === x.pid));
@@ -187,7 +189,7 @@ describe.skipIf(skip !== undefined)('a Debian library, stripped as installed: ex
       const skipped = mine.find((x) => x.pid === otherProc.pid)!;
       expect(skipped).toMatchObject({ status: 'skipped', code: 'OTHER_BUILD' });
       expect(skipped.reason).toMatch(/runs another build of libexpat\.so\.1\.8\.10 \(.*xmlparser\.so, build-id [0-9a-f]+/);
-      const a2 = await hotpatch(['apply', readyPkg, '--all', '--allow-unsigned', '--json']);
+      const a2 = await runCli(['apply', readyPkg, '--all', '--allow-unsigned', '--json']);
       expect(a2.code, a2.stderr).toBe(0);
       const r2 = (JSON.parse(a2.stdout) as { results: { pid: number; status: string }[] }).results;
       expect(r2.find((x) => x.pid === otherProc.pid)?.status).toBe('patched');
@@ -196,7 +198,7 @@ describe.skipIf(skip !== undefined)('a Debian library, stripped as installed: ex
       for (const t of all) expect(await ask(t, 's', /calls \d+ failures \d+\n/)).toMatch(/calls [1-9]\d* failures 0\n/);
 
       for (const out of [b.stdout, b2.stdout]) {
-        const rm = await hotpatch(['remove', (JSON.parse(out) as { id: string }).id, '--all', '--json']);
+        const rm = await runCli(['remove', (JSON.parse(out) as { id: string }).id, '--all', '--json']);
         expect(rm.code, rm.stderr).toBe(0);
       }
       // Removed: the vulnerable code runs again, and the worker never saw a failed parse.

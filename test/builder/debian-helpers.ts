@@ -6,15 +6,13 @@
  */
 import { execFile } from 'node:child_process';
 import { createHash } from 'node:crypto';
-import { existsSync, mkdirSync, readdirSync, readFileSync, renameSync, rmSync, symlinkSync, writeFileSync } from 'node:fs';
+import { existsSync, mkdirSync, readFileSync, renameSync, rmSync, symlinkSync } from 'node:fs';
 import { join } from 'node:path';
 import { promisify } from 'node:util';
 import { beforeAll } from 'vitest';
 import { debugFilePath, parseElf } from '../../src/elf/index.js';
-import { REPO_ROOT, type Target } from '../helpers/native.js';
 
 const run = promisify(execFile);
-const CLI = join(REPO_ROOT, 'dist/src/cli/main.js');
 
 /** The hotpatch-ready flags added on top of the distribution's. */
 export const READY = ['-fpatchable-function-entry=7,5', '-ffunction-sections', '-Wl,--emit-relocs'];
@@ -22,49 +20,6 @@ export const READY = ['-fpatchable-function-entry=7,5', '-ffunction-sections', '
 export async function sh(cmd: string, args: string[], cwd?: string, env?: NodeJS.ProcessEnv): Promise<string> {
   const { stdout } = await run(cmd, args, { cwd, env: env ?? process.env, maxBuffer: 64 << 20 });
   return stdout;
-}
-
-/**
- * Debian's source tree of `pkg` (unpacked once as ROOT/src, patches applied as dpkg-source does),
- * or the reason it cannot be had. The apt configuration lives in ROOT/apt: the machine's apt
- * sources are not touched.
- */
-export async function fetchSource(pkg: string, root: string): Promise<{ dir: string } | { skip: string }> {
-  const dir = join(root, 'src');
-  if (existsSync(join(dir, 'debian/rules'))) return { dir };
-  for (const tool of ['apt-get', 'dpkg-source', 'dpkg-buildflags']) {
-    try {
-      await sh('sh', ['-c', `command -v ${tool}`]);
-    } catch {
-      return { skip: `${tool} is not installed (apt-get install dpkg-dev)` };
-    }
-  }
-  const apt = join(root, 'apt');
-  rmSync(apt, { recursive: true, force: true });
-  for (const d of ['etc', 'lists/partial', 'cache/archives/partial', 'dl']) mkdirSync(join(apt, d), { recursive: true });
-  let suite = 'bookworm';
-  try {
-    suite = readFileSync('/etc/os-release', 'utf8').match(/^VERSION_CODENAME=(\w+)/m)?.[1] ?? suite;
-  } catch {
-    // keep bookworm
-  }
-  writeFileSync(
-    join(apt, 'etc/src.sources'),
-    `Types: deb-src\nURIs: http://deb.debian.org/debian\nSuites: ${suite}\nComponents: main\nSigned-By: /usr/share/keyrings/debian-archive-keyring.gpg\n`,
-  );
-  const o = ['-o', 'Dir::Etc::SourceList=/dev/null', '-o', `Dir::Etc::SourceParts=${join(apt, 'etc')}`, '-o', `Dir::State::Lists=${join(apt, 'lists')}`, '-o', `Dir::Cache=${join(apt, 'cache')}`, '-o', 'Debug::NoLocking=1', '-o', 'APT::Sandbox::User=root'];
-  try {
-    await sh('apt-get', [...o, '-qq', 'update']);
-    await sh('apt-get', [...o, '-qq', 'source', '--download-only', pkg], join(apt, 'dl'));
-    const dsc = readdirSync(join(apt, 'dl')).find((f) => f.endsWith('.dsc'));
-    if (!dsc) return { skip: `apt-get source ${pkg} fetched no .dsc` };
-    rmSync(`${dir}.tmp`, { recursive: true, force: true });
-    await sh('dpkg-source', ['--no-check', '-x', dsc, `${dir}.tmp`], join(apt, 'dl'));
-    renameSync(`${dir}.tmp`, dir);
-    return { dir };
-  } catch (e) {
-    return { skip: `cannot fetch the Debian source package ${pkg} (deb-src of the distribution's archive): ${(e as Error).message.split('\n')[0]}` };
-  }
 }
 
 /**
@@ -164,27 +119,3 @@ export async function installDebugFile(stripped: string, unstripped: string, dbg
   return file;
 }
 
-/** Runs the hotpatch CLI (from dist), never throwing: the exit code is in `code`. */
-export async function hotpatch(args: string[]): Promise<{ code: number; stdout: string; stderr: string }> {
-  try {
-    const { stdout, stderr } = await run('node', [CLI, ...args], { maxBuffer: 64 << 20 });
-    return { code: 0, stdout, stderr };
-  } catch (e) {
-    const x = e as { code: number; stdout: string; stderr: string };
-    return { code: x.code, stdout: x.stdout, stderr: x.stderr };
-  }
-}
-
-/** Sends one request line to a client and returns the first match of `answer` in what follows. */
-export async function ask(t: Target, line: string, answer: RegExp): Promise<string> {
-  const before = t.output().length;
-  t.child.stdin!.write(`${line}\n`);
-  const deadline = Date.now() + 10_000;
-  for (;;) {
-    const got = t.output().slice(before);
-    const m = answer.exec(got);
-    if (m) return m[0];
-    if (Date.now() > deadline) throw new Error(`process ${t.pid} answered ${JSON.stringify(got)} to ${JSON.stringify(line)}, expected ${answer}`);
-    await new Promise((r) => setTimeout(r, 20));
-  }
-}

@@ -19,8 +19,10 @@ import { join } from 'node:path';
 import { afterAll, describe, expect, it } from 'vitest';
 import { parseElf } from '../../src/elf/index.js';
 import { buildPatch } from '../../src/patch/builder/index.js';
-import { FIXTURES, killTargetsAfterAll, startTarget } from '../helpers/native.js';
-import { ask, buildOnce, debianFlags, fetchSource, hotpatch, installDebugFile, installStripped, libraryBuilds, READY, sh, type Flavour } from './debian-helpers.js';
+import { ask, FIXTURES, killTargetsAfterAll, startTarget } from '../helpers/native.js';
+import { buildOnce, debianFlags, installDebugFile, installStripped, libraryBuilds, READY, sh, type Flavour } from './debian-helpers.js';
+import { fetchDebianSource } from '../helpers/debian-source.js';
+import { runCli } from '../helpers/cli.js';
 const FIX = JSON.parse(readFileSync(join(FIXTURES, 'debian/zlib/CVE-2022-37434.json'), 'utf8')) as { file: string; vulnerable: string; fixed: string };
 const ROOT = join(tmpdir(), 'hotpatch-debian-zlib');
 const SOURCES = ['adler32.c', 'crc32.c', 'deflate.c', 'infback.c', 'inffast.c', 'inflate.c', 'inftrees.c', 'trees.c', 'zutil.c', 'compress.c', 'uncompr.c', 'gzclose.c', 'gzlib.c', 'gzread.c', 'gzwrite.c'];
@@ -54,7 +56,7 @@ async function buildLib(src: string, variant: 'old' | 'new', f: Flavour): Promis
 
 const install = (lib: string, into: string, ready: boolean, name = 'libz.so.1.2.13') => installStripped(lib, into, { ready, name, soname: 'libz.so.1' });
 
-const source = await fetchSource('zlib', ROOT);
+const source = await fetchDebianSource('zlib', ROOT);
 const skip = 'skip' in source ? source.skip : undefined;
 if (skip) console.warn(`test/builder/debian.test.ts skipped: ${skip}`);
 
@@ -97,16 +99,16 @@ describe.skipIf(skip !== undefined)('a Debian library, stripped as installed: zl
     await sh('gcc', ['-O2', '-pthread', '-I', src, '-o', client, join(FIXTURES, 'debian/zlib/client.c'), join(libDir, 'libz.so.1')]);
 
     // The stripped file alone: the builder says how to get symbols.
-    const none = await hotpatch(['build', '--old', stripped, '--new', n, '-o', join(run0, 'none.hpk'), '--debug-dir', join(run0, 'nowhere')]);
+    const none = await runCli(['build', '--old', stripped, '--new', n, '-o', join(run0, 'none.hpk'), '--debug-dir', join(run0, 'nowhere')]);
     expect(none.code).not.toBe(0);
     expect(none.stderr).toMatch(/no symbol table.*--old-debug.*\/usr\/lib\/debug\/\.build-id\/[0-9a-f]{2}\/[0-9a-f]+\.debug.*\[BUILD_NO_SYMTAB\]/s);
 
     const pkg = join(run0, 'deb.hpk');
-    const b = await hotpatch(['build', '--old', stripped, '--new', n, '-o', pkg, '--debug-dir', dbg, '--json']);
+    const b = await runCli(['build', '--old', stripped, '--new', n, '-o', pkg, '--debug-dir', dbg, '--json']);
     expect(b.code, b.stderr).toBe(0);
     expect((JSON.parse(b.stdout) as { functions: { name: string }[] }).functions.map((x) => x.name)).toEqual(['inflate']);
     const readyPkg = join(run0, 'ready.hpk');
-    const b2 = await hotpatch(['build', '--old', otherStripped, '--old-debug', ro, '--new', rn, '-o', readyPkg, '--json']);
+    const b2 = await runCli(['build', '--old', otherStripped, '--old-debug', ro, '--new', rn, '-o', readyPkg, '--json']);
     expect(b2.code, b2.stderr).toBe(0);
 
     const env = (dir: string) => ({ ...process.env, LD_LIBRARY_PATH: dir });
@@ -117,11 +119,11 @@ describe.skipIf(skip !== undefined)('a Debian library, stripped as installed: zl
       for (const t of all) expect(await ask(t, 'n', /ok -?\d+\n/)).toBe('ok 0\n');
 
       // Named explicitly, the process running another build is refused, and the advice is not to retry.
-      const wrong = await hotpatch(['apply', pkg, '--pid', String(other.pid), '--allow-unsigned']);
+      const wrong = await runCli(['apply', pkg, '--pid', String(other.pid), '--allow-unsigned']);
       expect(wrong.code).toBe(3);
       expect(wrong.stderr).toMatch(/running the same command again will not change that/);
       expect(wrong.stderr).not.toMatch(/run the same command again/);
-      const a = await hotpatch(['apply', pkg, '--all', '--allow-unsigned', '--json']);
+      const a = await runCli(['apply', pkg, '--all', '--allow-unsigned', '--json']);
       expect(a.code, a.stderr).toBe(0);
       const results = (JSON.parse(a.stdout) as { results: { pid: number; status: string; code?: string; reason?: string }[] }).results;
       const mine = results.filter((x) => all.some((t) => t.pid === x.pid));
@@ -129,7 +131,7 @@ describe.skipIf(skip !== undefined)('a Debian library, stripped as installed: zl
       const skipped = mine.find((x) => x.pid === other.pid)!;
       expect(skipped).toMatchObject({ status: 'skipped', code: 'OTHER_BUILD' });
       expect(skipped.reason).toMatch(/runs another build of libz\.so\.1\.2\.13 \(.*libz\.so\.1\.2\.12, build-id [0-9a-f]+/);
-      const a2 = await hotpatch(['apply', readyPkg, '--all', '--allow-unsigned', '--json']);
+      const a2 = await runCli(['apply', readyPkg, '--all', '--allow-unsigned', '--json']);
       expect(a2.code, a2.stderr).toBe(0);
       const r2 = (JSON.parse(a2.stdout) as { results: { pid: number; status: string }[] }).results;
       expect(r2.find((x) => x.pid === other.pid)?.status).toBe('patched');
@@ -141,10 +143,10 @@ describe.skipIf(skip !== undefined)('a Debian library, stripped as installed: zl
       const pid = (JSON.parse(b.stdout) as { id: string }).id;
       const rid = (JSON.parse(b2.stdout) as { id: string }).id;
       for (const id2 of [pid, rid]) {
-        const rm = await hotpatch(['remove', id2, '--all', '--json']);
+        const rm = await runCli(['remove', id2, '--all', '--json']);
         expect(rm.code, rm.stderr).toBe(0);
       }
-      const listed = await hotpatch(['list', '--pid', String(procs[0]!.pid), '--json']);
+      const listed = await runCli(['list', '--pid', String(procs[0]!.pid), '--json']);
       const states = (JSON.parse(listed.stdout) as { processes: { patches: { id: string; state: string; sites: { state: string }[] }[] }[] }).processes[0]!.patches;
       // Removed: the record keeps it as retired, or is gone once nothing is applied any more.
       const kept = states.find((x) => x.id === pid);

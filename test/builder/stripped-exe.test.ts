@@ -10,8 +10,9 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterAll, describe, expect, it } from 'vitest';
 import { parseElf } from '../../src/elf/index.js';
-import { killTargetsAfterAll, startTarget } from '../helpers/native.js';
-import { ask, hotpatch, installDebugFile, sh } from './debian-helpers.js';
+import { ask, killTargetsAfterAll, startTarget } from '../helpers/native.js';
+import { installDebugFile, sh } from './debian-helpers.js';
+import { runCli } from '../helpers/cli.js';
 import { buildPair, DEB_HARDENING } from './pairs.js';
 
 killTargetsAfterAll();
@@ -44,7 +45,7 @@ describe('a stripped non-PIE executable with symbols from its debug file', () =>
       copyFileSync(pair.new, fixed);
 
       const pkg = join(root, 'fix.hpk');
-      const b = await hotpatch(['build', '--old', installed, '--new', fixed, '--debug-dir', dbg, '-o', pkg, '--json']);
+      const b = await runCli(['build', '--old', installed, '--new', fixed, '--debug-dir', dbg, '-o', pkg, '--json']);
       expect(b.code, b.stderr).toBe(0);
       const built = JSON.parse(b.stdout) as { id: string; functions: { name: string }[] };
       expect(built.functions.map((f) => f.name)).toEqual(c.functions);
@@ -52,12 +53,12 @@ describe('a stripped non-PIE executable with symbols from its debug file', () =>
       const t = await startTarget(installed);
       try {
         expect(await ask(t, c.input, /.*\n/)).toBe(c.before);
-        const a = await hotpatch(['apply', pkg, '--all', '--allow-unsigned', '--json']);
+        const a = await runCli(['apply', pkg, '--all', '--allow-unsigned', '--json']);
         expect(a.code, a.stderr).toBe(0);
         const results = (JSON.parse(a.stdout) as { results: { pid: number; status: string }[] }).results;
         expect(results.filter((x) => x.pid === t.pid).map((x) => x.status)).toEqual(['patched']);
         expect(await ask(t, c.input, /.*\n/)).toBe(c.after);
-        const rm = await hotpatch(['remove', built.id, '--all', '--json']);
+        const rm = await runCli(['remove', built.id, '--all', '--json']);
         expect(rm.code, rm.stderr).toBe(0);
         expect(await ask(t, c.input, /.*\n/)).toBe(c.removed);
       } finally {

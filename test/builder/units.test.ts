@@ -12,7 +12,7 @@ import { pairUnits } from '../../src/patch/builder/units.js';
 import { applyPatch, removePatch } from '../../src/patch/engine/index.js';
 import { createPackage, decodePackage, encodePackage, validatePlan } from '../../src/patch/package/index.js';
 import type { PatchPlan } from '../../src/patch/plan.js';
-import { killTargetsAfterAll, startTarget, type Target } from '../helpers/native.js';
+import { ask, killTargetsAfterAll, startTarget, type Target } from '../helpers/native.js';
 import { buildPair } from './pairs.js';
 
 killTargetsAfterAll();
@@ -23,16 +23,6 @@ async function build(scenario: string, options: BuildOptions = {}) {
 }
 
 const names = (p: PatchPlan) => p.functions.map((f) => `${f.name}@${f.file ?? ''}`).sort();
-
-async function ask(t: Target, line: string, answer: RegExp): Promise<void> {
-  const before = t.output().length;
-  t.child.stdin!.write(`${line}\n`);
-  const deadline = Date.now() + 10_000;
-  while (!answer.test(t.output().slice(before))) {
-    if (Date.now() > deadline) throw new Error(`target answered ${JSON.stringify(t.output().slice(before))}, expected ${answer}`);
-    await new Promise((r) => setTimeout(r, 20));
-  }
-}
 
 describe('renamed compilation units', () => {
   it('one unit saved under another name: paired by its statics, applied to the running build, removed again', async () => {

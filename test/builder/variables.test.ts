@@ -19,24 +19,12 @@ import { createPackage, encodePackage } from '../../src/patch/package/index.js';
 import { signPackage, writeKeyFiles } from '../../src/patch/trust/index.js';
 import { applyPackageFile, removeFromProcesses } from '../../src/patch/updater/index.js';
 import { openProcess, type Mapping } from '../../src/process/index.js';
-import { killTargetsAfterAll, REPO_ROOT, startTarget, type Target } from '../helpers/native.js';
+import { ask, killTargetsAfterAll, REPO_ROOT, startTarget, type Target } from '../helpers/native.js';
 import { findingsOf, summary } from '../guard/helpers.js';
 import { buildPair, RECOMMENDED } from './pairs.js';
 
 killTargetsAfterAll();
 const run = promisify(execFile);
-
-async function ask(t: Target, line: string, answer: RegExp): Promise<string> {
-  const before = t.output().length;
-  t.child.stdin!.write(`${line}\n`);
-  const deadline = Date.now() + 20_000;
-  for (;;) {
-    const got = t.output().slice(before);
-    if (answer.test(got)) return got;
-    if (Date.now() > deadline) throw new Error(`target answered ${JSON.stringify(got)} to ${JSON.stringify(line)}, expected ${answer}`);
-    await new Promise((r) => setTimeout(r, 20));
-  }
-}
 
 function mappings(pid: number): Mapping[] {
   const p = openProcess(pid);

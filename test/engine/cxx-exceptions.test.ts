@@ -19,7 +19,7 @@ import { signPackage, writeKeyFiles } from '../../src/patch/trust/index.js';
 import { applyPackageFile } from '../../src/patch/updater/index.js';
 import type { PatchPlan } from '../../src/patch/plan.js';
 import { readMappings } from '../../src/process/control/procfs.js';
-import { killTargetsAfterAll, REPO_ROOT, startTarget, type Target } from '../helpers/native.js';
+import { ask, killTargetsAfterAll, REPO_ROOT, startTarget, type Target } from '../helpers/native.js';
 import { buildPair, RECOMMENDED } from '../builder/pairs.js';
 
 killTargetsAfterAll();
@@ -39,20 +39,6 @@ async function cli(args: string[], env: Record<string, string>): Promise<{ code:
 }
 
 const INPUTS = Array.from({ length: 40 }, (_, i) => String(i + 1));
-
-async function ask(t: Target, line: string, answer: RegExp): Promise<string> {
-  const before = t.output().length;
-  t.child.stdin!.write(`${line}\n`);
-  const deadline = Date.now() + 15_000;
-  for (;;) {
-    const got = t.output().slice(before);
-    const m = answer.exec(got);
-    if (m) return m[0];
-    if (t.child.exitCode !== null || t.child.signalCode !== null) throw new Error(`target ${t.pid} died (${t.child.exitCode ?? t.child.signalCode}) answering ${line}; output: ${got}`);
-    if (Date.now() > deadline) throw new Error(`target ${t.pid} answered ${JSON.stringify(got)} to ${JSON.stringify(line)}, expected ${answer}`);
-    await new Promise((r) => setTimeout(r, 10));
-  }
-}
 
 async function answers(t: Target): Promise<string[]> {
   const out: string[] = [];

@@ -82,16 +82,17 @@ export interface Target {
 }
 
 /**
- * Sends one request line to a target (on its stdin) and returns its answer: the output printed
- * after the line, once that matches `answer`. Rejects when the target exits or after `timeoutMs`.
+ * Sends one request line to a target (on its stdin) and returns its answer: the first match of
+ * `answer` in the output printed after the line. Rejects when the target exits or after `timeoutMs`.
  */
-export async function ask(t: Target, line: string, answer: RegExp, timeoutMs = 10_000): Promise<string> {
+export async function ask(t: Target, line: string, answer: RegExp, timeoutMs = 20_000): Promise<string> {
   const before = t.output().length;
   t.child.stdin!.write(`${line}\n`);
   const deadline = Date.now() + timeoutMs;
   for (;;) {
     const got = t.output().slice(before);
-    if (answer.test(got)) return got;
+    const m = answer.exec(got);
+    if (m) return m[0];
     const exited = t.child.exitCode !== null || t.child.signalCode !== null;
     if (exited || Date.now() > deadline) {
       throw new Error(`target ${t.pid} ${exited ? 'exited' : 'answered'} ${JSON.stringify(got)} to ${JSON.stringify(line)}, expected ${answer}`);

@@ -331,7 +331,7 @@ export async function applyPatch(pid: number, plan: PatchPlan, options: ApplyOpt
       const committed: RecordPatch = { ...entry, state: 'applied', sites: entry.sites.map((x) => ({ ...x, state: 'applied' })) };
       s.record = store.write({ ...s.record, transaction: null, patches: s.record.patches.map((p) => (p === entry ? committed : p)) });
       faultPoint('apply:committed', pid);
-      freeUnusedRetired(s, retired, outcome.observedInUse);
+      await freeUnusedRetired(s, retired, outcome.observedInUse);
       return {
         ...base, status: 'patched', pauseMicros: outcome.pauseMicros, frozenWorkMicros: outcome.workMicros, setupPauseMicros: setupPause,
         totalPauseMicros: outcome.totalPauseMicros + setupPause + unwindPause, attempts: outcome.attempts, threads: outcome.threads,

@@ -5,7 +5,9 @@
 import { freeze } from './control.js';
 import { memoryWriter } from './memory.js';
 import type { AddressRange } from '../../process/index.js';
-import { RECORD_FILE_SIZE, type RecordArena, type RecordPatch } from './record.js';
+import type { RecordArena, RecordPatch } from './record.js';
+import { privatizeSharers } from './private-record.js';
+import { releaseIfEmpty, unmapRecord } from './release.js';
 import type { Session } from './session.js';
 
 const INT3 = 0xcc;
@@ -17,11 +19,14 @@ export function retiredRanges(record: { patches: RecordPatch[] }): Array<{ patch
 
 /**
  * Drops from the record the retired patches no thread used during the last freeze, after filling
- * their code with int3 (a stale jump into freed code then traps instead of running garbage).
+ * their code with int3 (a stale jump into freed code then traps instead of running garbage), and
+ * releases the arenas and the record when no patch is left (./release.ts). Processes forked since
+ * that still share the record get their own copy first (they may still run the dropped code); when
+ * one cannot be done, nothing is dropped (a later operation frees it).
  */
-export function freeUnusedRetired(s: Session, retired: ReadonlyArray<{ patch: RecordPatch; range: AddressRange }>, inUse: readonly boolean[]): number {
+export async function freeUnusedRetired(s: Session, retired: ReadonlyArray<{ patch: RecordPatch; range: AddressRange }>, inUse: readonly boolean[]): Promise<number> {
   const free = retired.filter((_, i) => inUse[i] === false).map((r) => r.patch);
-  if (free.length === 0 || !s.store) return 0;
+  if (free.length === 0 || !s.store || !(await privatizeSharers(s))) return 0;
   const mem = memoryWriter(s.pid);
   try {
     for (const p of free) {
@@ -33,6 +38,7 @@ export function freeUnusedRetired(s: Session, retired: ReadonlyArray<{ patch: Re
     mem.close();
   }
   s.record = s.store.write({ ...s.record, patches: s.record.patches.filter((p) => !free.includes(p)) });
+  releaseIfEmpty(s);
   return free.length;
 }
 
@@ -45,17 +51,12 @@ export async function unmapFresh(s: Session, fresh: { record: boolean; arenas: R
   const dropRecord = fresh.record && s.record.patches.length === 0 && s.record.arenas.every((a) => arenas.includes(a));
   if (arenas.length === 0 && !dropRecord) return;
   // A process that died meanwhile has nothing left to unmap (and must not get injected calls).
-  if (!s.proc.isAlive()) return;
+  if (!s.proc.isAlive() || !(await privatizeSharers(s))) return;
   const frozen = freeze(s.pid);
   try {
     for (const a of arenas) frozen.unmap(a.start, Number(a.end - a.start));
     if (s.store && !dropRecord) s.record = s.store.write({ ...s.record, arenas: s.record.arenas.filter((a) => !arenas.includes(a)) });
-    if (dropRecord && s.store) {
-      const start = s.store.mapping.start;
-      s.store.close();
-      s.store = undefined;
-      frozen.unmap(start, RECORD_FILE_SIZE);
-    }
+    if (dropRecord) unmapRecord(s, frozen);
   } finally {
     frozen.thaw();
   }

@@ -8,6 +8,7 @@ import {
   findThreadsUsing,
   freezeProcess,
   MAP_ANONYMOUS,
+  MAP_FIXED,
   MAP_PRIVATE,
   MAP_SHARED,
   PROT_EXEC,
@@ -72,6 +73,12 @@ export interface Frozen {
    * PROT_READ + MAP_SHARED and closes the fd. Returns the mapping address.
    */
   createSharedMemfdMapping(name: string, size: number, scratch: bigint): bigint;
+  /**
+   * Like createSharedMemfdMapping, but `fill(path)` first writes the new file through
+   * /proc/PID/fd/N, and the file is then mapped over exactly [at, at + size) with MAP_FIXED, so
+   * the mapping there is replaced in one step (threads never see it missing or half written).
+   */
+  replaceWithMemfd(name: string, size: number, scratch: bigint, at: bigint, fill: (path: string) => void): void;
   /** Resumes every thread; returns the pause (first interrupt → last detach) in microseconds. */
   thaw(): number;
 }
@@ -80,6 +87,18 @@ function syscallOrThrow(fp: FrozenProcess, name: string, nr: number, args: Array
   const r = fp.injectSyscall(nr, args);
   if (r < 0n && r >= -4095n) throw new RemoteSyscallError(fp.pid, name, Number(-r), detail);
   return r;
+}
+
+/** Creates a memfd `name` of `size` bytes in the target, runs `use(fd)`, closes the fd. */
+function withMemfd<T>(fp: FrozenProcess, name: string, size: number, scratch: bigint, use: (fd: number) => T): T {
+  fp.writeMemory(scratch, new TextEncoder().encode(`${name}\0`));
+  const fd = syscallOrThrow(fp, 'memfd_create', SYS_memfd_create, [scratch, MFD_CLOEXEC], `"${name}", MFD_CLOEXEC`);
+  try {
+    syscallOrThrow(fp, 'ftruncate', SYS_ftruncate, [fd, size], `${fd}, ${size}`);
+    return use(Number(fd));
+  } finally {
+    fp.injectSyscall(SYS_close, [fd]);
+  }
 }
 
 /** The shortest wait for threads to stop and for an injected call, whatever `--timeout` says (ms). */
@@ -125,15 +144,12 @@ export function freeze(pid: number, timeoutMs?: number): Frozen {
     unmap: (start, size) => remoteMunmap(fp, start, size),
     mapWritable: (size) => remoteMmap(fp, 0n, size, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS),
     call: (fn, args) => fp.injectCall(fn, args),
-    createSharedMemfdMapping(name, size, scratch) {
-      fp.writeMemory(scratch, new TextEncoder().encode(`${name}\0`));
-      const fd = syscallOrThrow(fp, 'memfd_create', SYS_memfd_create, [scratch, MFD_CLOEXEC], `"${name}", MFD_CLOEXEC`);
-      try {
-        syscallOrThrow(fp, 'ftruncate', SYS_ftruncate, [fd, size], `${fd}, ${size}`);
-        return remoteMmap(fp, 0n, size, PROT_READ, MAP_SHARED, Number(fd), 0n);
-      } finally {
-        fp.injectSyscall(SYS_close, [fd]);
-      }
+    createSharedMemfdMapping: (name, size, scratch) => withMemfd(fp, name, size, scratch, (fd) => remoteMmap(fp, 0n, size, PROT_READ, MAP_SHARED, fd, 0n)),
+    replaceWithMemfd(name, size, scratch, at, fill) {
+      withMemfd(fp, name, size, scratch, (fd) => {
+        fill(`/proc/${pid}/fd/${fd}`);
+        remoteMmap(fp, at, size, PROT_READ, MAP_SHARED | MAP_FIXED, fd, 0n);
+      });
     },
     thaw: () => fp.thaw(),
   };

@@ -4,9 +4,10 @@
  * Updating goes through /proc/PID/map_files/START-END opened read-write, so the mapping stays
  * read-only inside the target at all times.
  */
-import { closeSync, openSync, writeSync } from 'node:fs';
+import { closeSync, fstatSync, openSync, writeSync } from 'node:fs';
 import { ProcessError } from '../../errors.js';
-import { readFileRange, type Mapping } from '../../process/inspect/index.js';
+import { readFileRange, readMemory, type Mapping } from '../../process/inspect/index.js';
+import { inheritedView, isInherited } from './inherited.js';
 import {
   decodeRecordBody,
   emptyRecord,
@@ -45,11 +46,17 @@ function mapFilesPath(pid: number, m: Mapping): string {
 
 
 function readFromFd(fd: number, pid: number): { record: PatchRecord; slot: 0 | 1 | null } {
-  const slots = ([0, 1] as const).map((i) => readRecordSlot((off, len) => readFileRange(fd, i * RECORD_SLOT_SIZE + off, len))) as [
-    ReturnType<typeof readRecordSlot>,
-    ReturnType<typeof readRecordSlot>,
-  ];
-  const newest = pickNewestSlot(slots);
+  let newest: ReturnType<typeof pickNewestSlot> = null;
+  // A record shared with a forked child or parent may be written while we read it: both slots
+  // torn at once is possible (two writes in a row); a writer finishes a slot in microseconds.
+  for (let attempt = 0; attempt < 3 && !newest; attempt++) {
+    const slots = ([0, 1] as const).map((i) => readRecordSlot((off, len) => readFileRange(fd, i * RECORD_SLOT_SIZE + off, len))) as [
+      ReturnType<typeof readRecordSlot>,
+      ReturnType<typeof readRecordSlot>,
+    ];
+    newest = pickNewestSlot(slots);
+    if (slots.every((x) => !x.valid && x.reason === 'no magic')) break; // never written
+  }
   if (!newest) return { record: emptyRecord(pid), slot: null };
   return { record: decodeRecordBody(newest.body, newest.generation), slot: newest.index };
 }
@@ -73,7 +80,32 @@ export function readRecordFromMappings(pid: number, mappings: readonly Mapping[]
   if (!m) return null;
   const fd = openMapFile(pid, m, 'r');
   try {
-    return readFromFd(fd, pid).record;
+    return ownView(readFromFd(fd, pid).record, pid, mappings);
+  } finally {
+    closeSync(fd);
+  }
+}
+
+/** `record` as process `pid` sees it: itself, or for a record inherited through fork, the child's own view (./inherited.ts). */
+export function ownView(record: PatchRecord, pid: number, mappings: readonly Mapping[]): PatchRecord {
+  if (!isInherited(record, pid)) return record;
+  return inheritedView(record, pid, mappings, (a, n) => {
+    try {
+      return readMemory(pid, a, n);
+    } catch {
+      return undefined;
+    }
+  });
+}
+
+/**
+ * Writes `record` as generation `record.generation + 1` into slot 0 of the empty record file at
+ * `path` (a fresh memfd of the target, before it is mapped).
+ */
+export function writeFreshRecord(path: string, record: PatchRecord): void {
+  const fd = openSync(path, 'r+');
+  try {
+    writeFully(fd, encodeRecordSlot(record, record.generation + 1n), 0);
   } finally {
     closeSync(fd);
   }
@@ -136,6 +168,11 @@ export class RecordStore {
     this.#record = next;
     this.#slot = slot;
     return next;
+  }
+
+  /** Inode of the record file: every process mapping the same inode shares this record. */
+  inode(): number {
+    return fstatSync(this.#fd).ino;
   }
 
   close(): void {

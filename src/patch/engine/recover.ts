@@ -106,7 +106,7 @@ export async function recoverProcess(pid: number, options: RecoverOptions = {}):
       result.status = 'recovered';
     }
     const candidates = [...undo.map((p) => ({ patch: finished.get(p)!, range: p.code })), ...retired];
-    result.freed = freeUnusedRetired(s, candidates, inUse);
+    result.freed = await freeUnusedRetired(s, candidates, inUse);
     return { ...result, totalMicros: nowMicros() - t0 };
   } finally {
     s.close();

@@ -117,7 +117,7 @@ export async function removePatch(pid: number, patchId: string, options: RemoveO
     const removed: RecordPatch = { ...removing, state: 'removed', retired: true, sites: removing.sites.map((x) => ({ ...x, state: 'removed' })) };
     s.record = store.write({ ...s.record, transaction: null, patches: s.record.patches.map((p) => (p === removing ? removed : p)) });
     faultPoint('remove:committed', pid);
-    freeUnusedRetired(s, [{ patch: removed, range: removed.code }, ...retired], [codeInUse, ...outcome.observedInUse.slice(1)]);
+    await freeUnusedRetired(s, [{ patch: removed, range: removed.code }, ...retired], [codeInUse, ...outcome.observedInUse.slice(1)]);
     return {
       pid, patchId, status: 'removed', pauseMicros: outcome.pauseMicros, frozenWorkMicros: outcome.workMicros, totalPauseMicros: outcome.totalPauseMicros,
       attempts: outcome.attempts, threads: outcome.threads, totalMicros: nowMicros() - t0, codeFreed: !codeInUse,

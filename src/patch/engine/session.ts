@@ -8,6 +8,8 @@ import { lockProcess, type ProcessLock } from './lock.js';
 import { emptyRecord, type PatchRecord } from './record.js';
 import { findRecordMapping, RecordStore } from './record-store.js';
 import { codeDisagreements } from './stack.js';
+import { isInherited } from './inherited.js';
+import { privatizeRecord } from './private-record.js';
 
 /** An engine session on one process: process handle, lock, record (store when it exists). */
 export interface Session {
@@ -46,27 +48,14 @@ export function openSession(pid: number): Session {
     if (m) {
       s.store = RecordStore.open(pid, m);
       s.record = s.store.record;
-      assertOwnRecord(s.record, pid);
+      // Inherited through fork: the child gets its own copy before anything reads or changes it.
+      if (isInherited(s.record, pid)) privatizeRecord(s);
     }
   } catch (e) {
     s.close();
     throw e;
   }
   return s;
-}
-
-/**
- * A record written for another pid was inherited through fork(): the mapping is MAP_SHARED, so the
- * parent and the child see one file. Changing it for the child would falsify the parent's record.
- */
-export function assertOwnRecord(record: PatchRecord, pid: number): void {
-  if (record.generation > 0n && record.pid !== pid) {
-    throw new HotpatchError(
-      'RECORD_INHERITED',
-      `process ${pid} inherited the hotpatch record of process ${record.pid} through fork(): its patches (the same as its parent's at fork time) ` +
-        `cannot be changed separately; restart the process, or patch and unpatch its parent ${record.pid} before it forks`,
-    );
-  }
 }
 
 /** Opens the record store for a mapping just created at `start` (before /proc/PID/maps is re-read). */
