@@ -1,10 +1,14 @@
+import type { ErrorCode } from './error-codes.js';
+
+export type { ErrorCode } from './error-codes.js';
+
 /**
  * One error base class for the whole library. Every error carries a stable `code` (scripts and
  * the CLI rely on it) and a message that tells the user what to do next.
  */
 export class HotpatchError extends Error {
-  readonly code: string;
-  constructor(code: string, message: string, options?: { cause?: unknown }) {
+  readonly code: ErrorCode;
+  constructor(code: ErrorCode, message: string, options?: { cause?: unknown }) {
     super(message, options);
     this.code = code;
     this.name = new.target.name;
@@ -41,7 +45,7 @@ export class UsageError extends HotpatchError {}
 export class UnsafePathError extends HotpatchError {
   /** The path whose owner, mode or type is the problem. */
   readonly path: string;
-  constructor(code: string, message: string, path: string, options?: { cause?: unknown }) {
+  constructor(code: ErrorCode, message: string, path: string, options?: { cause?: unknown }) {
     super(code, message, options);
     this.path = path;
   }

@@ -1,8 +1,7 @@
 /**
- * Shared by the tests that build real libraries from Debian source packages (debian*.test.ts):
- * fetching a source package through a private apt configuration, Debian's build flags, installing
- * a build stripped under its real name with the soname link, its debug file under .build-id, the
- * CLI, and the request/answer protocol of the client programs.
+ * Shared by the tests that build real libraries from Debian source packages (debian*.test.ts; the
+ * sources come from test/helpers/debian-source.ts): Debian's build flags, cached builds, installing
+ * a build stripped under its real name with the soname link, and its debug file under .build-id.
  */
 import { execFile } from 'node:child_process';
 import { createHash } from 'node:crypto';
