@@ -22,7 +22,7 @@ export const ElfErrorCode = {
 export type ElfErrorCode = (typeof ElfErrorCode)[keyof typeof ElfErrorCode];
 
 /** Throws an ElfError; `label` names the file in the message when the caller gave one. */
-export function elfFail(code: string, message: string, label?: string): never {
+export function elfFail(code: ElfErrorCode, message: string, label?: string): never {
   throw new ElfError(code, label ? `${label}: ${message}` : message);
 }
 
@@ -45,7 +45,7 @@ export class ByteReader {
     this.label = label;
   }
 
-  fail(code: string, message: string): never {
+  fail(code: ElfErrorCode, message: string): never {
     return elfFail(code, message, this.label);
   }
 
@@ -53,7 +53,7 @@ export class ByteReader {
    * Checks that [offset, offset+size) lies inside the file and returns the offset as a number.
    * `code` lets header tables report ELF_TRUNCATED and contents ELF_OUT_OF_RANGE.
    */
-  range(offset: bigint, size: bigint, what: string, code: string = ElfErrorCode.OUT_OF_RANGE): number {
+  range(offset: bigint, size: bigint, what: string, code: ElfErrorCode = ElfErrorCode.OUT_OF_RANGE): number {
     if (offset < 0n || size < 0n || offset + size > BigInt(this.length)) {
       this.fail(code, `${what} (offset 0x${offset.toString(16)}, size 0x${size.toString(16)}) lies outside the file of ${this.length} bytes; the file is truncated or corrupt`);
     }

@@ -10,6 +10,7 @@
  */
 import { inflateSync } from 'node:zlib';
 import { ElfError } from '../errors.js';
+import type { ErrorCode } from '../errors.js';
 import * as C from './constants.js';
 import type { ElfFile } from './elf-file.js';
 import type { ElfSection } from './types.js';
@@ -220,7 +221,7 @@ export interface DwarfReadOptions {
   maxDies?: number;
 }
 
-function fail(code: string, message: string): never {
+function fail(code: ErrorCode, message: string): never {
   throw new ElfError(code, `DWARF: ${message}`);
 }
 

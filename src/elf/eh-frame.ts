@@ -10,6 +10,7 @@
  * toolchains emit give EH_FRAME_UNSUPPORTED.
  */
 import { ElfError } from '../errors.js';
+import type { ErrorCode } from '../errors.js';
 
 export const DW_EH_PE_absptr = 0x00;
 export const DW_EH_PE_uleb128 = 0x01;
@@ -63,7 +64,7 @@ export interface FdeRecord {
   lsda?: EncodedPointer;
 }
 
-function fail(code: string, message: string): never {
+function fail(code: ErrorCode, message: string): never {
   throw new ElfError(code, `.eh_frame: ${message}`);
 }
 

@@ -37,7 +37,7 @@ function entryPath(): string {
   return here.replace(/\/src\/internal\/worker-job\.ts$/, '/dist/src/internal/worker-entry.js');
 }
 
-const ERROR_CLASSES: Record<string, new (code: string, message: string) => errors.HotpatchError> = {
+const ERROR_CLASSES: Record<string, new (code: errors.ErrorCode, message: string) => errors.HotpatchError> = {
   HotpatchError: errors.HotpatchError, ElfError: errors.ElfError, ProcessError: errors.ProcessError, X86Error: errors.X86Error,
   PackageError: errors.PackageError, RefusedError: errors.RefusedError, UsageError: errors.UsageError,
 };
@@ -47,7 +47,7 @@ export function reviveError(e: SerializedError): Error {
   if (e.name === 'BuildRefusedError' && e.refusals && e.refusals.length > 0) return new BuildRefusedError(e.refusals);
   if (e.code !== undefined) {
     const Cls = ERROR_CLASSES[e.name] ?? errors.HotpatchError;
-    return new Cls(e.code, e.message);
+    return new Cls(e.code as errors.ErrorCode, e.message);
   }
   return new Error(e.message);
 }

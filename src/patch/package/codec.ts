@@ -49,6 +49,7 @@
  * length is checked against the bytes left before use; semantic fields are validated (see
  * `validatePlan`). Hostile input yields a PackageError, never a crash or an unbounded allocation.
  */
+import type { ErrorCode } from '../../errors.js';
 import { createHash } from 'node:crypto';
 import { ElfError, PackageError } from '../../errors.js';
 import { parseEhFrame } from '../../elf/eh-frame.js';
@@ -177,7 +178,7 @@ export function keyIdOf(publicKey: Uint8Array): string {
 
 type Fail = (msg: string) => never;
 
-function failWith(code: string): Fail {
+function failWith(code: ErrorCode): Fail {
   return (msg: string) => {
     throw new PackageError(
       code,

@@ -18,6 +18,7 @@
  *  5. thaw: restore registers changed by injected syscalls, PTRACE_DETACH every thread (handing
  *     back any signal we intercepted). thaw() is idempotent and runs on every error path.
  */
+import type { ErrorCode } from '../../errors.js';
 import { faultInjectionAllowed } from '../../internal/fault-gate.js';
 import { readFileSync } from 'node:fs';
 import { ProcessError } from '../../errors.js';
@@ -285,7 +286,7 @@ class ThreadState implements FrozenThread {
   }
 }
 
-function fail(code: string, message: string, cause?: unknown): ProcessError {
+function fail(code: ErrorCode, message: string, cause?: unknown): ProcessError {
   return new ProcessError(code, message, cause === undefined ? undefined : { cause });
 }
 
