@@ -101,7 +101,8 @@ describe('C++ exceptions through patched code', () => {
 
       const removed = await removePatch(t.pid, id, { timeoutMs: 20_000 });
       expect(removed.status).toBe('removed');
-      expect(readRecordFromMappings(t.pid, readMappings(t.pid))!.patches.every((p) => p.unwind === undefined)).toBe(true);
+      // The last patch gone, the record itself is unmapped; a record that is left holds no registration.
+      expect(readRecordFromMappings(t.pid, readMappings(t.pid))?.patches.every((p) => p.unwind === undefined) ?? true).toBe(true);
       expect(readMappings(t.pid).some((m) => m.start === unwind.object.start)).toBe(false);
       expect(await answers(t)).toEqual(before);
       const calls1 = await workerCalls(t);
@@ -146,7 +147,8 @@ describe('C++ exceptions through patched code', () => {
       const page = pending.unwind!.object.start;
       const recovered = await cli(['recover', '--pid', String(t.pid), '--timeout', '20'], env);
       expect(recovered.code, recovered.out).toBe(0);
-      expect(readRecordFromMappings(t.pid, readMappings(t.pid))!.patches.every((p) => p.unwind === undefined)).toBe(true);
+      // The last patch gone, the record itself is unmapped; a record that is left holds no registration.
+      expect(readRecordFromMappings(t.pid, readMappings(t.pid))?.patches.every((p) => p.unwind === undefined) ?? true).toBe(true);
       expect(readMappings(t.pid).some((m) => m.start === page)).toBe(false);
       expect(await answers(t)).toEqual(before);
       const calls = await workerCalls(t);

@@ -61,6 +61,17 @@ describe('package unwind trailer', () => {
     expect(Buffer.from(encodePackage(back))).toEqual(Buffer.from(bytes));
   });
 
+  it('round-trips a plan with both optional parts: variables (part 1) then unwind information (part 2)', () => {
+    const plan = unwindPlan();
+    plan.data.splice(0, 0, { name: 'counter', bytes: new Uint8Array(8), align: 8, relocations: [], writable: true });
+    plan.unwind = { ehFrame: plan.data.length - 1 };
+    const pkg = createPackage(plan, { createdAt: CREATED });
+    const back = decodePackage(encodePackage(pkg));
+    expect(back).toEqual(pkg);
+    expect(back.plan.data[0]).toMatchObject({ name: 'counter', writable: true, bytes: new Uint8Array(8) });
+    expect(back.plan.unwind).toEqual({ ehFrame: plan.data.length - 1 });
+  });
+
   it('every truncation of a content section with the trailer is refused', () => {
     const content = packageContentOf(encodePackage(createPackage(unwindPlan(), { createdAt: CREATED })));
     const withoutTrailer = content.length - 5;
@@ -77,15 +88,16 @@ describe('package unwind trailer', () => {
   it('a damaged trailer is refused as corrupt', () => {
     const content = packageContentOf(encodePackage(createPackage(unwindPlan(), { createdAt: CREATED })));
     const form = content.slice();
-    form[form.length - 5] = 2;
-    expectCode(() => decodePackageContent(form), 'PACKAGE_CORRUPT', /unknown section form 2/);
+    form[form.length - 5] = 3;
+    expectCode(() => decodePackageContent(form), 'PACKAGE_CORRUPT', /unknown part 3/);
     const index = content.slice();
     index[index.length - 4] = 9;
     expectCode(() => decodePackageContent(index), 'PACKAGE_CORRUPT', /\.eh_frame data index 9/);
     const index0 = content.slice();
     index0[index0.length - 4] = 0; // data 0 is a string, not an .eh_frame image
     expectCode(() => decodePackageContent(index0), 'PACKAGE_CORRUPT', /terminator|not a valid \.eh_frame/);
-    expectCode(() => decodePackageContent(Uint8Array.from([...content, 0])), 'PACKAGE_CORRUPT', /stray bytes/);
+    expectCode(() => decodePackageContent(Uint8Array.from([...content, 0])), 'PACKAGE_CORRUPT', /out of order|stray bytes/);
+    expectCode(() => decodePackageContent(Uint8Array.from([...content, 2, 0, 0, 0, 0])), 'PACKAGE_CORRUPT', /repeated or out of order/);
   });
 
   it('refuses plans whose .eh_frame image the target unwinder could not parse', () => {
