@@ -6,15 +6,18 @@
  * target that exits while being patched, publishes metrics and status, and signals readiness over
  * $NOTIFY_SOCKET.
  */
-import { spawn } from 'node:child_process';
+import { execFile, spawn } from 'node:child_process';
+import { promisify } from 'node:util';
 import { existsSync, readdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { listPatches } from '../../src/patch/engine/index.js';
 import { killTargetsAfterAll, startTarget, type Target } from '../helpers/native.js';
 import { value } from '../updater/helpers.js';
+import { openProcConnector } from '../../src/agent/proc-connector.js';
 import { cli, killAgents, makeAgentFixture, startAgent, type AgentFixture } from './helpers.js';
 
+const run = promisify(execFile);
 killTargetsAfterAll();
 afterAll(killAgents);
 
@@ -28,6 +31,15 @@ beforeAll(async () => {
 afterAll(() => {
   if (f) rmSync(f.dir, { recursive: true, force: true });
 });
+
+async function connectorAvailable(): Promise<boolean> {
+  try {
+    (await openProcConnector()).close();
+    return true;
+  } catch {
+    return false;
+  }
+}
 
 function applied(pid: number): string[] {
   return listPatches(pid).patches.filter((p) => p.state === 'applied').map((p) => p.id);
@@ -100,6 +112,8 @@ describe('hotpatch agent', () => {
     const agent = startAgent([...agentArgs(), '--metrics', String(port)]);
     try {
       await agent.waitLog((e) => e.event === 'ready');
+      // It uses the process connector exactly when this machine offers it to this test too.
+      expect((await agent.waitLog((e) => e.event === 'start')).discovery).toBe(await connectorAvailable() ? 'netlink' : 'poll');
       await until(() => targets.every((t) => applied(t.pid).includes(f.patchId)), 10_000, 'patched on start');
       for (const t of targets) expect(await value(t)).toBe(12);
 
@@ -214,6 +228,36 @@ s.settimeout(30); print(s.recv(4096).decode().replace('\\n','|'),flush=True)`, s
       }
     } finally {
       py.kill('SIGKILL');
+    }
+  }, 60_000);
+
+  it('where the connector is unavailable (a network namespace) it polls /proc and still patches a new process within 1 s', async () => {
+    expect((await cli(['store', 'add', f.pkg, '--store', f.store, '--trust', f.pub])).code).toBe(0);
+    const ns = `hp-agent-${process.pid}`;
+    await run('ip', ['netns', 'add', ns]);
+    const agent = startAgent(agentArgs(), {}, ['ip', 'netns', 'exec', ns]);
+    try {
+      const start = await agent.waitLog((e) => e.event === 'start');
+      expect(start).toMatchObject({ discovery: 'poll' });
+      expect(String(start.reason)).toMatch(/process connector is not available/);
+      await agent.waitLog((e) => e.event === 'ready');
+      const t0 = performance.now();
+      const t = await startTarget(f.prog, ['1'], { readyText: null });
+      try {
+        await until(() => {
+          try {
+            return applied(t.pid).includes(f.patchId);
+          } catch {
+            return false;
+          }
+        }, 5000, `new process ${t.pid} patched`);
+        expect(performance.now() - t0).toBeLessThan(1000);
+      } finally {
+        await t.kill();
+      }
+    } finally {
+      await agent.kill('SIGTERM');
+      await run('ip', ['netns', 'del', ns]);
     }
   }, 60_000);
 });

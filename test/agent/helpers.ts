@@ -97,10 +97,11 @@ export async function killAgents(): Promise<void> {
   })));
 }
 
-/** Starts `hotpatch agent ARGS` with `env` added. */
-export function startAgent(args: string[], env: Record<string, string> = {}): AgentProcess {
+/** Starts `hotpatch agent ARGS` with `env` added, under `wrapper` (e.g. `ip netns exec NS`) if given. */
+export function startAgent(args: string[], env: Record<string, string> = {}, wrapper: string[] = []): AgentProcess {
   const base = Object.fromEntries(Object.entries(process.env).filter(([k]) => !k.startsWith('HOTPATCH_')));
-  const child = spawn(process.execPath, [CLI, 'agent', ...args], { env: { ...base, ...env }, stdio: ['ignore', 'pipe', 'pipe'] });
+  const argv = [...wrapper, process.execPath, CLI, 'agent', ...args];
+  const child = spawn(argv[0]!, argv.slice(1), { env: { ...base, ...env }, stdio: ['ignore', 'pipe', 'pipe'] });
   agents.add(child);
   const exited = new Promise<void>((res) => child.once('exit', () => {
     agents.delete(child);
