@@ -13,8 +13,8 @@
  * Discovery: the netlink process connector (./proc-connector.ts) where it is available — every
  * `pollMs` (default 200 ms) its non-blocking socket is drained and only the processes that forked
  * or exec'ed are looked at — else a walk of /proc every `pollMs`. Either way a new process's maps
- * are re-read on every tick while it is young (< {@link YOUNG_MS}), so the dynamic loader mapping
- * the target library after the exec is seen within one or two ticks, and every process is rechecked
+ * are read at once and re-read while it is young (< {@link YOUNG_MS}; at doubling intervals), so
+ * the dynamic loader mapping the target library after the exec is seen, and every process is rechecked
  * every `rescanMs` (default 5 s: a library dlopen'ed later, a patch removed by hand, lost events).
  *
  * Removal order: when a withdrawn patch has other patches stacked above it on a function, those
@@ -32,7 +32,7 @@ import { AgentMetrics } from './metrics.js';
 import { openProcConnector, type ProcConnector, type ProcEvents } from './proc-connector.js';
 import { agentStatusFile, buildStatus, writeAgentStatus, type AgentAttempt, type FleetStatus } from './status.js';
 
-/** A process younger than this has its maps re-read on every poll (ms). */
+/** A process younger than this has its maps re-read now and then (ms). */
 export const YOUNG_MS = 3000;
 /** Codes that mean "try again soon": the target is busy, not broken. */
 export const PENDING_CODES: ReadonlySet<string> = new Set(['TARGET_BUSY', 'TARGET_NEVER_LEAVES', 'PROCESS_LOCKED', 'RECORD_INCOMPLETE']);
@@ -67,8 +67,10 @@ export interface AgentOptions extends TrustOptions {
 interface KnownProcess {
   /** Start time in clock ticks since boot (/proc/PID/stat field 22): tells a reused PID apart. */
   start: string;
-  /** Boot-relative start (ms). */
+  /** Boot-relative start (ms; of the last exec when the connector reported one). */
   startMs: number;
+  /** While young: when its maps are read next (boot-relative ms; the gaps double with its age). */
+  nextLookMs: number;
   /** Whether its maps name a stored target or a patch record. */
   interesting: boolean;
   mapsKey: string;
@@ -85,17 +87,25 @@ interface ProcessView {
 
 const CLK_TCK = 100;
 
-function uptimeMs(): number {
-  return Number(readFileSync('/proc/uptime', 'latin1').split(' ')[0]) * 1000;
+/** Time since boot (ms): /proc/uptime read once per full walk, the monotonic clock in between. */
+const uptime = { base: 0, at: -Infinity };
+function uptimeMs(fresh: boolean): number {
+  if (fresh || performance.now() - uptime.at > 60_000) {
+    uptime.base = Number(readFileSync('/proc/uptime', 'latin1').split(' ')[0]) * 1000;
+    uptime.at = performance.now();
+  }
+  return uptime.base + (performance.now() - uptime.at);
 }
 
 function sleep(ms: number, signal?: AbortSignal): Promise<void> {
   return new Promise((res) => {
-    const t = setTimeout(res, ms);
-    signal?.addEventListener('abort', () => {
+    const done = () => {
       clearTimeout(t);
+      signal?.removeEventListener('abort', done); // one listener per sleep would pile up
       res();
-    }, { once: true });
+    };
+    const t = setTimeout(done, ms);
+    signal?.addEventListener('abort', done, { once: true });
   });
 }
 
@@ -115,6 +125,7 @@ export class Agent {
   private status: FleetStatus | null = null;
   private invalidLogged = new Set<string>();
   private lastPublished = '';
+  private lastPublishedStatus: FleetStatus | null = null;
   private lastPublishedAt = 0;
   /** How new processes are found, once `run` started. */
   discovery: 'netlink' | 'poll' | undefined;
@@ -175,6 +186,8 @@ export class Agent {
     const file = this.options.statusFile ?? agentStatusFile();
     if (file === '') return;
     const s = this.snapshot();
+    if (s === this.lastPublishedStatus && Date.now() - this.lastPublishedAt < 5000) return; // an idle cycle
+    this.lastPublishedStatus = s;
     const key = JSON.stringify({ ...s, agent: null, attempts: [...this.attempts.values()].map((a) => [a.pid, a.patchId, a.state, a.attempts]) });
     if (key === this.lastPublished && Date.now() - this.lastPublishedAt < 5000) return;
     try {
@@ -227,9 +240,9 @@ export class Agent {
     if (rescan) this.lastRescan = now;
     const store = this.store!;
     const names = new Set<string>(store.packages.map((p) => `/${p.pkg.plan.target.name}`));
-    const up = uptimeMs();
-    const due = new Set<number>();
     const full = !events || events.overflow || rescan || storeChanged;
+    const up = uptimeMs(full);
+    const due = new Set<number>();
     if (full) {
       const seen = new Set<number>();
       for (const e of readdirSync('/proc')) {
@@ -245,7 +258,10 @@ export class Agent {
       const look = new Set(events.started.filter((pid) => pid !== process.pid));
       for (const pid of look) {
         const k = this.known.get(pid);
-        if (k) k.startMs = up; // an exec: a new image, young again
+        if (k) {
+          k.startMs = up; // an exec: a new image, young again
+          k.nextLookMs = 0;
+        }
       }
       for (const [pid, k] of this.known) if (up - k.startMs < YOUNG_MS) look.add(pid);
       for (const pid of look) if (!this.examine(pid, up, names, false, due)) this.forget(pid);
@@ -284,15 +300,19 @@ export class Agent {
         const fields = stat.slice(stat.lastIndexOf(')') + 2).split(' ');
         if ((Number(fields[6]) & 0x00200000) !== 0) return false; // PF_KTHREAD: kernel thread
         const start = fields[19]!;
-        k = { start, startMs: (Number(start) / CLK_TCK) * 1000, interesting: false, mapsKey: '', exe: '' };
+        k = { start, startMs: (Number(start) / CLK_TCK) * 1000, nextLookMs: 0, interesting: false, mapsKey: '', exe: '' };
         this.known.set(pid, k);
         fresh = true;
       } catch {
         return false;
       }
     }
-    const young = up - k.startMs < YOUNG_MS;
-    if (!fresh && !young && !recheck) return true;
+    const age = up - k.startMs;
+    const look = age < YOUNG_MS && up >= k.nextLookMs;
+    if (!fresh && !look && !recheck) return true;
+    // The loader maps the libraries right after the exec, so the first look nearly always sees
+    // them; later looks (a dlopen soon after start) thin out: at about twice the age each time.
+    k.nextLookMs = up + Math.max(this.o.pollMs, age);
     let maps: string;
     try {
       maps = readFileSync(`/proc/${pid}/maps`, 'latin1');
@@ -362,8 +382,16 @@ export class Agent {
       return;
     }
     const exe = listed.exe;
-    // An interrupted apply/remove (e.g. a previous agent was killed mid-way): finish or undo it.
-    if (listed.transaction || listed.patches.some((p) => p.state === 'pending' || p.state === 'removing')) {
+    // An interrupted apply/remove of one of its patches (e.g. a previous agent was killed mid-way):
+    // finish or undo it. One of a patch it does not manage (a person's `hotpatch apply`) is left
+    // to `hotpatch recover`; nothing is done to that process meanwhile.
+    const interrupted = [...(listed.transaction ? [listed.transaction.patchId] : []), ...listed.patches.filter((p) => p.state === 'pending' || p.state === 'removing').map((p) => p.id)];
+    if (interrupted.length > 0) {
+      const ours = new Set([...store.packages.map((p) => p.id), ...store.withdrawn.map((w) => w.id)]);
+      if (!interrupted.some((id) => ours.has(id))) {
+        this.views.delete(pid);
+        return;
+      }
       const rep = await recoverProcesses({ pids: [pid], lockWaitMs: 0 });
       for (const r of rep.results) this.log({ event: 'recover', pid, exe, status: r.status, ...(r.actions ? { actions: r.actions } : {}), ...(r.code ? { code: r.code, reason: r.reason } : {}) });
       try {
