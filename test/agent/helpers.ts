@@ -17,7 +17,7 @@ import { FIXTURES, REPO_ROOT } from '../helpers/native.js';
 
 const run = promisify(execFile);
 export const CLI = join(REPO_ROOT, 'dist/src/cli/main.js');
-const LIB_FLAGS = ['-O2', '-fpatchable-function-entry=7,5', '-ffunction-sections', '-Wl,--emit-relocs', '-shared', '-fPIC'];
+export const LIB_FLAGS = ['-O2', '-fpatchable-function-entry=7,5', '-ffunction-sections', '-Wl,--emit-relocs', '-shared', '-fPIC'];
 
 export interface AgentFixture {
   dir: string;
