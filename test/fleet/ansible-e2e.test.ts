@@ -89,18 +89,12 @@ async function buildFixture(): Promise<void> {
   bad = make('bad', 'lib_value returns x + 1000 (fails the health check)');
 }
 
-/** `npm pack` of hotpatch (already built: dist/) and of its three dependencies, as the role expects. */
-async function packTarballs(): Promise<{ main: string; deps: string[] }> {
+/** `npm pack` of hotpatch (already built: dist/; it bundles its dependencies), as the role expects. */
+async function packTarball(): Promise<string> {
   const out = join(dir, 'tarballs');
   mkdirSync(out);
-  const pack = async (what: string) => {
-    const json = JSON.parse(await sh('npm', ['pack', what, '--ignore-scripts', '--json', '--pack-destination', out])) as Array<{ filename: string }>;
-    return join(out, json[0]!.filename);
-  };
-  const main = await pack(REPO_ROOT);
-  const deps: string[] = [];
-  for (const d of ['commander', 'iced-x86', 'koffi']) deps.push(await pack(join(REPO_ROOT, 'node_modules', d)));
-  return { main, deps };
+  const json = JSON.parse(await sh('npm', ['pack', REPO_ROOT, '--ignore-scripts', '--json', '--pack-destination', out])) as Array<{ filename: string }>;
+  return join(out, json[0]!.filename);
 }
 
 /** The host: namespaces, veth, then its init (sshd in the private mounts) and the service. */
@@ -293,7 +287,7 @@ beforeAll(async () => {
     run('ssh-keygen', ['-q', '-t', 'ed25519', '-N', '', '-f', join(dir, 'hostkey')]),
     buildFixture(),
   ]);
-  const tarballs = await packTarballs();
+  const tarball = await packTarball();
   for (const [i, h] of hosts.entries()) await startHost(h, i);
   inventory = join(dir, 'inventory.ini');
   writeFileSync(inventory, [
@@ -305,8 +299,7 @@ beforeAll(async () => {
     `ansible_ssh_private_key_file=${join(dir, 'id')}`,
     "ansible_ssh_common_args='-o StrictHostKeyChecking=no -o UserKnownHostsFile=/dev/null -o ControlMaster=no'",
     'ansible_python_interpreter=/usr/bin/python3',
-    `hotpatch_tarball=${tarballs.main}`,
-    `hotpatch_dependency_tarballs=${JSON.stringify(tarballs.deps)}`,
+    `hotpatch_tarball=${tarball}`,
     `hotpatch_trusted_keys=${JSON.stringify([pub])}`,
     'hotpatch_agent_mode=process',
     'hotpatch_wait_timeout=60',
