@@ -127,8 +127,6 @@ export class Agent {
   private lastPublished = '';
   private lastPublishedStatus: FleetStatus | null = null;
   private lastPublishedAt = 0;
-  /** How new processes are found, once `run` started. */
-  discovery: 'netlink' | 'poll' | undefined;
 
   constructor(private readonly options: AgentOptions = {}) {
     this.o = {
@@ -156,8 +154,7 @@ export class Agent {
         reason = (e as Error).message;
       }
     }
-    this.discovery = connector ? 'netlink' : 'poll';
-    this.log({ event: 'start', store: this.dir, pid: process.pid, discovery: this.discovery, pollMs: this.o.pollMs, ...(connector ? {} : { reason }) });
+    this.log({ event: 'start', store: this.dir, pid: process.pid, discovery: connector ? 'netlink' : 'poll', pollMs: this.o.pollMs, ...(connector ? {} : { reason }) });
     let first = true;
     try {
       while (!signal.aborted) {
