@@ -277,7 +277,9 @@ s.settimeout(30); print(s.recv(4096).decode().replace('\\n','|'),flush=True)`, s
       await until(() => targets.every((t) => applied(t.pid).join() === f.patchId2), 10_000, 'A gone, B alone');
       for (const t of targets) expect(await value(t)).toBe(13);
       for (const t of targets) {
-        const steps = agent.log.slice(mark).filter((e) => e.pid === t.pid && (e.event === 'apply' || e.event === 'remove'));
+        const mine = agent.log.slice(mark).filter((e) => e.pid === t.pid && (e.event === 'apply' || e.event === 'remove'));
+        expect(mine.filter((e) => e.state === 'failed')).toEqual([]); // a busy target may be retried (pending), nothing fails
+        const steps = mine.filter((e) => e.status === 'removed' || e.status === 'patched');
         expect(steps.map((e) => `${e.event} ${e.patch} ${e.status}`)).toEqual([
           `remove ${f.patchId2} removed`, `remove ${f.patchId} removed`, `apply ${f.patchId2} patched`,
         ]);
