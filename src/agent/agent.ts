@@ -10,12 +10,12 @@
  * memory is only scheduling: which processes it has looked at, and back-off timers for busy or
  * failing targets (reported as pending / failed in its status and metrics).
  *
- * Discovery: /proc polling every `pollMs` (default 200 ms). A process appears in /proc/PID when it
- * is forked; its maps are re-read on every poll while it is young (< {@link YOUNG_MS}), so a
- * fork+exec and the dynamic loader mapping the target library are seen within one or two polls.
- * Every process is rechecked every `rescanMs` (default 5 s: a library dlopen'ed later, a patch
- * removed by hand). The netlink process connector is not used (it needs CAP_NET_ADMIN and a
- * blocking socket; polling meets the 1 s goal at a measured idle cost, see docs/fleet.md).
+ * Discovery: the netlink process connector (./proc-connector.ts) where it is available — every
+ * `pollMs` (default 200 ms) its non-blocking socket is drained and only the processes that forked
+ * or exec'ed are looked at — else a walk of /proc every `pollMs`. Either way a new process's maps
+ * are read at once and re-read while it is young (< {@link YOUNG_MS}; at doubling intervals), so
+ * the dynamic loader mapping the target library after the exec is seen, and every process is rechecked
+ * every `rescanMs` (default 5 s: a library dlopen'ed later, a patch removed by hand, lost events).
  *
  * Removal order: when a withdrawn patch has other patches stacked above it on a function, those
  * are removed first (top of the stack first); a stored one among them is applied again on the next
@@ -29,9 +29,10 @@ import type { TrustOptions } from '../patch/trust/index.js';
 import { openProcess } from '../process/index.js';
 import { readStore, storeDir, type StoreContents, type StoredPackage } from '../store/index.js';
 import { AgentMetrics } from './metrics.js';
+import { openProcConnector, type ProcConnector, type ProcEvents } from './proc-connector.js';
 import { agentStatusFile, buildStatus, writeAgentStatus, type AgentAttempt, type FleetStatus } from './status.js';
 
-/** A process younger than this has its maps re-read on every poll (ms). */
+/** A process younger than this has its maps re-read now and then (ms). */
 export const YOUNG_MS = 3000;
 /** Codes that mean "try again soon": the target is busy, not broken. */
 export const PENDING_CODES: ReadonlySet<string> = new Set(['TARGET_BUSY', 'TARGET_NEVER_LEAVES', 'PROCESS_LOCKED', 'RECORD_INCOMPLETE']);
@@ -42,7 +43,12 @@ export type AgentLogEntry = Record<string, unknown> & { event: string };
 /** Options of {@link Agent}. */
 export interface AgentOptions extends TrustOptions {
   storeDir?: string;
-  /** Poll interval of /proc (ms, default 200). */
+  /**
+   * How new processes are found: 'auto' (default) = the netlink process connector when available,
+   * else /proc polling; 'poll' = always poll.
+   */
+  discovery?: 'auto' | 'poll';
+  /** Interval of the discovery loop (ms, default 200): /proc walk, or connector drain. */
   pollMs?: number;
   /** Full recheck interval (ms, default 5000). */
   rescanMs?: number;
@@ -61,8 +67,10 @@ export interface AgentOptions extends TrustOptions {
 interface KnownProcess {
   /** Start time in clock ticks since boot (/proc/PID/stat field 22): tells a reused PID apart. */
   start: string;
-  /** Boot-relative start (ms). */
+  /** Boot-relative start (ms; of the last exec when the connector reported one). */
   startMs: number;
+  /** While young: when its maps are read next (boot-relative ms; the gaps double with its age). */
+  nextLookMs: number;
   /** Whether its maps name a stored target or a patch record. */
   interesting: boolean;
   mapsKey: string;
@@ -79,17 +87,25 @@ interface ProcessView {
 
 const CLK_TCK = 100;
 
-function uptimeMs(): number {
-  return Number(readFileSync('/proc/uptime', 'latin1').split(' ')[0]) * 1000;
+/** Time since boot (ms): /proc/uptime read once per full walk, the monotonic clock in between. */
+const uptime = { base: 0, at: -Infinity };
+function uptimeMs(fresh: boolean): number {
+  if (fresh || performance.now() - uptime.at > 60_000) {
+    uptime.base = Number(readFileSync('/proc/uptime', 'latin1').split(' ')[0]) * 1000;
+    uptime.at = performance.now();
+  }
+  return uptime.base + (performance.now() - uptime.at);
 }
 
 function sleep(ms: number, signal?: AbortSignal): Promise<void> {
   return new Promise((res) => {
-    const t = setTimeout(res, ms);
-    signal?.addEventListener('abort', () => {
+    const done = () => {
       clearTimeout(t);
+      signal?.removeEventListener('abort', done); // one listener per sleep would pile up
       res();
-    }, { once: true });
+    };
+    const t = setTimeout(done, ms);
+    signal?.addEventListener('abort', done, { once: true });
   });
 }
 
@@ -109,6 +125,7 @@ export class Agent {
   private status: FleetStatus | null = null;
   private invalidLogged = new Set<string>();
   private lastPublished = '';
+  private lastPublishedStatus: FleetStatus | null = null;
   private lastPublishedAt = 0;
 
   constructor(private readonly options: AgentOptions = {}) {
@@ -128,21 +145,35 @@ export class Agent {
 
   /** Runs cycles until `signal` aborts. `onReady` is called after the first complete cycle. */
   async run(signal: AbortSignal, onReady?: () => void): Promise<void> {
-    this.log({ event: 'start', store: this.dir, pid: process.pid, pollMs: this.o.pollMs });
-    let first = true;
-    while (!signal.aborted) {
+    let connector: ProcConnector | undefined;
+    let reason = 'disabled (--discovery poll)';
+    if (this.options.discovery !== 'poll') {
       try {
-        await this.cycle();
-        this.publish();
+        connector = await openProcConnector();
       } catch (e) {
-        this.log({ event: 'error', code: (e as { code?: string }).code ?? 'INTERNAL', reason: (e as Error).message });
+        reason = (e as Error).message;
       }
-      if (first) {
-        first = false;
-        this.log({ event: 'ready', patches: this.store?.packages.length ?? 0, processes: this.views.size });
-        onReady?.();
+    }
+    this.log({ event: 'start', store: this.dir, pid: process.pid, discovery: connector ? 'netlink' : 'poll', pollMs: this.o.pollMs, ...(connector ? {} : { reason }) });
+    let first = true;
+    try {
+      while (!signal.aborted) {
+        try {
+          // The first cycle walks /proc in any case; then the connector says what is new.
+          await this.cycle(connector && !first ? connector.drain() : undefined);
+          this.publish();
+        } catch (e) {
+          this.log({ event: 'error', code: (e as { code?: string }).code ?? 'INTERNAL', reason: (e as Error).message });
+        }
+        if (first) {
+          first = false;
+          this.log({ event: 'ready', patches: this.store?.packages.length ?? 0, processes: this.views.size });
+          onReady?.();
+        }
+        await sleep(this.o.pollMs, signal);
       }
-      await sleep(this.o.pollMs, signal);
+    } finally {
+      connector?.close();
     }
     this.log({ event: 'stop' });
   }
@@ -152,6 +183,8 @@ export class Agent {
     const file = this.options.statusFile ?? agentStatusFile();
     if (file === '') return;
     const s = this.snapshot();
+    if (s === this.lastPublishedStatus && Date.now() - this.lastPublishedAt < 5000) return; // an idle cycle
+    this.lastPublishedStatus = s;
     const key = JSON.stringify({ ...s, agent: null, attempts: [...this.attempts.values()].map((a) => [a.pid, a.patchId, a.state, a.attempts]) });
     if (key === this.lastPublished && Date.now() - this.lastPublishedAt < 5000) return;
     try {
@@ -191,65 +224,107 @@ export class Agent {
     return before !== after;
   }
 
-  /** One reconciliation: read the store if it changed, find processes, apply / remove / retry. */
-  async cycle(): Promise<void> {
+  /**
+   * One reconciliation: read the store if it changed, find processes, apply / remove / retry.
+   * With `events` (from the process connector) only the processes named there, young ones and
+   * those with a retry due are looked at, unless a full walk of /proc is due anyway (rescan,
+   * store change, lost events); without, /proc is walked.
+   */
+  async cycle(events?: ProcEvents): Promise<void> {
     const now = Date.now();
     const storeChanged = this.storeChanged(now);
     const rescan = now - this.lastRescan >= this.o.rescanMs;
     if (rescan) this.lastRescan = now;
     const store = this.store!;
     const names = new Set<string>(store.packages.map((p) => `/${p.pkg.plan.target.name}`));
-    const up = uptimeMs();
+    const full = !events || events.overflow || rescan || storeChanged;
+    const up = uptimeMs(full);
     const due = new Set<number>();
-    const seen = new Set<number>();
-    for (const e of readdirSync('/proc')) {
-      if (!/^\d+$/.test(e)) continue;
-      const pid = Number(e);
-      if (pid === process.pid) continue;
-      seen.add(pid);
-      let k = this.known.get(pid);
-      let fresh = false;
-      if (!k) {
-        try {
-          const stat = readFileSync(`/proc/${pid}/stat`, 'latin1');
-          const fields = stat.slice(stat.lastIndexOf(')') + 2).split(' ');
-          if ((Number(fields[6]) & 0x00200000) !== 0) continue; // PF_KTHREAD: kernel thread
-          const start = fields[19]!;
-          k = { start, startMs: (Number(start) / CLK_TCK) * 1000, interesting: false, mapsKey: '', exe: '' };
-          this.known.set(pid, k);
-          fresh = true;
-        } catch {
-          continue;
+    if (full) {
+      const seen = new Set<number>();
+      for (const e of readdirSync('/proc')) {
+        if (!/^\d+$/.test(e)) continue;
+        const pid = Number(e);
+        if (pid === process.pid) continue;
+        seen.add(pid);
+        this.examine(pid, up, names, rescan || storeChanged, due);
+      }
+      for (const pid of [...this.known.keys()]) if (!seen.has(pid)) this.forget(pid);
+    } else {
+      for (const pid of events.exited) this.forget(pid);
+      const look = new Set(events.started.filter((pid) => pid !== process.pid));
+      for (const pid of look) {
+        const k = this.known.get(pid);
+        if (k) {
+          k.startMs = up; // an exec: a new image, young again
+          k.nextLookMs = 0;
         }
       }
-      const young = up - k.startMs < YOUNG_MS;
-      if (!fresh && !young && !rescan && !storeChanged) continue;
-      let maps: string;
-      try {
-        maps = readFileSync(`/proc/${pid}/maps`, 'latin1');
-      } catch {
-        continue;
-      }
-      const hits: string[] = [];
-      for (const n of names) if (maps.includes(n)) hits.push(n);
-      const hasRecord = maps.includes(RECORD_MAPS_PATH);
-      const key = `${hits.join(',')}|${hasRecord}`;
-      const interesting = hits.length > 0 || hasRecord;
-      if (interesting && (fresh || key !== k.mapsKey || rescan || storeChanged)) due.add(pid);
-      k.interesting = interesting;
-      k.mapsKey = key;
+      for (const [pid, k] of this.known) if (up - k.startMs < YOUNG_MS) look.add(pid);
+      for (const pid of look) if (!this.examine(pid, up, names, false, due)) this.forget(pid);
     }
-    for (const pid of [...this.known.keys()]) if (!seen.has(pid)) this.forget(pid);
-    for (const [key, a] of this.attempts) if (a.nextAt <= now) due.add(Number(key.split(':')[0]));
+    let retries = false;
+    for (const [key, a] of this.attempts) {
+      if (a.nextAt <= now) {
+        due.add(Number(key.split(':')[0]));
+        retries = true;
+      }
+    }
     this.metrics.cycles++;
     if (due.size > 0) {
       const loaded = new Map<string, LoadedPackage | Error>();
       await mapBounded([...due].sort((a, b) => a - b), this.o.concurrency, (pid) => this.reconcile(pid, store, loaded));
     }
+    // Nothing looked at and nothing changed: the status stands (keeps an idle agent idle).
+    if (!full && due.size === 0 && !retries && this.status && events.exited.length === 0) return;
     this.metrics.processesWatched = this.views.size;
     this.status = this.computeStatus();
     for (const p of this.status.patches) this.metrics.perPatch.set(p.id, { patched: p.counts.applied, pending: p.counts.pending, failed: p.counts.failed });
     for (const id of [...this.metrics.perPatch.keys()]) if (!this.status.patches.some((p) => p.id === id)) this.metrics.perPatch.delete(id);
+  }
+
+  /**
+   * Reads what is needed of /proc/PID (stat once, maps while young or when `recheck`) and adds it
+   * to `due` when it maps a stored target or a patch record it did not before. False when the
+   * process is gone or is a kernel thread.
+   */
+  private examine(pid: number, up: number, names: ReadonlySet<string>, recheck: boolean, due: Set<number>): boolean {
+    let k = this.known.get(pid);
+    let fresh = false;
+    if (!k) {
+      try {
+        const stat = readFileSync(`/proc/${pid}/stat`, 'latin1');
+        const fields = stat.slice(stat.lastIndexOf(')') + 2).split(' ');
+        if ((Number(fields[6]) & 0x00200000) !== 0) return false; // PF_KTHREAD: kernel thread
+        const start = fields[19]!;
+        k = { start, startMs: (Number(start) / CLK_TCK) * 1000, nextLookMs: 0, interesting: false, mapsKey: '', exe: '' };
+        this.known.set(pid, k);
+        fresh = true;
+      } catch {
+        return false;
+      }
+    }
+    const age = up - k.startMs;
+    const look = age < YOUNG_MS && up >= k.nextLookMs;
+    if (!fresh && !look && !recheck) return true;
+    // The loader maps the libraries right after the exec, so the first look nearly always sees
+    // them; later looks (a dlopen soon after start) thin out: at about twice the age each time.
+    k.nextLookMs = up + Math.max(this.o.pollMs, age);
+    let maps: string;
+    try {
+      maps = readFileSync(`/proc/${pid}/maps`, 'latin1');
+    } catch {
+      return false;
+    }
+    const hits: string[] = [];
+    for (const n of names) if (maps.includes(n)) hits.push(n);
+    const hasRecord = maps.includes(RECORD_MAPS_PATH);
+    const key = `${hits.join(',')}|${hasRecord}`;
+    const interesting = hits.length > 0 || hasRecord;
+    if (interesting && (fresh || key !== k.mapsKey || recheck)) due.add(pid);
+    k.interesting = interesting;
+    k.mapsKey = key;
+    return true;
   }
 
   private forget(pid: number): void {
@@ -304,8 +379,16 @@ export class Agent {
       return;
     }
     const exe = listed.exe;
-    // An interrupted apply/remove (e.g. a previous agent was killed mid-way): finish or undo it.
-    if (listed.transaction || listed.patches.some((p) => p.state === 'pending' || p.state === 'removing')) {
+    // An interrupted apply/remove of one of its patches (e.g. a previous agent was killed mid-way):
+    // finish or undo it. One of a patch it does not manage (a person's `hotpatch apply`) is left
+    // to `hotpatch recover`; nothing is done to that process meanwhile.
+    const interrupted = [...(listed.transaction ? [listed.transaction.patchId] : []), ...listed.patches.filter((p) => p.state === 'pending' || p.state === 'removing').map((p) => p.id)];
+    if (interrupted.length > 0) {
+      const ours = new Set([...store.packages.map((p) => p.id), ...store.withdrawn.map((w) => w.id)]);
+      if (!interrupted.some((id) => ours.has(id))) {
+        this.views.delete(pid);
+        return;
+      }
       const rep = await recoverProcesses({ pids: [pid], lockWaitMs: 0 });
       for (const r of rep.results) this.log({ event: 'recover', pid, exe, status: r.status, ...(r.actions ? { actions: r.actions } : {}), ...(r.code ? { code: r.code, reason: r.reason } : {}) });
       try {

@@ -2,4 +2,5 @@
 export * from './agent.js';
 export * from './metrics.js';
 export * from './notify.js';
+export * from './proc-connector.js';
 export * from './status.js';

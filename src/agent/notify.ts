@@ -4,8 +4,8 @@
  *
  * Node has no unix datagram sockets, and `systemd-notify` run as a child is unreliable (systemd
  * attributes the message by the sender's PID, which is a short-lived helper, not the service's
- * main process). So this module is the agent's one FFI binding: `socket`, `sendto` and `close`
- * from libc through koffi (besides src/process/ptrace/ffi.ts, the only other koffi import). Every
+ * main process). So this module binds `socket`, `sendto` and `close` from libc through koffi
+ * (like ./proc-connector.ts; the engine's bindings are in src/process/ptrace/ffi.ts). Every
  * call is synchronous and allocation-free after the first.
  */
 import koffi from 'koffi';

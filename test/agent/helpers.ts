@@ -17,7 +17,7 @@ import { FIXTURES, REPO_ROOT } from '../helpers/native.js';
 
 const run = promisify(execFile);
 export const CLI = join(REPO_ROOT, 'dist/src/cli/main.js');
-const LIB_FLAGS = ['-O2', '-fpatchable-function-entry=7,5', '-ffunction-sections', '-Wl,--emit-relocs', '-shared', '-fPIC'];
+export const LIB_FLAGS = ['-O2', '-fpatchable-function-entry=7,5', '-ffunction-sections', '-Wl,--emit-relocs', '-shared', '-fPIC'];
 
 export interface AgentFixture {
   dir: string;
@@ -27,6 +27,9 @@ export interface AgentFixture {
   untrustedPkg: string;
   pub: string;
   patchId: string;
+  /** A second fix of the same function (returns x + 3), built from the running library too: stacks on `pkg`. */
+  pkg2: string;
+  patchId2: string;
   store: string;
 }
 
@@ -39,20 +42,32 @@ export async function makeAgentFixture(): Promise<AgentFixture> {
   const salt = randomBytes(8).toString('hex');
   const src = join(dir, 'libfix.c');
   writeFileSync(src, `${readFileSync(join(FIXTURES, 'updater/libfix.c'), 'utf8')}\n__attribute__((used)) static const char agent_test_salt[] = "${salt}";\n`);
+  const src2 = join(dir, 'libfix2.c');
+  writeFileSync(src2, readFileSync(src, 'utf8').replace('return x + 2;', 'return x + 3;'));
   const lib = join(app, 'libfix.so');
   const fixed = join(dir, 'build', 'libfix.so');
-  await Promise.all([run('gcc', [...LIB_FLAGS, '-o', lib, src]), run('gcc', [...LIB_FLAGS, '-DLIBFIX_FIXED', '-o', fixed, src])]);
+  const fixed2Dir = join(dir, 'build2');
+  mkdirSync(fixed2Dir);
+  const fixed2 = join(fixed2Dir, 'libfix.so');
+  await Promise.all([
+    run('gcc', [...LIB_FLAGS, '-o', lib, src]), run('gcc', [...LIB_FLAGS, '-DLIBFIX_FIXED', '-o', fixed, src]),
+    run('gcc', [...LIB_FLAGS, '-DLIBFIX_FIXED', '-o', fixed2, src2]),
+  ]);
   const prog = join(app, 'alpha');
   await run('gcc', ['-O2', '-o', prog, join(FIXTURES, 'updater/prog.c'), `-L${app}`, '-lfix', '-lpthread', `-Wl,-rpath,${app}`]);
   const { plan } = buildPatch(new Uint8Array(readFileSync(lib)), new Uint8Array(readFileSync(fixed)), { oldName: 'libfix.so', newName: 'libfix.so' });
   const p = createPackage(plan, { description: 'lib_value returns x + 2', cves: ['CVE-2024-0001'], severity: 'high' });
+  const plan2 = buildPatch(new Uint8Array(readFileSync(lib)), new Uint8Array(readFileSync(fixed2)), { oldName: 'libfix.so', newName: 'libfix.so' }).plan;
+  const p2 = createPackage(plan2, { description: 'lib_value returns x + 3', cves: ['CVE-2024-0002'], severity: 'medium' });
   const { publicKeyFile } = writeKeyFiles(join(dir, 'release.key'), { comment: 'Release team' });
   writeKeyFiles(join(dir, 'other.key'), { comment: 'Someone else' });
   const pkg = join(dir, 'fix.hpk');
   const untrustedPkg = join(dir, 'untrusted.hpk');
   writeFileSync(pkg, encodePackage(signPackage(p, readFileSync(join(dir, 'release.key'), 'utf8'))));
   writeFileSync(untrustedPkg, encodePackage(signPackage(p, readFileSync(join(dir, 'other.key'), 'utf8'))));
-  return { dir, app, prog, pkg, untrustedPkg, pub: publicKeyFile, patchId: p.id, store: join(dir, 'store') };
+  const pkg2 = join(dir, 'fix2.hpk');
+  writeFileSync(pkg2, encodePackage(signPackage(p2, readFileSync(join(dir, 'release.key'), 'utf8'))));
+  return { dir, app, prog, pkg, untrustedPkg, pub: publicKeyFile, patchId: p.id, pkg2, patchId2: p2.id, store: join(dir, 'store') };
 }
 
 export interface CliRun {
@@ -97,10 +112,11 @@ export async function killAgents(): Promise<void> {
   })));
 }
 
-/** Starts `hotpatch agent ARGS` with `env` added. */
-export function startAgent(args: string[], env: Record<string, string> = {}): AgentProcess {
+/** Starts `hotpatch agent ARGS` with `env` added, under `wrapper` (e.g. `ip netns exec NS`) if given. */
+export function startAgent(args: string[], env: Record<string, string> = {}, wrapper: string[] = []): AgentProcess {
   const base = Object.fromEntries(Object.entries(process.env).filter(([k]) => !k.startsWith('HOTPATCH_')));
-  const child = spawn(process.execPath, [CLI, 'agent', ...args], { env: { ...base, ...env }, stdio: ['ignore', 'pipe', 'pipe'] });
+  const argv = [...wrapper, process.execPath, CLI, 'agent', ...args];
+  const child = spawn(argv[0]!, argv.slice(1), { env: { ...base, ...env }, stdio: ['ignore', 'pipe', 'pipe'] });
   agents.add(child);
   const exited = new Promise<void>((res) => child.once('exit', () => {
     agents.delete(child);

@@ -13,6 +13,7 @@ interface AgentCliOptions {
   store?: string;
   trust: string[];
   interval: string;
+  discovery: string;
   rescan: string;
   timeout: string;
   metrics?: string;
@@ -34,7 +35,8 @@ export function register(program: Command, setExitCode: SetExitCode): void {
     .description('keep every stored patch applied to every process that maps its target, new ones included; remove withdrawn patches')
     .option('--store <DIR>', 'store directory (default: $HOTPATCH_STORE, else /var/lib/hotpatch/store)')
     .option('--trust <PUBFILE>', 'trusted public key (repeatable; else HOTPATCH_TRUSTED_KEYS, else /etc/hotpatch/trusted.d/*.pub)', collect, [] as string[])
-    .option('--interval <S>', 'how often /proc is polled for new processes (seconds)', '0.2')
+    .option('--interval <S>', 'how often new processes are looked for: process-connector events read, or /proc polled (seconds)', '0.2')
+    .option('--discovery <MODE>', "how new processes are found: 'auto' (the netlink process connector when available, else /proc polling) or 'poll'", 'auto')
     .option('--rescan <S>', 'how often every process and the store are checked again (seconds)', '5')
     .option('--timeout <S>', 'how long one attempt waits for a busy function before backing off (seconds)', '1')
     .option('--metrics <PORT>', 'serve Prometheus metrics at /metrics and the status at /status on PORT')
@@ -47,8 +49,9 @@ export function register(program: Command, setExitCode: SetExitCode): void {
       const pollMs = parseTimeoutOption(opts.interval, '--interval');
       const rescanMs = parseTimeoutOption(opts.rescan, '--rescan');
       if (pollMs < 10) throw new UsageError('USAGE_BAD_TIMEOUT', '--interval must be at least 0.01 s');
+      if (opts.discovery !== 'auto' && opts.discovery !== 'poll') throw new UsageError('USAGE_BAD_DISCOVERY', `--discovery ${opts.discovery}: use 'auto' or 'poll'`);
       const agent = new Agent({
-        ...(opts.store ? { storeDir: opts.store } : {}), trustFiles: opts.trust, pollMs, rescanMs: Math.max(rescanMs, pollMs),
+        ...(opts.store ? { storeDir: opts.store } : {}), trustFiles: opts.trust, pollMs, rescanMs: Math.max(rescanMs, pollMs), discovery: opts.discovery,
         timeoutMs: parseTimeoutOption(opts.timeout), ...(opts.statusFile !== undefined ? { statusFile: opts.statusFile } : {}),
       });
       const ac = new AbortController();
