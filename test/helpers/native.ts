@@ -166,7 +166,7 @@ export async function startTarget(
   const ready = options.readyText === undefined ? 'ready' : options.readyText;
   if (ready !== null) {
     try {
-      await target.waitFor(ready);
+      await target.waitFor(ready, 60_000); // start-up of a fresh process can take long on a loaded machine
     } catch (e) {
       await target.kill();
       throw e;
