@@ -276,6 +276,9 @@ s.settimeout(30); print(s.recv(4096).decode().replace('\\n','|'),flush=True)`, s
       expect((await cli(['store', 'remove', f.patchId, '--store', f.store])).code).toBe(0);
       await until(() => targets.every((t) => applied(t.pid).join() === f.patchId2), 10_000, 'A gone, B alone');
       for (const t of targets) expect(await value(t)).toBe(13);
+      // The record says B is back before the agent's log line for it is written: wait for the line.
+      const reapplied = (pid: number) => agent.log.slice(mark).some((e) => e.pid === pid && e.event === 'apply' && e.patch === f.patchId2 && e.status === 'patched');
+      await until(() => targets.every((t) => reapplied(t.pid)), 10_000, 'B re-applied, logged');
       for (const t of targets) {
         const mine = agent.log.slice(mark).filter((e) => e.pid === t.pid && (e.event === 'apply' || e.event === 'remove'));
         expect(mine.filter((e) => e.state === 'failed')).toEqual([]); // a busy target may be retried (pending), nothing fails
