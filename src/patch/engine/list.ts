@@ -30,8 +30,6 @@ export interface ListedPatch {
   state: SiteState | 'retired';
   appliedAt: number;
   sites: ListedSite[];
-  /** The signed metadata the record's copy of the package carries (null for a record without it). */
-  meta: PatchMeta | null;
 }
 
 export interface PatchMeta {
@@ -71,7 +69,6 @@ export function listPatches(pid: number): ProcessPatches {
       packageHash: p.packageHash,
       state: p.state === 'removed' ? 'retired' : p.state,
       appliedAt: p.appliedAt,
-      meta: recordedMeta(p),
       sites: p.sites.map((x) => {
         const l: ListedSite = { function: x.function, kind: x.kind, address: x.address, newCode: x.newCode.start, state: x.state };
         if (x.file !== undefined) l.file = x.file;
@@ -86,8 +83,12 @@ export function listPatches(pid: number): ProcessPatches {
 }
 
 
-/** The metadata of a recorded patch, from the package content the record keeps. */
-function recordedMeta(p: RecordPatch): PatchMeta | null {
+/**
+ * The signed metadata of a recorded patch, decoded from the package content the record keeps (null
+ * for a record without it). Not part of listPatches: the agent and the updater list records on
+ * every decision and need no metadata; `hotpatch list` asks for it.
+ */
+export function recordedMeta(p: RecordPatch): PatchMeta | null {
   if (!p.content) return null;
   try {
     const { meta } = decodePackageContent(p.content);
