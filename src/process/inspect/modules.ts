@@ -107,25 +107,12 @@ export interface Module {
 const summaryCache = new Map<string, ElfImageSummary | null>();
 const SUMMARY_CACHE_MAX = 4096;
 
-
 /**
  * Reads the ELF header, program headers and notes of a mapped file (only the prefix of the file
  * that holds them, not the whole file: executables such as node are ~100 MB).
  */
 export function readElfSummaryFromFile(path: string): ElfImageSummary | undefined {
-  let fd: number;
-  try {
-    fd = openSync(path, 'r');
-  } catch {
-    return undefined;
-  }
-  try {
-    const st = fstatSync(fd, { bigint: true });
-    if (!st.isFile()) return undefined;
-    const key = `${st.dev}:${st.ino}:${st.size}:${st.mtimeNs}`;
-    const cached = summaryCache.get(key);
-    if (cached !== undefined) return cached ?? undefined;
-    const size = Number(st.size);
+  return readOncePerFile(summaryCache, path, (fd, size) => {
     let result: ElfImageSummary | undefined;
     const head = readFileRange(fd, 0, Math.min(size, 4096));
     if (isElfMagic(head) && head.byteLength >= 64) {
@@ -152,8 +139,31 @@ export function readElfSummaryFromFile(path: string): ElfImageSummary | undefine
         }
       }
     }
-    if (summaryCache.size >= SUMMARY_CACHE_MAX) summaryCache.clear();
-    summaryCache.set(key, result ?? null);
+    return result;
+  });
+}
+
+/**
+ * `read(fd, size)` of the regular file at `path`, computed once per identity of the file
+ * (dev:ino:size:mtime) and kept in `cache` (null: nothing found); undefined when the file cannot
+ * be opened or read.
+ */
+function readOncePerFile<T>(cache: Map<string, T | null>, path: string, read: (fd: number, size: number) => T | undefined): T | undefined {
+  let fd: number;
+  try {
+    fd = openSync(path, 'r');
+  } catch {
+    return undefined;
+  }
+  try {
+    const st = fstatSync(fd, { bigint: true });
+    if (!st.isFile()) return undefined;
+    const key = `${st.dev}:${st.ino}:${st.size}:${st.mtimeNs}`;
+    const cached = cache.get(key);
+    if (cached !== undefined) return cached ?? undefined;
+    const result = read(fd, Number(st.size));
+    if (cache.size >= SUMMARY_CACHE_MAX) cache.clear();
+    cache.set(key, result ?? null);
     return result;
   } catch {
     return undefined;
@@ -173,17 +183,7 @@ const sonameCache = new Map<string, string | null>();
 export function readSonameFromFile(path: string, elf: ElfImageSummary): string | undefined {
   const dyn = elf.programHeaders.find((p) => p.type === PT_DYNAMIC);
   if (!dyn || dyn.filesz === 0n || dyn.filesz > 0x10000n) return undefined;
-  let fd: number;
-  try {
-    fd = openSync(path, 'r');
-  } catch {
-    return undefined;
-  }
-  try {
-    const st = fstatSync(fd, { bigint: true });
-    const key = `${st.dev}:${st.ino}:${st.size}:${st.mtimeNs}`;
-    const cached = sonameCache.get(key);
-    if (cached !== undefined) return cached ?? undefined;
+  return readOncePerFile(sonameCache, path, (fd) => {
     const d = readFileRange(fd, Number(dyn.offset), Number(dyn.filesz));
     const dv = new DataView(d.buffer, d.byteOffset, d.byteLength);
     let strtab: bigint | undefined;
@@ -205,14 +205,8 @@ export function readSonameFromFile(path: string, elf: ElfImageSummary): string |
       const end = bytes.indexOf(0);
       if (end > 0) result = new TextDecoder('utf-8', { fatal: false }).decode(bytes.subarray(0, end));
     }
-    if (sonameCache.size >= SUMMARY_CACHE_MAX) sonameCache.clear();
-    sonameCache.set(key, result ?? null);
     return result;
-  } catch {
-    return undefined;
-  } finally {
-    closeSync(fd);
-  }
+  });
 }
 
 /**
