@@ -54,6 +54,17 @@ async function until(pred: () => boolean | Promise<boolean>, timeoutMs: number, 
   }
 }
 
+/** Waits until the agent has patched new process `pid` with the test's patch (it may still be starting). */
+function untilPatched(pid: number): Promise<void> {
+  return until(() => {
+    try {
+      return applied(pid).includes(f.patchId);
+    } catch {
+      return false; // not readable yet (the process is still starting)
+    }
+  }, 5000, `new process ${pid} patched`);
+}
+
 const agentArgs = (): string[] => ['--store', f.store, '--trust', f.pub, '--status-file', join(f.dir, 'agent-status.json'), '--interval', '0.1'];
 
 describe('hotpatch store', () => {
@@ -122,13 +133,7 @@ describe('hotpatch agent', () => {
       for (let i = 0; i < 20; i++) {
         const t0 = performance.now();
         const t = await startTarget(f.prog, ['1'], { readyText: null });
-        await until(() => {
-          try {
-            return applied(t.pid).includes(f.patchId);
-          } catch {
-            return false;
-          }
-        }, 5000, `new process ${t.pid} patched`);
+        await untilPatched(t.pid);
         lat.push(performance.now() - t0);
         if (i < 18) await t.kill();
         else targets.push(t);
@@ -246,13 +251,7 @@ s.settimeout(30); print(s.recv(4096).decode().replace('\\n','|'),flush=True)`, s
       const t0 = performance.now();
       const t = await startTarget(f.prog, ['1'], { readyText: null });
       try {
-        await until(() => {
-          try {
-            return applied(t.pid).includes(f.patchId);
-          } catch {
-            return false;
-          }
-        }, 5000, `new process ${t.pid} patched`);
+        await untilPatched(t.pid);
         process.stderr.write(`agent (polling in a netns): new process patched in ${(performance.now() - t0).toFixed(0)} ms\n`);
       } finally {
         await t.kill();
