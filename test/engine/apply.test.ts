@@ -1,3 +1,4 @@
+import { readFileSync } from 'node:fs';
 import { describe, expect, it } from 'vitest';
 import { applyPatch, listPatches, recoverProcess, removePatch } from '../../src/patch/index.js';
 import { readMemory } from '../../src/process/index.js';
@@ -9,28 +10,36 @@ killTargetsAfterAll();
 const build = () => compile({ file: 'engine/target.c', flags: ['-O2', '-g0'], name: 'engine-target' });
 
 describe('apply and remove on a live multi-threaded process', () => {
-  it('switches a padded function and switches it back while threads call it', async () => {
+  it.each(['live', 'freeze'] as const)('switches a padded function and switches it back while threads call it (%s)', async (protocol) => {
     const exe = await build();
     const t = await startTarget(exe, ['8']);
     const before = await query(t);
     expect(before.padded).toBe(11);
     const text0 = snapshot(t.pid).text;
+    const maps0 = readFileSync(`/proc/${t.pid}/maps`, 'utf8');
     const plan = handPlan(exe, [{ name: 'padded_value', kind: 'padded', code: PADDED_FIX }]);
-    const r = await applyPatch(t.pid, plan, { patchId: 'fix-padded' });
+    const r = await applyPatch(t.pid, plan, { patchId: 'fix-padded', freeze: protocol === 'freeze' });
     expect(r.status).toBe('patched');
+    expect(r.protocol).toBe(protocol);
     expect(r.threads).toBe(9);
-    expect(r.pauseMicros).toBeGreaterThan(0);
+    // Live: no thread was stopped for the switch (only the setup hijacked one thread).
+    if (protocol === 'freeze') expect(r.pauseMicros).toBeGreaterThan(0);
+    else expect(r.pauseMicros).toBe(0);
     const after = await query(t);
     expect(after.padded).toBe(12);
     expect(after.calls).toBeGreaterThan(before.calls);
     const listed = listPatches(t.pid);
     expect(listed.patches.map((p) => [p.id, p.state])).toEqual([['fix-padded', 'applied']]);
-    const rr = await removePatch(t.pid, 'fix-padded');
+    const rr = await removePatch(t.pid, 'fix-padded', { freeze: protocol === 'freeze' });
     expect(rr.status).toBe('removed');
+    expect(rr.protocol).toBe(protocol);
+    expect(rr.codeFreed).toBe(true);
     const back = await query(t);
     expect(back.padded).toBe(11);
     expect(back.calls).toBeGreaterThan(after.calls);
+    // As it was: every byte of the text (paddings included), and no arena or record left mapped.
     expect(snapshot(t.pid).text).toBe(text0);
+    expect(readFileSync(`/proc/${t.pid}/maps`, 'utf8')).toBe(maps0);
   });
 
   it('switches a plain entry with new code that reads a global and calls an unchanged function', async () => {

@@ -8,7 +8,7 @@ import { createHash } from 'node:crypto';
 import { HotpatchError, RefusedError } from '../../errors.js';
 import { parseElf, type ElfFile } from '../../elf/index.js';
 import type { Module } from '../../process/index.js';
-import { branchesInto, canJmpRel32, decodeFunction } from '../../x86/index.js';
+import { branchesInto, canJmpRel32, decodeFunction, JMP_REL32_SIZE, JMP_SHORT_SIZE } from '../../x86/index.js';
 import { createSymbolLookup, layoutPatch, linkPatch, type ResolverModule } from '../linker/index.js';
 import type { PatchPlan, TargetIdentity } from '../plan.js';
 import { arenaSizeFor, findArenaSpace, newArena } from './arena.js';
@@ -17,10 +17,14 @@ import { faultPoint } from './fault.js';
 import { memoryWriter } from './memory.js';
 import { RECORD_FILE_SIZE, RECORD_MEMFD_NAME, type PatchRecord, type RecordSigning, type RecordArena, type RecordPatch, type RecordSite } from './record.js';
 import { assertCodeAgrees, assertNoTransaction, hex, nowMicros, openSession, openStoreAt, siteStack, type Session } from './session.js';
-import { bytesEqual, hexBytes, siteGeometry, siteUnsafeRanges, siteWrites, siteWrittenBytes, type SiteGeometry, type SiteWrite } from './sites.js';
+import { bytesEqual, hexBytes, recordedGeometry, siteGeometry, siteUnsafeRanges, siteWrites, siteWrittenBytes, type SiteGeometry, type SiteWrite } from './sites.js';
 import { switchWithRetry, type GuardedRange } from './switch.js';
 import { freeUnusedRetired, retiredRanges, unmapFresh } from './cleanup.js';
 import { registerUnwind, unregisterUnwind } from './unwind.js';
+import { hijack } from './control-stub.js';
+import { encodeGateBlock, gateAddress, gateBlockOffset, gateBlockSize } from './gate.js';
+import { FOLLOWING_BYTES, liveRefusal, setFlag, switchBytes, switchLive } from './live.js';
+import { reclaimRetired } from './cleanup.js';
 
 /** Options of {@link applyPatch}. */
 export interface ApplyOptions {
@@ -38,6 +42,8 @@ export interface ApplyOptions {
   timeoutMs?: number;
   /** Validate, resolve and link only; change nothing. */
   dryRun?: boolean;
+  /** Switch in a freeze of every thread even where the zero-stall protocol could be used. */
+  freeze?: boolean;
 }
 
 /** Result of {@link applyPatch}. */
@@ -45,6 +51,12 @@ export interface ApplyResult {
   pid: number;
   patchId: string;
   status: 'patched' | 'already-patched' | 'dry-run';
+  /**
+   * `live`: switched while every thread ran (./live.ts, ./gate.ts); `freeze`: in a freeze of every
+   * thread (./switch.ts). `liveRefusal` says why the freeze was used.
+   */
+  protocol: 'live' | 'freeze';
+  liveRefusal?: string;
   /** Pause of the freeze that switched the functions (µs); 0 for dry runs / already patched. */
   pauseMicros: number;
   /** Pause of the extra freeze that mapped the arena / record (µs); 0 when none was needed. */
@@ -57,6 +69,8 @@ export interface ApplyResult {
   threads: number;
   /** Wall time of the whole operation (µs). */
   totalMicros: number;
+  /** Live protocol: time from the first padding write to the flag write (µs), while threads ran. */
+  switchMicros?: number;
   functions: Array<{ name: string; address: bigint; kind: 'padded' | 'plain'; newCode: bigint; stacked: boolean }>;
 }
 
@@ -186,42 +200,53 @@ export async function applyPatch(pid: number, plan: PatchPlan, options: ApplyOpt
     faultPoint('apply:locked', pid);
     assertNoTransaction(s.record, pid);
     assertCodeAgrees(s);
-    const base: Omit<ApplyResult, 'status'> = {
+    const base: Omit<ApplyResult, 'status' | 'protocol'> = {
       pid, patchId: options.patchId, pauseMicros: 0, frozenWorkMicros: 0, setupPauseMicros: 0, totalPauseMicros: 0, attempts: 0, threads: 0, totalMicros: 0, functions: [],
     };
     if (s.record.patches.some((p) => p.id === options.patchId && p.state === 'applied')) {
-      return { ...base, status: 'already-patched', totalMicros: nowMicros() - t0 };
+      return { ...base, status: 'already-patched', protocol: 'freeze', totalMicros: nowMicros() - t0 };
     }
+    // Entries a live remove left leading to retired gates are reset first (no thread stops together).
+    if (!options.dryRun) await reclaimRetired(s, timeoutMs);
     const modules = s.proc.enumerateModules();
     const module = findTargetModule(modules, plan.target, pid);
     const sites = validateSites(s, plan, module);
     const layout = layoutPatch(plan);
+    const following = sites.map((x) => s.proc.readMemory(x.g.switchAddress + 2n, FOLLOWING_BYTES));
+    const whyFreeze = options.freeze
+      ? 'asked for --freeze'
+      : liveRefusal(sites.map((x, i) => ({ name: fnLabel(x.name, x.file), g: x.g, current: x.current, stacked: x.stacked, following: following[i]! })));
+    const live = whyFreeze === undefined;
+    const protocol = live ? ('live' as const) : ('freeze' as const);
+    // Live: the gate block follows the code in the patch's code range.
+    const codeSize = live ? gateBlockOffset(layout.codeSize) + gateBlockSize(sites.length) : layout.codeSize;
     const lookup = createSymbolLookup(resolverModule(module), modules.filter((m) => m !== module && m.kind !== 'vdso').map(resolverModule));
 
     const reachCode = (a: bigint, b: bigint): boolean => sites.every((x) => canJmpRel32(x.g.address, a) && canJmpRel32(x.g.address, b));
     const reachData = (a: bigint, b: bigint): boolean => canJmpRel32(module.base, a) && canJmpRel32(module.end, b);
-    let codeBase = findArenaSpace(s.record, 'code', layout.codeSize, layout.codeAlign, reachCode);
+    let codeBase = findArenaSpace(s.record, 'code', codeSize, layout.codeAlign, reachCode);
     let dataBase = layout.dataSize > 0 ? findArenaSpace(s.record, 'data', layout.dataSize, layout.dataAlign, reachData) : 0n;
     // Variables are reached from the new code (rip-relative) as well as from the module's reach.
-    const reachVars = (a: bigint, b: bigint): boolean => reachData(a, b) && (codeBase === undefined || (canJmpRel32(codeBase, b) && canJmpRel32(codeBase + BigInt(layout.codeSize), a)));
+    const reachVars = (a: bigint, b: bigint): boolean => reachData(a, b) && (codeBase === undefined || (canJmpRel32(codeBase, b) && canJmpRel32(codeBase + BigInt(codeSize), a)));
     let varsBase = layout.varsSize > 0 ? findArenaSpace(s.record, 'vars', layout.varsSize, layout.varsAlign, reachVars) : 0n;
 
     if (options.dryRun) {
       // Link against a hypothetical placement just past the module to prove every symbol resolves.
       const hypo = ((module.end + 0xfffffn) & ~0xfffffn) + 0x100000n;
       linkPatch(plan, layout, codeBase ?? hypo, dataBase ?? hypo + 0x100000n, { loadBias: module.loadBias, lookupSymbol: lookup }, varsBase ?? hypo + 0x200000n);
-      return { ...base, status: 'dry-run', totalMicros: nowMicros() - t0, functions: sites.map((x) => ({ name: x.name, address: x.g.address, kind: x.g.kind, newCode: 0n, stacked: x.stacked })) };
+      return { ...base, status: 'dry-run', protocol, ...(whyFreeze !== undefined ? { liveRefusal: whyFreeze } : {}), totalMicros: nowMicros() - t0, functions: sites.map((x) => ({ name: x.name, address: x.g.address, kind: x.g.kind, newCode: 0n, stacked: x.stacked })) };
     }
 
     // Setup freeze, only when the record or an arena with room does not exist yet.
     const fresh = { record: false, arenas: [] as RecordArena[] };
     let setupPause = 0;
     if (!s.store || codeBase === undefined || dataBase === undefined || varsBase === undefined) {
-      const frozen = freeze(pid, timeoutMs);
+      // Live: the system calls run in one hijacked thread while the others keep running.
+      const frozen = live ? hijack(pid, timeoutMs) : freeze(pid, timeoutMs);
       try {
         let codeArena: RecordArena | undefined;
         if (codeBase === undefined) {
-          const size = arenaSizeFor('code', layout.codeSize, layout.codeAlign);
+          const size = arenaSizeFor('code', codeSize, layout.codeAlign);
           codeArena = newArena(frozen.mapNear(sites[0]!.g.address, size, 'r-x'), size, 'code', module.path);
           fresh.arenas.push(codeArena);
         }
@@ -237,7 +262,7 @@ export async function applyPatch(pid: number, plan: PatchPlan, options: ApplyOpt
         if (codeArena) {
           // Recorded at once (still frozen) so a crash right after cannot leak it unrecorded.
           s.record = s.store.write({ ...s.record, arenas: [...s.record.arenas, codeArena] });
-          codeBase = findArenaSpace(s.record, 'code', layout.codeSize, layout.codeAlign, reachCode);
+          codeBase = findArenaSpace(s.record, 'code', codeSize, layout.codeAlign, reachCode);
         }
         if (dataBase === undefined) {
           const size = arenaSizeFor('data', layout.dataSize, layout.dataAlign);
@@ -265,37 +290,51 @@ export async function applyPatch(pid: number, plan: PatchPlan, options: ApplyOpt
     const store = s.store!;
 
     let entry: RecordPatch | undefined;
+    /** A live switch began: undoing needs the reverse writes, not just dropping the entry. */
+    let switching = false;
+    const commit = (pending: RecordPatch): void => {
+      const committed: RecordPatch = { ...pending, state: 'applied', sites: pending.sites.map((x) => ({ ...x, state: 'applied' })) };
+      s.record = store.write({ ...s.record, transaction: null, patches: s.record.patches.map((p) => (p === pending ? committed : p)) });
+      faultPoint('apply:committed', pid);
+    };
     try {
       const linked = linkPatch(plan, layout, codeBase, dataBase, { loadBias: module.loadBias, lookupSymbol: lookup }, varsBase);
+      const block = live ? codeBase + BigInt(gateBlockOffset(layout.codeSize)) : undefined;
       const mem = memoryWriter(pid);
       try {
         mem.writeVerified(codeBase, linked.code);
         if (linked.data.length > 0) mem.writeVerified(dataBase, linked.data);
         // Initial values of the variables: nothing runs the new code yet, so no thread sees them change.
         if (linked.vars.length > 0) mem.writeVerified(varsBase, linked.vars);
+        // Gates with the flag clear: even once entries lead here, they run the old code.
+        if (block !== undefined) {
+          mem.writeVerified(block, encodeGateBlock(block, sites.map((x) => ({ newCode: linked.functionAddresses[x.fnIndex]!, oldBody: x.g.switchAddress + 2n })), 0));
+        }
       } finally {
         mem.close();
       }
       faultPoint('apply:code-written', pid);
 
-      const siteRecords: RecordSite[] = sites.map((x) => {
+      const siteRecords: RecordSite[] = sites.map((x, i) => {
         const fn = plan.functions[x.fnIndex]!;
         const target = linked.functionAddresses[x.fnIndex]!;
+        const gate = block !== undefined ? gateAddress(block, i) : undefined;
         const rs: RecordSite = {
           function: x.name, kind: x.g.kind, address: x.g.address, switchAddress: x.g.switchAddress,
-          original: x.current, written: siteWrittenBytes(x.g, x.current, target),
+          original: x.current, written: siteWrittenBytes(x.g, x.current, gate ?? target),
           newCode: { start: target, end: target + BigInt(fn.code.length) },
           codeSha256: createHash('sha256').update(linked.code.subarray(Number(target - codeBase!), Number(target - codeBase!) + fn.code.length)).digest('hex'),
           state: 'pending',
         };
         if (x.file !== undefined) rs.file = x.file;
+        if (gate !== undefined) rs.gate = gate;
         return rs;
       });
       entry = {
         id: options.patchId, packageHash: options.packageHash ?? '', signer: options.signer ?? null,
         module: { path: module.path, name: module.name, buildId: module.buildId ?? '', loadBias: module.loadBias },
         state: 'pending', appliedAt: Date.now(),
-        code: { start: codeBase, end: codeBase + BigInt(layout.codeSize) },
+        code: { start: codeBase, end: codeBase + BigInt(codeSize) },
         data: layout.dataSize > 0 ? { start: dataBase, end: dataBase + BigInt(layout.dataSize) } : null,
         ...(layout.varsSize > 0 ? { vars: { start: varsBase, end: varsBase + BigInt(layout.varsSize) } } : {}),
         sites: siteRecords,
@@ -303,6 +342,7 @@ export async function applyPatch(pid: number, plan: PatchPlan, options: ApplyOpt
       };
       if (options.signing !== undefined) entry.signing = options.signing;
       if (options.content !== undefined) entry.content = options.content;
+      if (block !== undefined) entry.flag = block;
       s.record = store.write({
         ...s.record,
         transaction: { op: 'apply', patchId: options.patchId, ownerPid: process.pid, startedAt: Date.now() },
@@ -311,6 +351,20 @@ export async function applyPatch(pid: number, plan: PatchPlan, options: ApplyOpt
       faultPoint('apply:record-pending', pid);
       const unwindPause = await registerUnwind(s, entry, plan, linked.dataAddresses, { modules, lookup, timeoutMs });
 
+      const functions = sites.map((x, i) => ({ name: x.name, address: x.g.address, kind: x.g.kind, newCode: siteRecords[i]!.newCode.start, stacked: x.stacked }));
+      if (block !== undefined) {
+        switching = true;
+        const w0 = nowMicros();
+        switchAllLive(pid, sites.map((x, i) => ({ g: x.g, record: siteRecords[i]!, following: following[i]! })), block);
+        const work = nowMicros() - w0;
+        s.proc.assertAlive();
+        commit(entry);
+        return {
+          ...base, status: 'patched', protocol, pauseMicros: 0, frozenWorkMicros: 0, setupPauseMicros: setupPause,
+          totalPauseMicros: setupPause + unwindPause, attempts: 1, threads: s.proc.enumerateThreads().length, totalMicros: nowMicros() - t0, functions,
+          switchMicros: work,
+        };
+      }
       const writes: Array<{ site: RecordSite; g: SiteGeometry; writes: SiteWrite[] }> = sites.map((x, i) => ({
         site: siteRecords[i]!, g: x.g, writes: siteWrites(x.g, x.current, siteRecords[i]!.written, 'apply'),
       }));
@@ -328,20 +382,18 @@ export async function applyPatch(pid: number, plan: PatchPlan, options: ApplyOpt
       faultPoint('apply:thawed', pid);
       // A process killed while frozen accepts the writes and dies: do not report it as patched.
       s.proc.assertAlive();
-      const committed: RecordPatch = { ...entry, state: 'applied', sites: entry.sites.map((x) => ({ ...x, state: 'applied' })) };
-      s.record = store.write({ ...s.record, transaction: null, patches: s.record.patches.map((p) => (p === entry ? committed : p)) });
-      faultPoint('apply:committed', pid);
+      commit(entry);
       await freeUnusedRetired(s, retired, outcome.observedInUse);
       return {
-        ...base, status: 'patched', pauseMicros: outcome.pauseMicros, frozenWorkMicros: outcome.workMicros, setupPauseMicros: setupPause,
+        ...base, status: 'patched', protocol, liveRefusal: whyFreeze, pauseMicros: outcome.pauseMicros, frozenWorkMicros: outcome.workMicros, setupPauseMicros: setupPause,
         totalPauseMicros: outcome.totalPauseMicros + setupPause + unwindPause, attempts: outcome.attempts, threads: outcome.threads,
-        totalMicros: nowMicros() - t0,
-        functions: sites.map((x, i) => ({ name: x.name, address: x.g.address, kind: x.g.kind, newCode: siteRecords[i]!.newCode.start, stacked: x.stacked })),
+        totalMicros: nowMicros() - t0, functions,
       };
     } catch (e) {
       // Nothing was switched (the switch is all or nothing): drop the pending entry, unmap what we mapped.
       try {
-        if (entry) {
+        if (entry && switching) await undoLiveApply(s, entry, timeoutMs);
+        else if (entry) {
           await unregisterUnwind(s, entry, timeoutMs);
           const pending = entry;
           s.record = store.write({ ...s.record, transaction: null, patches: s.record.patches.filter((p) => p !== pending) });
@@ -355,6 +407,53 @@ export async function applyPatch(pid: number, plan: PatchPlan, options: ApplyOpt
   } finally {
     s.close();
   }
+}
+
+/**
+ * The live switch (./live.ts): paddings (nothing executes them yet), then every entry one byte at
+ * a time (each gate still leads to the old body: the flag is clear), then the flag — the one write
+ * at which the whole patch changes.
+ */
+function switchAllLive(pid: number, sites: ReadonlyArray<{ g: SiteGeometry; record: RecordSite; following: Uint8Array }>, flag: bigint): void {
+  const mem = memoryWriter(pid);
+  try {
+    faultPoint('apply:frozen', pid);
+    for (const x of sites) mem.writeVerified(x.record.address, x.record.written.slice(0, JMP_REL32_SIZE));
+    faultPoint('apply:padding-written', pid);
+    sites.forEach((x, i) => {
+      switchLive(mem, x.g.switchAddress, switchBytes(x.g, x.record.original), switchBytes(x.g, x.record.written), x.following);
+      if (i === 0) faultPoint('apply:first-site-switched', pid);
+    });
+    faultPoint('apply:sites-written', pid);
+    setFlag(mem, flag, 1);
+    faultPoint('apply:thawed', pid);
+  } finally {
+    mem.close();
+  }
+}
+
+/**
+ * Undoes a live switch that failed half-way: flag clear first (every gate back to the old body),
+ * entries back byte by byte, then the patch is retired and reclaimed like a removed one (its
+ * paddings are reset once no thread can be in them).
+ */
+async function undoLiveApply(s: Session, entry: RecordPatch, timeoutMs: number): Promise<void> {
+  if (!s.proc.isAlive() || !s.store || entry.flag === undefined) return;
+  const mem = memoryWriter(s.pid);
+  try {
+    setFlag(mem, entry.flag, 0);
+    for (const site of entry.sites) {
+      const g = recordedGeometry(site);
+      const now = mem.read(site.switchAddress, JMP_SHORT_SIZE);
+      switchLive(mem, site.switchAddress, now, switchBytes(g, site.original), mem.read(site.switchAddress + 2n, FOLLOWING_BYTES));
+    }
+  } finally {
+    mem.close();
+  }
+  await unregisterUnwind(s, entry, timeoutMs);
+  const retired: RecordPatch = { ...entry, state: 'removed', retired: true, sites: entry.sites.map((x) => ({ ...x, state: 'removed' })) };
+  s.record = s.store.write({ ...s.record, transaction: null, patches: s.record.patches.map((p) => (p === entry ? retired : p)) });
+  await reclaimRetired(s, timeoutMs);
 }
 
 /**

@@ -2,7 +2,10 @@
  * Freeing patch code that is no longer reachable (retired code) and unmapping what an operation
  * mapped when it fails, so a refused or failed apply leaves no new mapping behind.
  */
-import { freeze } from './control.js';
+import { hijack, rollingCheck } from './control-stub.js';
+import { JMP_REL32_SIZE } from '../../x86/index.js';
+import { bytesEqual } from './bytes.js';
+import { siteStack } from './stack.js';
 import { memoryWriter } from './memory.js';
 import type { AddressRange } from '../../process/index.js';
 import type { RecordArena, RecordPatch } from './record.js';
@@ -12,9 +15,31 @@ import type { Session } from './session.js';
 
 const INT3 = 0xcc;
 
-/** Code ranges of removed patches whose code could not be freed yet. */
+/**
+ * What of removed patches threads may still use: their code (gates included) and, for a patch
+ * removed live, the paddings whose jump still leads to its gates. A patch may give several
+ * entries; it is freed when none is in use.
+ */
 export function retiredRanges(record: { patches: RecordPatch[] }): Array<{ patch: RecordPatch; range: AddressRange }> {
-  return record.patches.filter((p) => p.state === 'removed').map((p) => ({ patch: p, range: p.code }));
+  const out: Array<{ patch: RecordPatch; range: AddressRange }> = [];
+  for (const p of record.patches) {
+    if (p.state !== 'removed') continue;
+    out.push({ patch: p, range: p.code });
+    for (const site of p.sites) if (site.gate !== undefined) out.push({ patch: p, range: { start: site.address, end: site.address + BigInt(JMP_REL32_SIZE) } });
+  }
+  return out;
+}
+
+/**
+ * Frees the retired patches no thread can use any more, checking the threads one at a time
+ * (./control.ts rollingCheck: nothing leads into retired code, so a thread found outside it stays
+ * outside). Returns how many were freed.
+ */
+export async function reclaimRetired(s: Session, timeoutMs: number): Promise<number> {
+  const retired = retiredRanges(s.record);
+  if (retired.length === 0 || !s.proc.isAlive()) return 0;
+  const check = await rollingCheck(s.pid, retired.map((r) => r.range), timeoutMs);
+  return freeUnusedRetired(s, retired, check.inUse);
 }
 
 /**
@@ -25,11 +50,19 @@ export function retiredRanges(record: { patches: RecordPatch[] }): Array<{ patch
  * one cannot be done, nothing is dropped (a later operation frees it).
  */
 export async function freeUnusedRetired(s: Session, retired: ReadonlyArray<{ patch: RecordPatch; range: AddressRange }>, inUse: readonly boolean[]): Promise<number> {
-  const free = retired.filter((_, i) => inUse[i] === false).map((r) => r.patch);
+  const busy = new Set(retired.filter((_, i) => inUse[i] !== false).map((r) => r.patch));
+  const free = [...new Set(retired.map((r) => r.patch))].filter((p) => !busy.has(p));
   if (free.length === 0 || !s.store || !(await privatizeSharers(s))) return 0;
   const mem = memoryWriter(s.pid);
   try {
     for (const p of free) {
+      // A padding still holding this patch's jump to its gate gets its original bytes back (no
+      // entry leads there: no live patch owns the site).
+      for (const site of p.sites) {
+        if (site.gate === undefined || siteStack(s.record, site.address).length > 0) continue;
+        const jump = site.written.subarray(0, JMP_REL32_SIZE);
+        if (bytesEqual(mem.read(site.address, JMP_REL32_SIZE), jump)) mem.writeVerified(site.address, site.original.slice(0, JMP_REL32_SIZE));
+      }
       mem.writeVerified(p.code.start, new Uint8Array(Number(p.code.end - p.code.start)).fill(INT3));
       if (p.data) mem.writeVerified(p.data.start, new Uint8Array(Number(p.data.end - p.data.start)));
       if (p.vars) mem.writeVerified(p.vars.start, new Uint8Array(Number(p.vars.end - p.vars.start)));
@@ -52,7 +85,8 @@ export async function unmapFresh(s: Session, fresh: { record: boolean; arenas: R
   if (arenas.length === 0 && !dropRecord) return;
   // A process that died meanwhile has nothing left to unmap (and must not get injected calls).
   if (!s.proc.isAlive() || !(await privatizeSharers(s))) return;
-  const frozen = freeze(s.pid);
+  // Nothing uses these mappings: one hijacked thread unmaps them while the others run.
+  const frozen = hijack(s.pid);
   try {
     for (const a of arenas) frozen.unmap(a.start, Number(a.end - a.start));
     if (s.store && !dropRecord) s.record = s.store.write({ ...s.record, arenas: s.record.arenas.filter((a) => !arenas.includes(a)) });

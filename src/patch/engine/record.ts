@@ -64,6 +64,11 @@ export interface RecordSite {
   /** SHA-256 (hex) of the new code as linked and written. */
   codeSha256: string;
   state: SiteState;
+  /**
+   * Switched without a freeze (./gate.ts): the padding's jump leads to this gate, not to `newCode`.
+   * After a live remove the padding keeps that jump until the patch's retired code is freed.
+   */
+  gate?: bigint;
 }
 
 /** One resolved relocation, so that a verifier can re-link the signed code and compare. */
@@ -123,6 +128,8 @@ export interface RecordPatch {
   retired?: boolean;
   /** The new code's unwind information as registered with the target's unwinder (src/patch/engine/unwind.ts). */
   unwind?: RecordUnwind;
+  /** Switched without a freeze: the flag byte all of its gates test (1 = new code). */
+  flag?: bigint;
 }
 
 /**
@@ -266,6 +273,7 @@ function decodeSite(v: unknown, where: string): RecordSite {
     state: oneOf(o.state, STATES, `${where}.state`),
   };
   if (o.file !== undefined) site.file = str(o.file, `${where}.file`);
+  if (o.gate !== undefined) site.gate = addr(o.gate, `${where}.gate`);
   if (site.original.length !== site.written.length || site.original.length === 0 || site.original.length > 64) {
     throw fail(`${where}: original and written bytes differ in length or are empty`);
   }
@@ -316,6 +324,7 @@ function decodePatch(v: unknown, where: string): RecordPatch {
   if (o.vars !== undefined) p.vars = range(o.vars, `${where}.vars`);
   if (o.content !== undefined) p.content = bytes(o.content, `${where}.content`, MAX_CONTENT_HEX);
   if (o.retired !== undefined) p.retired = o.retired === true;
+  if (o.flag !== undefined) p.flag = addr(o.flag, `${where}.flag`);
   if (o.unwind !== undefined) {
     const u = obj(o.unwind, `${where}.unwind`);
     p.unwind = { ehFrame: addr(u.ehFrame, `${where}.unwind.ehFrame`), object: range(u.object, `${where}.unwind.object`), deregister: addr(u.deregister, `${where}.unwind.deregister`) };

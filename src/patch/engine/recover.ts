@@ -65,7 +65,7 @@ export async function recoverProcess(pid: number, options: RecoverOptions = {}):
       patch.sites.map((site) => {
         const g = recordedGeometry(site);
         const actual = now.get(site.address) ?? s.proc.readMemory(site.address, g.length);
-        const cls = classifySiteBytes(g, actual, site.original, site.written);
+        const cls = classifySiteBytes(g, actual, site.original, site.written, site.gate !== undefined);
         if (cls === 'foreign') {
           throw new HotpatchError(
             'RECOVER_CONFLICT',
@@ -127,7 +127,7 @@ function revertedPatches(s: Session, taken: ReadonlySet<RecordPatch>): Set<Recor
       const stack = siteStack(s.record, site.address).filter((x) => !isTaken(x.patch));
       if (stack[stack.length - 1]?.patch !== patch) continue; // the layer above owns these bytes
       const g = recordedGeometry(site);
-      const cls = classifySiteBytes(g, s.proc.readMemory(site.address, g.length), site.original, site.written);
+      const cls = classifySiteBytes(g, s.proc.readMemory(site.address, g.length), site.original, site.written, site.gate !== undefined);
       if (cls === 'original' || cls === 'mixed') {
         out.add(patch);
         break;
@@ -158,7 +158,7 @@ function staleJumps(s: Session): Array<{ patch: RecordPatch; site: RecordSite; g
       if (siteStack(s.record, site.address).length > 0) continue;
       const g = recordedGeometry(site);
       const actual = s.proc.readMemory(site.address, g.length);
-      const cls = classifySiteBytes(g, actual, site.original, site.written);
+      const cls = classifySiteBytes(g, actual, site.original, site.written, site.gate !== undefined);
       if (cls === 'written' || cls === 'mixed') out.push({ patch, site, g, actual, writes: siteWrites(g, actual, site.original, 'restore') });
     }
   }

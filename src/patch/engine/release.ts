@@ -6,7 +6,8 @@
  * retired (a thread was in it) keeps everything mapped; the apply, remove or recover that frees it
  * later releases.
  */
-import { freeze, type Frozen } from './control.js';
+import type { Frozen } from './control.js';
+import { hijack } from './control-stub.js';
 import { emptyRecord, RECORD_FILE_SIZE } from './record.js';
 import type { Session } from './session.js';
 
@@ -24,7 +25,8 @@ export function unmapRecord(s: Session, frozen: Frozen): void {
 export function releaseIfEmpty(s: Session): boolean {
   if (!s.store || s.record.patches.length > 0 || s.record.transaction !== null || !s.proc.isAlive()) return false;
   const arenas = s.record.arenas;
-  const frozen = freeze(s.pid);
+  // No thread uses them (see above): one hijacked thread unmaps them while the others run.
+  const frozen = hijack(s.pid);
   try {
     // The record first: a patcher killed in between leaves unused arenas, never a record naming unmapped ones.
     unmapRecord(s, frozen);

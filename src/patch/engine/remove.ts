@@ -4,24 +4,31 @@
  * engine operation). Removal order is enforced: only the top patch of every site can be removed.
  */
 import { HotpatchError, RefusedError } from '../../errors.js';
-import { freeUnusedRetired, retiredRanges } from './cleanup.js';
+import { freeUnusedRetired, reclaimRetired, retiredRanges } from './cleanup.js';
+import { FOLLOWING_BYTES, setFlag, switchBytes, switchLive } from './live.js';
+import { memoryWriter } from './memory.js';
 import { faultPoint } from './fault.js';
 import { writeSitesAllOrNothing } from './apply.js';
-import type { RecordPatch, RecordSite } from './record.js';
+import type { RecordPatch } from './record.js';
 import { assertCodeAgrees, assertNoTransaction, hex, livePatches, nowMicros, openSession, siteStack } from './session.js';
-import { bytesEqual, hexBytes, siteUnsafeRanges, siteWrites, type SiteGeometry } from './sites.js';
+import { bytesEqual, hexBytes, recordedGeometry, siteUnsafeRanges, siteWrites } from './sites.js';
+export { recordedGeometry };
 import { switchWithRetry, type GuardedRange } from './switch.js';
 import { unregisterUnwind } from './unwind.js';
 
 export interface RemoveOptions {
   /** How long to retry while threads are in the way (default 5000 ms). */
   timeoutMs?: number;
+  /** Restore in a freeze of every thread even when the patch was switched live. */
+  freeze?: boolean;
 }
 
 export interface RemoveResult {
   pid: number;
   patchId: string;
   status: 'removed';
+  /** `live`: switched back while every thread ran (the patch was applied live); `freeze`: in a freeze. */
+  protocol: 'live' | 'freeze';
   pauseMicros: number;
   /** Of the pause, the time spent by the engine's own check and writes (µs); the rest is attach/detach. */
   frozenWorkMicros: number;
@@ -31,17 +38,26 @@ export interface RemoveResult {
   totalMicros: number;
   /** The patch's code was freed now (false: a thread still used it; it is retired and freed later). */
   codeFreed: boolean;
+  /** Live protocol: time from the flag write to the last entry byte (µs), while threads ran. */
+  switchMicros?: number;
 }
 
-/** Geometry of a recorded site (the record holds everything needed). */
-export function recordedGeometry(site: RecordSite): SiteGeometry {
-  return {
-    kind: site.kind,
-    address: site.address,
-    switchAddress: site.switchAddress,
-    length: site.original.length,
-    switchOffset: Number(site.switchAddress - site.address),
-  };
+/** Flag clear, then every entry back to its original bytes, one byte at a time. */
+function switchBackLive(pid: number, patch: RecordPatch, flag: bigint): void {
+  const mem = memoryWriter(pid);
+  try {
+    faultPoint('remove:frozen', pid);
+    setFlag(mem, flag, 0);
+    patch.sites.forEach((site, i) => {
+      const g = recordedGeometry(site);
+      switchLive(mem, site.switchAddress, switchBytes(g, site.written), switchBytes(g, site.original), mem.read(site.switchAddress + 2n, FOLLOWING_BYTES));
+      if (i === 0) faultPoint('remove:first-site-restored', pid);
+    });
+    faultPoint('remove:sites-restored', pid);
+    faultPoint('remove:thawed', pid);
+  } finally {
+    mem.close();
+  }
 }
 
 /** Removes patch `patchId` from process `pid`. */
@@ -89,6 +105,30 @@ export async function removePatch(pid: number, patchId: string, options: RemoveO
       patches: s.record.patches.map((p) => (p === patch ? removing : p)),
     });
     faultPoint('remove:record-removing', pid);
+    const timeoutMs = options.timeoutMs ?? 5000;
+    const commit = async (): Promise<RecordPatch> => {
+      await unregisterUnwind(s, removing, timeoutMs);
+      const removed: RecordPatch = { ...removing, state: 'removed', retired: true, sites: removing.sites.map((x) => ({ ...x, state: 'removed' })) };
+      s.record = store.write({ ...s.record, transaction: null, patches: s.record.patches.map((p) => (p === removing ? removed : p)) });
+      faultPoint('remove:committed', pid);
+      return removed;
+    };
+
+    if (patch.flag !== undefined && !options.freeze) {
+      // Live (./live.ts): the flag first — every function of the patch goes back at this one write —
+      // then the entries byte by byte. An interruption leaves a `removing` record: recover finishes it.
+      const w0 = nowMicros();
+      switchBackLive(pid, removing, patch.flag);
+      const work = nowMicros() - w0;
+      s.proc.assertAlive();
+      const removed = await commit();
+      // Its code, gates and paddings are reset once no thread can be in them (threads checked one by one).
+      await reclaimRetired(s, timeoutMs);
+      return {
+        pid, patchId, status: 'removed', protocol: 'live', pauseMicros: 0, frozenWorkMicros: 0, totalPauseMicros: 0, attempts: 1,
+        threads: s.proc.enumerateThreads().length, totalMicros: nowMicros() - t0, codeFreed: !s.record.patches.includes(removed), switchMicros: work,
+      };
+    }
 
     const guarded: GuardedRange[] = plans.flatMap((p) =>
       siteUnsafeRanges(p.g, p.writes).map((range) => ({ range, function: p.site.function, what: p.g.kind === 'plain' ? 'the 5 bytes at the entry' : 'the patched entry bytes' })),
@@ -112,14 +152,11 @@ export async function removePatch(pid: number, patchId: string, options: RemoveO
     }
     faultPoint('remove:thawed', pid);
     s.proc.assertAlive();
-    await unregisterUnwind(s, removing, options.timeoutMs ?? 5000);
     const codeInUse = outcome.observedInUse[0] === true;
-    const removed: RecordPatch = { ...removing, state: 'removed', retired: true, sites: removing.sites.map((x) => ({ ...x, state: 'removed' })) };
-    s.record = store.write({ ...s.record, transaction: null, patches: s.record.patches.map((p) => (p === removing ? removed : p)) });
-    faultPoint('remove:committed', pid);
+    const removed = await commit();
     await freeUnusedRetired(s, [{ patch: removed, range: removed.code }, ...retired], [codeInUse, ...outcome.observedInUse.slice(1)]);
     return {
-      pid, patchId, status: 'removed', pauseMicros: outcome.pauseMicros, frozenWorkMicros: outcome.workMicros, totalPauseMicros: outcome.totalPauseMicros,
+      pid, patchId, status: 'removed', protocol: 'freeze', pauseMicros: outcome.pauseMicros, frozenWorkMicros: outcome.workMicros, totalPauseMicros: outcome.totalPauseMicros,
       attempts: outcome.attempts, threads: outcome.threads, totalMicros: nowMicros() - t0, codeFreed: !codeInUse,
     };
   } finally {

@@ -11,6 +11,7 @@ import { RefusedError } from '../../errors.js';
 import { bytesEqual, hexBytes } from './bytes.js';
 import { encodeJmpRel32, encodeJmpShort, JMP_REL32_SIZE, JMP_SHORT_SIZE } from '../../x86/index.js';
 import type { EntryPlan } from '../plan.js';
+import type { RecordSite } from './record.js';
 import type { AddressRange } from '../../process/index.js';
 
 /** One contiguous write; `offset` is relative to the site address. */
@@ -100,9 +101,10 @@ export function siteUnsafeRanges(g: SiteGeometry, writes: readonly SiteWrite[]):
 /**
  * Classifies `actual` against a site's `original` and `written` bytes part by part: 'original' or
  * 'written' when all parts agree, 'mixed' when parts differ (an interrupted apply), 'foreign'
- * when some part is neither (someone else changed it).
+ * when some part is neither (someone else changed it). `live`: the switch of a site switched
+ * without a freeze may also hold a byte-wise mix of the two (interrupted between two 1-byte writes).
  */
-export function classifySiteBytes(g: SiteGeometry, actual: Uint8Array, original: Uint8Array, written: Uint8Array): 'original' | 'written' | 'mixed' | 'foreign' {
+export function classifySiteBytes(g: SiteGeometry, actual: Uint8Array, original: Uint8Array, written: Uint8Array, live = false): 'original' | 'written' | 'mixed' | 'foreign' {
   let sawOriginal = false;
   let sawWritten = false;
   // Bytes outside the parts must never change.
@@ -112,13 +114,30 @@ export function classifySiteBytes(g: SiteGeometry, actual: Uint8Array, original:
     const a = actual.subarray(p.offset, p.offset + p.length);
     const isO = bytesEqual(a, original.subarray(p.offset, p.offset + p.length));
     const isW = bytesEqual(a, written.subarray(p.offset, p.offset + p.length));
-    if (!isO && !isW) return 'foreign';
+    if (!isO && !isW) {
+      // A live switch interrupted between its 1-byte writes: each byte is one or the other.
+      const byteMix = live && p.name === 'switch' && a.every((b, i) => b === original[p.offset + i] || b === written[p.offset + i]);
+      if (!byteMix) return 'foreign';
+      sawOriginal = sawWritten = true;
+      continue;
+    }
     if (isO && !isW) sawOriginal = true;
     if (isW && !isO) sawWritten = true;
   }
   for (let i = 0; i < g.length; i++) if (!inPart[i] && actual[i] !== original[i]) return 'foreign';
   if (sawOriginal && sawWritten) return 'mixed';
   return sawWritten ? 'written' : 'original';
+}
+
+/** Geometry of a recorded site (the record holds everything needed). */
+export function recordedGeometry(site: RecordSite): SiteGeometry {
+  return {
+    kind: site.kind,
+    address: site.address,
+    switchAddress: site.switchAddress,
+    length: site.original.length,
+    switchOffset: Number(site.switchAddress - site.address),
+  };
 }
 
 export { bytesEqual, hexBytes };
