@@ -69,7 +69,7 @@ function summary(report: ApplyReport, all: boolean): string {
 export function register(program: Command, setExitCode: SetExitCode): void {
   program
     .command('apply')
-    .description('apply a patch package to running processes (one short freeze each) and, with --cold, install the fixed file on disk')
+    .description('apply a patch package to running processes (hotpatch-ready functions without stopping a thread, others in one short freeze) and, with --cold, install the fixed file on disk')
     .argument('<PKG>', 'the .hpk package')
     .option('--pid <PID>', 'a process to patch (repeatable)', collect, [] as string[])
     .option('--all', 'every process that maps the target image (matched by build-id, whatever path, deleted or not)')
@@ -81,6 +81,7 @@ export function register(program: Command, setExitCode: SetExitCode): void {
     .option('--lock-wait <SECONDS>', 'how long to wait while another hotpatch command works on a process', '10')
     .option('--concurrency <N>', 'processes worked on at once with --all', '4')
     .option('--dry-run', 'check everything (build-id, site bytes, symbols, relocation, cold file) and change nothing')
+    .option('--freeze', 'switch in a short freeze of every thread even where hotpatch-ready entries allow a switch that stops none')
     .option('--json', 'print one JSON document on stdout')
     .addHelpText(
       'after',
@@ -105,7 +106,7 @@ Examples:
     )
     .action(async (file: string, opts: {
       pid: string[]; all?: boolean; cold?: boolean; file: string[]; trust: string[]; allowUnsigned?: boolean;
-      timeout: string; lockWait: string; concurrency: string; dryRun?: boolean; json?: boolean;
+      timeout: string; lockWait: string; concurrency: string; dryRun?: boolean; freeze?: boolean; json?: boolean;
     }) => {
       const json = opts.json ?? false;
       const { applyPackageFile } = await import('../../patch/updater/index.js');
@@ -116,7 +117,7 @@ Examples:
           pids, all: opts.all === true, cold: opts.cold === true, coldFiles: opts.file,
           trustFiles: opts.trust, allowUnsigned: opts.allowUnsigned === true,
           timeoutMs: parseTimeoutOption(opts.timeout), lockWaitMs: parseTimeoutOption(opts.lockWait, '--lock-wait'),
-          concurrency: parseConcurrencyOption(opts.concurrency), dryRun: opts.dryRun === true,
+          concurrency: parseConcurrencyOption(opts.concurrency), dryRun: opts.dryRun === true, freeze: opts.freeze === true,
           onProgress: progress,
         });
       });

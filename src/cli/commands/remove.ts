@@ -12,7 +12,7 @@ import type { SetExitCode } from './index.js';
 export function register(program: Command, setExitCode: SetExitCode): void {
   program
     .command('remove')
-    .description('remove a patch from running processes, restoring the original bytes of every site in one short freeze each')
+    .description('remove a patch from running processes, restoring the original bytes of every site (live when it was applied live, else in one short freeze)')
     .argument('<PATCH_ID>', 'the patch id (see `hotpatch list`)')
     .option('--pid <PID>', 'a process (repeatable)', collect, [] as string[])
     .option('--all', 'every process that has the patch')
@@ -23,6 +23,7 @@ export function register(program: Command, setExitCode: SetExitCode): void {
     .option('--lock-wait <SECONDS>', 'how long to wait while another hotpatch command works on a process', '10')
     .option('--concurrency <N>', 'processes worked on at once with --all', '4')
     .option('--dry-run', 'show what would be removed, change nothing')
+    .option('--freeze', 'restore in a short freeze of every thread even when the patch was switched live')
     .option('--json', 'print one JSON document on stdout')
     .addHelpText(
       'after',
@@ -41,7 +42,7 @@ Examples:
     )
     .action(async (patchId: string, opts: {
       pid: string[]; all?: boolean; cold?: boolean; file: string[]; package?: string; timeout: string; lockWait: string;
-      concurrency: string; dryRun?: boolean; json?: boolean;
+      concurrency: string; dryRun?: boolean; freeze?: boolean; json?: boolean;
     }) => {
       const json = opts.json ?? false;
       const { removeFromProcesses } = await import('../../patch/updater/index.js');
@@ -52,7 +53,7 @@ Examples:
           pids: opts.pid.map(parsePidOption), all: opts.all === true, cold: opts.cold === true, coldFiles: opts.file,
           ...(opts.package !== undefined ? { pkg: readPackageFile(opts.package).pkg } : {}),
           timeoutMs: parseTimeoutOption(opts.timeout), lockWaitMs: parseTimeoutOption(opts.lockWait, '--lock-wait'),
-          concurrency: parseConcurrencyOption(opts.concurrency), dryRun: opts.dryRun === true, onProgress: progress,
+          concurrency: parseConcurrencyOption(opts.concurrency), dryRun: opts.dryRun === true, freeze: opts.freeze === true, onProgress: progress,
         });
       });
       if (opts.all && report.results.length === 0) progress(`no process has patch ${patchId}; nothing to remove`);

@@ -18,6 +18,7 @@ import { describeHook } from '../../x86/index.js';
 import type { ElfFile } from '../../elf/index.js';
 import { RECORD_MAPS_PATH, readRecordFromMappings, type PatchRecord, type RecordPatch, type RecordSite } from '../../patch/engine/index.js';
 import { siteGeometry, siteWrittenBytes } from '../../patch/engine/sites.js';
+import { encodeGateBlock, gateAddress, gateBlockOffset } from '../../patch/engine/gate.js';
 import { createSymbolLookup, layoutPatch, linkPatch, type ResolverModule } from '../../patch/linker/index.js';
 import { decodePackageContent } from '../../patch/package/index.js';
 import { publicKeyObject } from '../../patch/trust/index.js';
@@ -64,6 +65,11 @@ function same(a: Uint8Array, b: Uint8Array): boolean {
 /** Offset of sha256(content) in the signed message: domain string, then u16 format version. */
 const DOMAIN_LENGTH = new TextEncoder().encode('hotpatch-package-signature-v1\0').length;
 
+
+/** Where a live patch's gate block must be: right after its linked code. */
+function gateBlockFor(codeBase: bigint, codeSize: number): bigint {
+  return codeBase + BigInt(gateBlockOffset(codeSize));
+}
 
 function resolverModule(ctx: ProcessContext, m: Module): ResolverModule {
   return { name: m.name, path: m.path, loadBias: m.loadBias, elf: (): ElfFile | undefined => ctx.image(m)?.elf };
@@ -163,6 +169,23 @@ function verifyPatch(ctx: ProcessContext, p: RecordPatch, below: Map<bigint, Uin
       });
     }
   }
+  // Switched live: the gate block after the code is a pure function of the signed plan and the
+  // recorded addresses; its flag is 1 exactly while the patch is applied.
+  if (p.flag !== undefined) {
+    const targets = plan.functions.map((fn, i) => ({ newCode: linked.functionAddresses[i]!, oldBody: siteGeometry(fn.entry, mod.loadBias, fn.name).switchAddress + 2n }));
+    const expected = encodeGateBlock(p.flag, targets, p.state === 'applied' ? 1 : 0);
+    let mem: Uint8Array | undefined;
+    try {
+      mem = ctx.proc.readMemory(p.flag, expected.length);
+    } catch {
+      mem = undefined;
+    }
+    ctx.bytesVerified += expected.length;
+    if (p.flag !== gateBlockFor(linked.codeBase, linked.code.length) || mem === undefined || !same(mem, expected)) {
+      const what = mem !== undefined && mem[0] !== expected[0] ? `its flag is ${mem[0]}, the patch is ${p.state}` : 'its gates are not the ones the signed plan implies';
+      f('patch-modified', 'critical', `the gate block at 0x${p.flag.toString(16)} does not match: ${what}`, { address: p.flag, expected: expected.slice(0, 16), ...(mem ? { actual: mem.slice(0, 16) } : {}) });
+    }
+  }
   // 3. Sites: the signed entry plan's jumps on top of the signed original (or the patch below).
   const sites: SanctionedSite[] = [];
   plan.functions.forEach((fn, i) => {
@@ -177,7 +200,7 @@ function verifyPatch(ctx: ProcessContext, p: RecordPatch, below: Map<bigint, Uin
       f('patch-modified', 'critical', `the recorded original bytes of ${fn.name} are not the signed ones`, { address: g.address, expected: under, actual: rec.original });
       return;
     }
-    const expected = siteWrittenBytes(g, under, linked.functionAddresses[i]!);
+    const expected = siteWrittenBytes(g, under, p.flag !== undefined ? gateAddress(p.flag, i) : linked.functionAddresses[i]!);
     if (!same(rec.written, expected)) {
       f('patch-modified', 'critical', `the recorded site bytes of ${fn.name} are not the jump the signed plan specifies`, { address: g.address, expected, actual: rec.written });
       return;
@@ -259,11 +282,24 @@ export function sanctionedState(ctx: ProcessContext): SanctionedState {
         st.findings.push(finding);
       }
     }
-    // Removed patches whose code threads may still run (retired) keep their signed code too.
+    // Removed patches whose code threads may still run (retired) keep their signed code too; one
+    // removed live keeps its padding's jump to its gate until it is freed (the entry is original).
     for (const p of record.patches) {
       if (p.state !== 'removed') continue;
       const v = verifyPatch(ctx, p, new Map());
       if (v.problems.length > 0 || v.signer !== undefined) continue;
+      for (const site of p.sites) {
+        if (site.gate === undefined || st.claimed.some((c) => c.address === site.address)) continue;
+        const retiredBytes = new Uint8Array(site.original);
+        retiredBytes.set(site.written.subarray(0, 5), 0);
+        let mem: Uint8Array | undefined;
+        try {
+          mem = ctx.proc.readMemory(site.address, retiredBytes.length);
+        } catch {
+          mem = undefined;
+        }
+        if (mem !== undefined && (same(mem, retiredBytes) || same(mem, site.original))) st.claimed.push({ address: site.address, bytes: mem, function: site.function });
+      }
       verifiedArenas.push(p.code);
       if (p.data !== null) verifiedArenas.push(p.data);
     }

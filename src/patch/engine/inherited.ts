@@ -41,8 +41,8 @@ function arenaMapped(a: RecordArena, mappings: readonly Mapping[]): boolean {
  * the child's code at every site is applied; one whose jump is nowhere is dropped when the shared
  * record has it live (the parent applied it after the fork) and kept retired when the shared
  * record has it removed (its code may still be in use in the child). A patch in effect at some of
- * its sites only cannot come from a fork (sites switch in one freeze): it is kept as applied, so
- * that `list`, `verify` and the guard report the missing jumps.
+ * its sites only cannot come from a fork (sites switch in one freeze, or behind one flag): it is
+ * kept as applied, so that `list`, `verify` and the guard report the missing jumps.
  */
 export function inheritedView(shared: PatchRecord, pid: number, mappings: readonly Mapping[], read: (address: bigint, length: number) => Uint8Array | undefined): PatchRecord {
   const arenas = shared.arenas.filter((a) => arenaMapped(a, mappings));
@@ -59,7 +59,10 @@ export function inheritedView(shared: PatchRecord, pid: number, mappings: readon
       const now = current(s.address, s.written.length);
       return now !== undefined && bytesEqual(now, s.written);
     });
-    const some = inEffect.some(Boolean);
+    // A patch switched live is in effect only while its flag is set (a fork between the entry
+    // writes and the flag write gives a child whose entries lead to gates that run the old code).
+    const flagSet = p.flag === undefined || read(p.flag, 1)?.[0] === 1;
+    const some = flagSet && inEffect.some(Boolean);
     if (some) {
       p.sites.forEach((s, i) => inEffect[i] && expect.set(s.address, s.original));
       kept.push({ ...p, state: 'applied', sites: p.sites.map((s) => ({ ...s, state: 'applied' })) });

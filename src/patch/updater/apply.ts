@@ -23,6 +23,8 @@ export interface ProcessSelection {
 export interface RunOptions extends ProcessSelection {
   /** How long the engine retries while a thread is inside the code to switch (ms, default 5000). */
   timeoutMs?: number;
+  /** Switch in a freeze of every thread even where the zero-stall protocol applies. */
+  freeze?: boolean;
   /** Operations in flight at once (default 4). */
   concurrency?: number;
   /** How long to wait while another hotpatch process works on a target (ms, default 10000). */
@@ -178,16 +180,20 @@ const RECOVER_ACTION_TEXT = {
   reconciled: 'reconciled the record with the code (the patch\'s jump was gone; it is now recorded as removed) for',
 } as const;
 
+function pauseText(r: ProcessResult): string {
+  return r.protocol === 'live' ? 'live (no thread stopped)' : `pause ${Math.round(r.pauseMicros)} µs`;
+}
+
 /** One line describing a result (the CLI's human output). */
 export function describe(r: ProcessResult): string {
   const who = `pid ${r.pid}${r.exe ? ` (${r.exe})` : ''}`;
   switch (r.status) {
     case 'patched':
-      return `${who}: patched ${r.patchId}, pause ${Math.round(r.pauseMicros)} µs`;
+      return `${who}: patched ${r.patchId}, ${pauseText(r)}`;
     case 'removed':
       return r.actions && r.actions.length > 0
         ? `${who}: recovered (${r.actions.map((a) => `${RECOVER_ACTION_TEXT[a.action]} ${a.patchId}`).join(', ')})`
-        : `${who}: removed ${r.patchId}, pause ${Math.round(r.pauseMicros)} µs`;
+        : `${who}: removed ${r.patchId}, ${pauseText(r)}`;
     default:
       return `${who}: ${r.status}${r.reason ? `: ${r.reason}` : ''}`;
   }
@@ -204,10 +210,12 @@ async function applyOne(loaded: LoadedPackage, t: ImageProcess, options: ApplyPa
           ...(loaded.content ? { content: loaded.content } : {}),
           ...(options.timeoutMs !== undefined ? { timeoutMs: options.timeoutMs } : {}),
           ...(options.dryRun ? { dryRun: true } : {}),
+          ...(options.freeze ? { freeze: true } : {}),
         }), options);
     const dry = r.status === 'dry-run';
     return {
       pid: t.pid, status: r.status === 'dry-run' ? 'skipped' : r.status, patchId: pkg.id, pauseMicros: r.pauseMicros, ...base,
+      ...(r.status === 'patched' ? { protocol: r.protocol } : {}),
       ...(dry ? { dryRun: true, code: 'DRY_RUN', reason: 'dry run: every check passed, nothing was changed' } : {}),
       totalPauseMicros: r.totalPauseMicros, attempts: r.attempts, threads: r.threads, totalMicros: r.totalMicros,
       functions: r.functions.map((f) => f.name),

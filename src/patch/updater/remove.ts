@@ -88,9 +88,9 @@ export async function removeFromProcesses(patchId: string, options: RemovePatchO
         : { pid: t.pid, status: 'failed', patchId, pauseMicros: 0, reason: `patch ${patchId} is not applied to process ${t.pid} (see \`hotpatch list --pid ${t.pid}\`)`, code: 'PATCH_NOT_APPLIED', ...base };
     } else {
       try {
-        const x = await runEngineOp(t.pid, () => removePatch(t.pid, patchId, options.timeoutMs !== undefined ? { timeoutMs: options.timeoutMs } : {}), options);
+        const x = await runEngineOp(t.pid, () => removePatch(t.pid, patchId, { ...(options.timeoutMs !== undefined ? { timeoutMs: options.timeoutMs } : {}), ...(options.freeze ? { freeze: true } : {}) }), options);
         r = {
-          pid: t.pid, status: 'removed', patchId, pauseMicros: x.pauseMicros, ...base,
+          pid: t.pid, status: 'removed', patchId, pauseMicros: x.pauseMicros, protocol: x.protocol, ...base,
           totalPauseMicros: x.totalPauseMicros, attempts: x.attempts, threads: x.threads, totalMicros: x.totalMicros,
         };
       } catch (e) {

@@ -25,8 +25,10 @@ export interface ProcessResult {
   pid: number;
   status: UpdateStatus;
   patchId: string | null;
-  /** Pause of the freeze that switched the code (µs); 0 when nothing was switched. */
+  /** Pause of the freeze that switched the code (µs); 0 when nothing was switched or it was switched live. */
   pauseMicros: number;
+  /** How the code was switched: `live` (no thread stopped) or `freeze` (every thread, briefly). */
+  protocol?: 'live' | 'freeze';
   /** Why it was refused, failed or skipped (a sentence that says what to do next). */
   reason?: string;
   /** Stable error code behind `reason` (e.g. BUILD_ID_MISMATCH, TARGET_BUSY, PROCESS_LOCKED). */
