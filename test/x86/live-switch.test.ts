@@ -189,6 +189,14 @@ describe('planLiveSwitch on the entry forms (hand-made bytes)', () => {
       expect(switchSkippable(b(from)), from).toBe(false);
     }
   });
+  it('a thread that already ran one version never continues in the other: push rax; push rcx -> push rdx; push rbx is refused', () => {
+    // Each state alone decodes to from's or to's instructions at every boundary, but a thread that
+    // ran `push rax` (from) and stopped at +1 would then run `push rbx` (to) in either order.
+    const p = plan('50 51', '52 53');
+    expect(p.ok).toBe(false);
+    // Only the first byte differing: one write, no intermediate state, nothing to mix.
+    expect(plan('50 51', '52 51')).toMatchObject({ ok: true, writes: [{ offset: 0, byte: 0x52 }] });
+  });
   it('switchSkippable: only no-ops ending exactly at the region end', () => {
     expect(switchSkippable(b('90 90'))).toBe(true);
     expect(switchSkippable(b('90'))).toBe(true);
