@@ -31,5 +31,5 @@ export { reencodeAt, maskedBytes } from './reencode.js';
 export type { Reencoded, MaskOptions } from './reencode.js';
 export { classifyModuleEntries } from './module.js';
 export type { ModuleFunction, ModuleEntryClass, ClassifyModuleOptions } from './module.js';
-export { planLiveSwitch, switchSkippable } from './live-switch.js';
-export type { LiveSwitchPlan } from './live-switch.js';
+export { planLiveSwitch, switchSkippable, CACHE_LINE, MAX_LIVE_SWITCH_BYTES } from './live-switch.js';
+export type { LiveSwitchInput, LiveSwitchPlan, LiveSwitchWrite } from './live-switch.js';
