@@ -159,11 +159,14 @@ export async function runDemo(options: DemoOptions = {}): Promise<DemoReport> {
     await step('Apply the patch live, under load', async (f) => {
       await load!.stats();
       const r = (await hp(['apply', pkg, '--pid', String(service.pid), '--trust', `${key}.pub`])).json as {
-        results: Array<{ status: string; pauseMicros: number }>;
+        results: Array<{ status: string; pauseMicros: number; protocol?: 'live' | 'freeze' }>;
       };
       const res = r.results[0]!;
-      out(`  ${res.status}: the service was paused for ${Math.round(res.pauseMicros)} µs`);
+      out(res.protocol === 'live'
+        ? `  ${res.status}: switched live, no thread of the service was stopped`
+        : `  ${res.status}: the service was paused for ${Math.round(res.pauseMicros)} µs`);
       f.pauseMicros = Math.round(res.pauseMicros);
+      f.protocol = res.protocol ?? 'freeze';
       await showProbe(service.port, false);
       const s = await load!.stats();
       out(loadLine(s));

@@ -91,6 +91,8 @@ describe('the patcher killed at every step', () => {
     expect(a.code).toBe(0);
     const doc = JSON.parse(a.stdout) as { results: Array<{ pid: number; status: string; patchId: string; pauseMicros: number }> };
     expect(doc.results[0]).toMatchObject({ pid: t.pid, status: 'patched', patchId });
+    // The plan has a plain entry: the whole patch takes the freeze.
+    expect(doc.results[0]).toMatchObject({ protocol: 'freeze' });
     expect(doc.results[0]!.pauseMicros).toBeGreaterThan(0);
     expect(siteState()).toBe('patched');
     const again = JSON.parse((await cli(['apply', pkgPath, '--pid', String(t.pid), '--allow-unsigned', '--json'])).stdout);
