@@ -6,6 +6,7 @@ import { hijack, rollingCheck } from './control-stub.js';
 import { JMP_REL32_SIZE } from '../../x86/index.js';
 import { bytesEqual } from './bytes.js';
 import { siteStack } from './stack.js';
+import { unregisterUnwind } from './unwind.js';
 import { memoryWriter } from './memory.js';
 import type { AddressRange } from '../../process/index.js';
 import type { RecordArena, RecordPatch } from './record.js';
@@ -39,7 +40,7 @@ export async function reclaimRetired(s: Session, timeoutMs: number): Promise<num
   const retired = retiredRanges(s.record);
   if (retired.length === 0 || !s.proc.isAlive()) return 0;
   const check = await rollingCheck(s.pid, retired.map((r) => r.range), timeoutMs);
-  return freeUnusedRetired(s, retired, check.inUse);
+  return freeUnusedRetired(s, retired, check.inUse, timeoutMs);
 }
 
 /**
@@ -49,10 +50,22 @@ export async function reclaimRetired(s: Session, timeoutMs: number): Promise<num
  * that still share the record get their own copy first (they may still run the dropped code); when
  * one cannot be done, nothing is dropped (a later operation frees it).
  */
-export async function freeUnusedRetired(s: Session, retired: ReadonlyArray<{ patch: RecordPatch; range: AddressRange }>, inUse: readonly boolean[]): Promise<number> {
+export async function freeUnusedRetired(s: Session, retired: ReadonlyArray<{ patch: RecordPatch; range: AddressRange }>, inUse: readonly boolean[], timeoutMs = 5000): Promise<number> {
   const busy = new Set(retired.filter((_, i) => inUse[i] !== false).map((r) => r.patch));
-  const free = [...new Set(retired.map((r) => r.patch))].filter((p) => !busy.has(p));
-  if (free.length === 0 || !s.store || !(await privatizeSharers(s))) return 0;
+  const candidates = [...new Set(retired.map((r) => r.patch))].filter((p) => !busy.has(p));
+  if (candidates.length === 0 || !s.store || !(await privatizeSharers(s))) return 0;
+  // The unwinder keeps knowing the code until it is freed: a thread still inside retired C++ code
+  // may throw. One that cannot be unregistered now (unwinder busy) stays retired.
+  const free: RecordPatch[] = [];
+  for (const p of candidates) {
+    try {
+      await unregisterUnwind(s, p, timeoutMs);
+      free.push(p);
+    } catch {
+      /* freed by a later operation */
+    }
+  }
+  if (free.length === 0) return 0;
   const mem = memoryWriter(s.pid);
   try {
     for (const p of free) {

@@ -14,7 +14,6 @@ import { assertCodeAgrees, assertNoTransaction, hex, livePatches, nowMicros, ope
 import { bytesEqual, hexBytes, recordedGeometry, siteUnsafeRanges, siteWrites } from './sites.js';
 export { recordedGeometry };
 import { switchWithRetry, type GuardedRange } from './switch.js';
-import { unregisterUnwind } from './unwind.js';
 
 export interface RemoveOptions {
   /** How long to retry while threads are in the way (default 5000 ms). */
@@ -107,7 +106,6 @@ export async function removePatch(pid: number, patchId: string, options: RemoveO
     faultPoint('remove:record-removing', pid);
     const timeoutMs = options.timeoutMs ?? 5000;
     const commit = async (): Promise<RecordPatch> => {
-      await unregisterUnwind(s, removing, timeoutMs);
       const removed: RecordPatch = { ...removing, state: 'removed', retired: true, sites: removing.sites.map((x) => ({ ...x, state: 'removed' })) };
       s.record = store.write({ ...s.record, transaction: null, patches: s.record.patches.map((p) => (p === removing ? removed : p)) });
       faultPoint('remove:committed', pid);
@@ -154,7 +152,7 @@ export async function removePatch(pid: number, patchId: string, options: RemoveO
     s.proc.assertAlive();
     const codeInUse = outcome.observedInUse[0] === true;
     const removed = await commit();
-    await freeUnusedRetired(s, [{ patch: removed, range: removed.code }, ...retired], [codeInUse, ...outcome.observedInUse.slice(1)]);
+    await freeUnusedRetired(s, [{ patch: removed, range: removed.code }, ...retired], [codeInUse, ...outcome.observedInUse.slice(1)], timeoutMs);
     return {
       pid, patchId, status: 'removed', protocol: 'freeze', pauseMicros: outcome.pauseMicros, frozenWorkMicros: outcome.workMicros, totalPauseMicros: outcome.totalPauseMicros,
       attempts: outcome.attempts, threads: outcome.threads, totalMicros: nowMicros() - t0, codeFreed: !codeInUse,
