@@ -118,6 +118,8 @@ export interface RollingCheck {
   threadsChecked: number;
   /** Longest time one thread was stopped, in microseconds (no two threads are stopped together). */
   longestStopMicros: number;
+  /** Threads created faster than they could be checked, left unchecked (0 normally; see maxRounds). */
+  threadsUnchecked: number;
 }
 
 function toThreadUse(u: RangeUse): ThreadUse {
@@ -165,7 +167,13 @@ export function hijack(pid: number, timeoutMs?: number): Frozen {
  */
 export function rollingCheck(pid: number, ranges: readonly AddressRange[], timeoutMs?: number): RollingCheck {
   const r = rollingThreadsUsing(pid, ranges, freezeOptions(timeoutMs));
-  return { inUse: r.inUse, uses: r.uses.map(toThreadUse), threadsChecked: r.threadsChecked, longestStopMicros: r.longestStopMicros };
+  return {
+    inUse: r.inUse,
+    uses: r.uses.map(toThreadUse),
+    threadsChecked: r.threadsChecked,
+    longestStopMicros: r.longestStopMicros,
+    threadsUnchecked: r.threadsUnchecked,
+  };
 }
 
 function freezeOptions(timeoutMs: number | undefined): { timeoutMs?: number } {

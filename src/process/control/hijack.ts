@@ -35,6 +35,14 @@ export type HijackOptions = Omit<FreezeOptions, 'threads'>;
 export interface RollingCheckOptions extends Omit<FreezeOptions, 'threads'> {
   /** Upper bound on stack bytes read per thread (findThreadsUsing's maxStackBytes). */
   maxStackBytes?: number;
+  /**
+   * Task-list reads before giving up on threads that keep appearing (default 100): a process
+   * creating threads faster than they are checked would otherwise keep the check going forever.
+   * The threads left are counted in `threadsUnchecked`.
+   */
+  maxRounds?: number;
+  /** Called after each thread was checked and resumed, with its stop in microseconds (tests, logs). */
+  onThreadChecked?: (tid: number, stopMicros: number) => void;
 }
 
 /** What rollingThreadsUsing found. */
@@ -49,6 +57,8 @@ export interface RollingCheckResult {
   longestStopMicros: number;
   /** Task-list reads: 1 + the rounds that found threads created meanwhile. */
   rounds: number;
+  /** New threads still listed when `maxRounds` was reached (0: every thread was checked). */
+  threadsUnchecked: number;
 }
 
 /** pselect6, ppoll, epoll_pwait, rt_sigsuspend, io_pgetevents, epoll_pwait2: temporary signal mask (see freeze.ts). */
@@ -156,9 +166,9 @@ export function rollingThreadsUsing(pid: number, ranges: readonly AddressRange[]
   for (const [i, r] of ranges.entries()) {
     if (r.end < r.start || r.start < 0n) throw new RangeError(`bad range ${i}: [0x${r.start.toString(16)}, 0x${r.end.toString(16)})`);
   }
-  const { maxStackBytes, ...freezeOptions } = options;
+  const { maxStackBytes, maxRounds = 100, onThreadChecked, ...freezeOptions } = options;
   const scan: StackScanOptions = maxStackBytes === undefined ? {} : { maxStackBytes };
-  const result: RollingCheckResult = { inUse: ranges.map(() => false), uses: [], threadsChecked: 0, longestStopMicros: 0, rounds: 0 };
+  const result: RollingCheckResult = { inUse: ranges.map(() => false), uses: [], threadsChecked: 0, longestStopMicros: 0, rounds: 0, threadsUnchecked: 0 };
   const seen = new Set<number>();
   const startTime = readStartTime(pid);
   // Gone already: freezeProcess throws the precise error (PROCESS_NOT_FOUND...).
@@ -178,6 +188,10 @@ export function rollingThreadsUsing(pid: number, ranges: readonly AddressRange[]
     if (tids === undefined || startTime === undefined) throw exited();
     const fresh = tids.filter((tid) => !seen.has(tid));
     if (fresh.length === 0) break;
+    if (result.rounds > maxRounds) {
+      result.threadsUnchecked = fresh.length;
+      break;
+    }
     // Read after the task list: every listed thread's stack is mapped in this snapshot.
     let maps: readonly Mapping[] = mapsNow();
     for (const tid of fresh) {
@@ -195,6 +209,7 @@ export function rollingThreadsUsing(pid: number, ranges: readonly AddressRange[]
         fp.thaw();
         throw new ProcessError(PROCESS_EXITED, `process ${pid} exited during the rolling check (the pid now names another process)`);
       }
+      let checked = false;
       try {
         const t = fp.threads[0];
         if (t === undefined) continue;
@@ -205,9 +220,11 @@ export function rollingThreadsUsing(pid: number, ranges: readonly AddressRange[]
         const view = { threads: fp.threads, maps: () => snapshot, readMemoryInto: fp.readMemoryInto.bind(fp) };
         result.uses.push(...findThreadsUsing(view, ranges, scan));
         result.threadsChecked++;
+        checked = true;
       } finally {
         const stop = fp.thaw();
         if (stop > result.longestStopMicros) result.longestStopMicros = stop;
+        if (checked) onThreadChecked?.(tid, stop);
       }
     }
   }
