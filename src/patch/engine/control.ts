@@ -1,12 +1,14 @@
 /**
  * The engine's narrow view of process control (src/process/control): freeze, check which threads
  * use some bytes, write, map/unmap near a module, create the record mapping, thaw. Keeping it in
- * one module makes the engine's needs explicit and its freeze window easy to audit.
+ * one module makes the engine's needs explicit and its freeze window easy to audit. hijack() and
+ * rollingCheck() are the same view without a whole-process freeze (issue #10).
  */
 import {
   allocateNear,
   findThreadsUsing,
   freezeProcess,
+  hijackThread,
   MAP_ANONYMOUS,
   MAP_FIXED,
   MAP_PRIVATE,
@@ -14,13 +16,17 @@ import {
   PROT_EXEC,
   PROT_READ,
   PROT_WRITE,
+  PROCESS_NOT_FROZEN,
   remoteMmap,
   remoteMprotect,
   remoteMunmap,
   RemoteSyscallError,
+  rollingThreadsUsing,
   type FrozenProcess,
+  type RangeUse,
 } from '../../process/index.js';
 import type { AddressRange } from '../../process/index.js';
+import { ProcessError } from '../../errors.js';
 import type { ArenaProtection } from './record.js';
 
 // System call numbers (arch/x86/entry/syscalls/syscall_64.tbl) the engine injects itself.
@@ -44,11 +50,14 @@ export interface ThreadUse {
   address: bigint;
 }
 
-/** A process with every thread stopped. */
+/** A process with every thread stopped (hijack(): one thread stopped, the others running). */
 export interface Frozen {
   readonly pid: number;
   readonly threadCount: number;
-  /** Threads whose rip, or any word of whose stack (rsp..end of its mapping), lies in a range. */
+  /**
+   * Threads whose rip, or any word of whose stack (rsp..end of its mapping), lies in a range.
+   * Throws PROCESS_NOT_FROZEN on a hijacked process (use rollingCheck()).
+   */
   threadsUsing(ranges: readonly AddressRange[]): ThreadUse[];
   /** Writes through /proc/PID/mem (works on read-only text). */
   write(address: bigint, bytes: Uint8Array): void;
@@ -101,6 +110,27 @@ function withMemfd<T>(fp: FrozenProcess, name: string, size: number, scratch: bi
   }
 }
 
+/** What rollingCheck() found. */
+export interface RollingCheck {
+  /** Per range: some thread was found using it (an unscannable thread counts for every range). */
+  inUse: boolean[];
+  uses: ThreadUse[];
+  threadsChecked: number;
+  /** Longest time one thread was stopped, in microseconds (no two threads are stopped together). */
+  longestStopMicros: number;
+  /** Threads created faster than they could be checked, left unchecked (0 normally; see maxRounds). */
+  threadsUnchecked: number;
+}
+
+function toThreadUse(u: RangeUse): ThreadUse {
+  return {
+    tid: u.tid,
+    rangeIndex: u.rangeIndex,
+    how: u.kind === 'stack' ? 'return-address' : u.kind === 'unscannable' ? 'unscannable' : 'rip',
+    address: u.value,
+  };
+}
+
 /** The shortest wait for threads to stop and for an injected call, whatever `--timeout` says (ms). */
 export const MIN_FREEZE_TIMEOUT_MS = 500;
 
@@ -110,20 +140,53 @@ export const MIN_FREEZE_TIMEOUT_MS = 500;
  * system call (at least MIN_FREEZE_TIMEOUT_MS); without it, freezeProcess's defaults.
  */
 export function freeze(pid: number, timeoutMs?: number): Frozen {
-  const fp = freezeProcess(pid, timeoutMs === undefined ? {} : { timeoutMs: Math.max(MIN_FREEZE_TIMEOUT_MS, timeoutMs) });
+  const fp = freezeProcess(pid, freezeOptions(timeoutMs));
+  return view(pid, fp, () => fp.threads.length, (ranges) => findThreadsUsing(fp, ranges).map(toThreadUse));
+}
+
+/**
+ * Stops one thread of `pid` only, preferably one blocked in a system call (hijackThread), and
+ * returns the same view as freeze(): injected calls run on that thread while every other thread
+ * runs. threadCount is 1; threadsUsing throws (the running threads cannot be checked: rollingCheck).
+ */
+export function hijack(pid: number, timeoutMs?: number): Frozen {
+  const fp = hijackThread(pid, freezeOptions(timeoutMs));
+  return view(
+    pid,
+    fp,
+    () => 1,
+    () => {
+      throw new ProcessError(PROCESS_NOT_FROZEN, `only one thread of process ${pid} is stopped (hijacked): which threads use a range needs rollingCheck()`);
+    },
+  );
+}
+
+/**
+ * Which threads of `pid` use `ranges`, stopping one thread at a time (rollingThreadsUsing). Sound
+ * only after every path into the ranges was removed (see src/process/control/hijack.ts).
+ */
+export function rollingCheck(pid: number, ranges: readonly AddressRange[], timeoutMs?: number): RollingCheck {
+  const r = rollingThreadsUsing(pid, ranges, freezeOptions(timeoutMs));
+  return {
+    inUse: r.inUse,
+    uses: r.uses.map(toThreadUse),
+    threadsChecked: r.threadsChecked,
+    longestStopMicros: r.longestStopMicros,
+    threadsUnchecked: r.threadsUnchecked,
+  };
+}
+
+function freezeOptions(timeoutMs: number | undefined): { timeoutMs?: number } {
+  return timeoutMs === undefined ? {} : { timeoutMs: Math.max(MIN_FREEZE_TIMEOUT_MS, timeoutMs) };
+}
+
+function view(pid: number, fp: FrozenProcess, threadCount: () => number, threadsUsing: Frozen['threadsUsing']): Frozen {
   return {
     pid,
     get threadCount() {
-      return fp.threads.length;
+      return threadCount();
     },
-    threadsUsing(ranges) {
-      return findThreadsUsing(fp, ranges).map((u) => ({
-        tid: u.tid,
-        rangeIndex: u.rangeIndex,
-        how: u.kind === 'stack' ? 'return-address' : u.kind === 'unscannable' ? 'unscannable' : 'rip',
-        address: u.value,
-      }));
-    },
+    threadsUsing,
     write: (address, bytes) => fp.writeMemory(address, bytes),
     read: (address, length) => fp.readMemory(address, length),
     mapNear(near, size, prot, beforeProtect) {

@@ -17,6 +17,10 @@
  *  ... caller works ...
  *  5. thaw: restore registers changed by injected syscalls, PTRACE_DETACH every thread (handing
  *     back any signal we intercepted). thaw() is idempotent and runs on every error path.
+ *
+ * Partial stop (FreezeOptions.threads, used by hijack.ts): only the named threads are seized and
+ * step 3 is skipped; the others keep running. A clone by a seized thread (during its stop or an
+ * injected call) still auto-attaches the child: it is kept out of `threads` and detached at thaw.
  */
 import type { ErrorCode } from '../../errors.js';
 import { faultInjectionAllowed } from '../../internal/fault-gate.js';
@@ -151,7 +155,17 @@ export interface FreezeOptions {
    * target's own threads as they are detached.
    */
   boostPriority?: 'fifo' | 'nice' | 'none';
+  /**
+   * Stop only these threads of the process (thread ids from /proc/PID/task); every other thread
+   * keeps running and the task list is not re-read. `threads` then lists only these (those that
+   * did not exit), and maps() is a snapshot the running threads may change meanwhile (allocation
+   * is race-safe: MAP_FIXED_NOREPLACE). PROCESS_EXITED when none of them is left to stop.
+   */
+  threads?: readonly number[];
 }
+
+/** FreezeOptions with every default applied. */
+type ResolvedFreezeOptions = Required<Omit<FreezeOptions, 'threads'>> & { threads: readonly number[] | undefined };
 
 // TRACESYSGOOD: syscall stops (only injections ask for them) report SIGTRAP | 0x80.
 const PTRACE_OPTIONS = PTRACE_O_TRACECLONE | PTRACE_O_TRACEEXEC | PTRACE_O_TRACESYSGOOD;
@@ -299,7 +313,7 @@ export class FrozenProcess {
   readonly pid: number;
   /** Start time of the process (clock ticks since boot); with the pid it identifies the process. */
   readonly startTime: bigint;
-  readonly #options: Required<FreezeOptions>;
+  readonly #options: ResolvedFreezeOptions;
   readonly #threads = new Map<number, ThreadState>();
   /** Zombie or exiting threads we found in the task list and skipped. */
   readonly #skipped = new Set<number>();
@@ -324,12 +338,17 @@ export class FrozenProcess {
   #injector: ThreadState | undefined;
 
   /** @internal use freezeProcess(). */
-  constructor(pid: number, startTime: bigint, ourChild: boolean, options: Required<FreezeOptions>) {
+  constructor(pid: number, startTime: bigint, ourChild: boolean, options: ResolvedFreezeOptions) {
     this.pid = pid;
     this.startTime = startTime;
     this.#keepLeaderExit = ourChild;
     this.#options = options;
     this.#memory = new ProcessMemory(pid, { writable: true });
+  }
+
+  /** Only the threads named in FreezeOptions.threads are stopped; the others run. */
+  get partial(): boolean {
+    return this.#options.threads !== undefined;
   }
 
   /** The frozen threads (thread-group leader first when alive). */
@@ -566,6 +585,7 @@ export class FrozenProcess {
       // A signal that cannot be blocked (SIGSTOP) or one that arrived on a thread whose mask we
       // leave alone: keep it for the thread. A group-stop or other event: resume again.
       if (ev.event === 0 && ev.signal !== SIGTRAP) t.heldSignals.push(ev.signal);
+      if (ev.event === PTRACE_EVENT_CLONE) this.#adoptClone(t);
       attempt--; // stops that are not ours do not count
       if (t.heldSignals.length > 64) break;
     }
@@ -573,6 +593,27 @@ export class FrozenProcess {
       throw fail(PROCESS_INJECTION_FAILED, `injected system call ${nr} did not complete in thread ${t.tid} of process ${this.pid}`);
     }
     return result;
+  }
+
+  /**
+   * Picks the thread default injections run on and writes its restore frame now (as the first
+   * injection would), so that a thread unfit for injections is found before anything is changed:
+   * hijack.ts then tries another thread. Returns its tid; PROCESS_INJECTION_FAILED when no
+   * frozen thread can take one.
+   */
+  prepareInjection(): number {
+    this.#check();
+    for (;;) {
+      const t = this.#pickInjectionThread();
+      if (t.kernel === 'armed') return t.tid;
+      try {
+        this.#writeFrame(t, findInjectionGadgets(this));
+        return t.tid;
+      } catch (e) {
+        if (!t.noFrameRoom) throw e;
+        this.#injector = undefined; // the picker skips it now
+      }
+    }
   }
 
   /**
@@ -635,6 +676,7 @@ export class FrozenProcess {
         t.attached = false;
         throw this.#exitedError(tid);
       }
+      if (ev.event === PTRACE_EVENT_CLONE) this.#adoptClone(t);
       if (ev.event !== 0 || ev.signal === SIGTRAP) continue;
       if (ev.signal !== (SIGTRAP | 0x80)) {
         if (SYNCHRONOUS_FAULTS.has(ev.signal)) {
@@ -659,6 +701,18 @@ export class FrozenProcess {
       if (w[REG_RIP] === t.armedRip && w[REG_RSP] === t.frameSp) return;
     }
     throw fail(PROCESS_INJECTION_FAILED, `injected call of 0x${fn.toString(16)} did not complete in thread ${tid} of process ${this.pid}`);
+  }
+
+  /**
+   * A thread of ours cloned during an injection: the kernel auto-attached the child (it starts in
+   * a ptrace-stop we have not consumed). Recorded so that thaw detaches it; never a frozen thread.
+   */
+  #adoptClone(t: ThreadState): void {
+    const child = ptraceGetEventMsg(t.tid);
+    if (child <= 0 || this.#threads.has(child)) return;
+    const c = new ThreadState(child);
+    c.foreign = true;
+    this.#threads.set(child, c);
   }
 
   /**
@@ -929,20 +983,31 @@ export class FrozenProcess {
       const b = process.hrtime.bigint();
       this.#waitStops(pending, deadline);
       const c = process.hrtime.bigint();
-      tids = listTaskIds(this.pid);
+      tids = this.#options.threads === undefined ? listTaskIds(this.pid) : undefined;
       this.phases.attach += Number(b - a) / 1000;
       this.phases.wait += Number(c - b) / 1000;
       this.phases.rescan += Number(process.hrtime.bigint() - c) / 1000;
       this.phases.rounds++;
+      if (this.#options.threads !== undefined) {
+        // Partial stop: no rescan (the others run and may create threads at any time).
+        tids = [...this.#options.threads];
+        break;
+      }
       if (tids === undefined) break;
       if (!tids.some((tid) => !this.#threads.has(tid) && !this.#skipped.has(tid))) break;
     }
     const live = this.threads as ThreadState[];
-    if (live.length === 0) throw fail(PROCESS_EXITED, `process ${this.pid} exited while it was being frozen`);
+    if (live.length === 0) {
+      if (this.#options.threads !== undefined && this.#alive()) {
+        throw fail(PROCESS_EXITED, `thread(s) ${this.#options.threads.join(', ')} of process ${this.pid} exited before they could be stopped`);
+      }
+      throw fail(PROCESS_EXITED, `process ${this.pid} exited while it was being frozen`);
+    }
     if (this.#execSeen) {
       throw fail(PROCESS_EXECED, `process ${this.pid} called execve while being frozen; its code changed, analyse it again and retry`);
     }
-    // Threads the kernel auto-attached that are not in our thread group.
+    // Threads the kernel auto-attached that are not in our thread group (partial stop: every
+    // thread we were not asked to stop, i.e. clone children).
     const final = new Set(tids ?? []);
     for (const t of this.#threads.values()) if (t.attached && !final.has(t.tid)) t.foreign = true;
     const r0 = process.hrtime.bigint();
@@ -1139,19 +1204,21 @@ function permissionDenied(pid: number): ProcessError {
  * Stops every thread of process `pid` (see the protocol at the top of this file) and returns the
  * frozen process. Errors, each leaving the target untouched: PROCESS_NOT_FOUND, PROCESS_ZOMBIE,
  * PROCESS_KERNEL_THREAD, PROCESS_IS_SELF, PROCESS_IS_THREAD, PROCESS_ALREADY_TRACED (names the
- * tracer), PROCESS_PERMISSION_DENIED, PROCESS_EXITED (died during the attach),
- * PROCESS_FREEZE_TIMEOUT, PROCESS_EXECED.
+ * tracer), PROCESS_PERMISSION_DENIED, PROCESS_EXITED (died during the attach; with
+ * `options.threads`: also when every named thread exited), PROCESS_FREEZE_TIMEOUT, PROCESS_EXECED.
+ * With `options.threads`, only those threads are stopped (see FreezeOptions.threads).
  */
 export function freezeProcess(pid: number, options: FreezeOptions = {}): FrozenProcess {
   if (!Number.isSafeInteger(pid) || pid <= 0) throw new RangeError(`bad pid: ${pid}`);
   if (pid === process.pid) {
     throw fail(PROCESS_IS_SELF, 'refusing to freeze this process itself (the thread that would thaw it would be stopped)');
   }
-  const opts: Required<FreezeOptions> = {
+  const opts: ResolvedFreezeOptions = {
     timeoutMs: options.timeoutMs ?? 2000,
     syscallTimeoutMs: options.syscallTimeoutMs ?? options.timeoutMs ?? 2000,
     restartInterruptedEpoll: options.restartInterruptedEpoll ?? true,
     boostPriority: options.boostPriority ?? 'fifo',
+    threads: options.threads === undefined ? undefined : [...new Set(options.threads)],
   };
   const st = readStatusOrUndefined(`/proc/${pid}/status`);
   if (st === undefined) throw fail(PROCESS_NOT_FOUND, `no process with pid ${pid} (it exited, or the pid is wrong)`);
@@ -1167,9 +1234,19 @@ export function freezeProcess(pid: number, options: FreezeOptions = {}): FrozenP
   const startTime = readStartTime(pid);
   const tids = listTaskIds(pid);
   if (startTime === undefined || tids === undefined) throw fail(PROCESS_NOT_FOUND, `process ${pid} exited`);
+  if (opts.threads !== undefined) {
+    // Never seize a tid outside this thread group; one that exited since it was listed is skipped.
+    if (opts.threads.length === 0) throw new RangeError('FreezeOptions.threads is empty');
+    for (const tid of opts.threads) if (!Number.isSafeInteger(tid) || tid <= 0) throw new RangeError(`bad thread id: ${tid}`);
+    const listed = new Set(tids);
+    opts.threads = opts.threads.filter((tid) => listed.has(tid));
+    if (opts.threads.length === 0) {
+      throw fail(PROCESS_EXITED, `thread(s) ${[...new Set(options.threads)].join(', ')} are not (or no longer) threads of process ${pid}`);
+    }
+  }
   const fp = new FrozenProcess(pid, startTime, st.ppid === process.pid, opts);
   try {
-    fp.attachAll(tids);
+    fp.attachAll(opts.threads === undefined ? tids : [...opts.threads]);
   } catch (e) {
     try {
       fp.thaw();

@@ -1,5 +1,6 @@
 /**
- * Process control through ptrace: freeze every thread, registers, memory writes through
+ * Process control through ptrace: freeze every thread (or hijack one, or check threads one at a
+ * time: hijack.ts), registers, memory writes through
  * /proc/PID/mem, injected system calls (mmap/mprotect/munmap), near allocation, stack scan.
  * All calls are synchronous and must stay on the thread that froze the process.
  */
@@ -11,6 +12,13 @@ export {
   type FrozenThread,
   type StopKind,
 } from './freeze.js';
+export {
+  hijackThread,
+  rollingThreadsUsing,
+  type HijackOptions,
+  type RollingCheckOptions,
+  type RollingCheckResult,
+} from './hijack.js';
 export { ProcessMemory, openProcessMemory } from './memory.js';
 export {
   PROCESS_ALREADY_TRACED,
@@ -32,7 +40,7 @@ export {
 } from './errors.js';
 export { remoteMmap, remoteMprotect, remoteMunmap, protString, type RemoteCallOptions } from './remote.js';
 export { allocateNear, allocateWithin, freeGaps, placementCandidates, REL32_REACH, type RemoteAllocation } from './alloc.js';
-export { findThreadsUsing, type AddressRange, type RangeUse, type StackScanOptions } from './stack-scan.js';
+export { findThreadsUsing, type AddressRange, type RangeUse, type StackScanOptions, type StoppedThreads } from './stack-scan.js';
 export { findSyscallGadget, prepareSyscallGadget } from './syscall-gadget.js';
 export { RegisterSet, USER_REGS_NAMES, type RegisterName } from '../ptrace/regs.js';
 export { flock, LOCK_EX, LOCK_NB, ptracePeekUser } from '../ptrace/ffi.js';

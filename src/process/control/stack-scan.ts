@@ -16,6 +16,9 @@
 import type { Mapping } from '../inspect/procfs.js';
 import type { FrozenProcess } from './freeze.js';
 
+/** What the scan reads: a FrozenProcess, or a view of one with another source of mappings (hijack.ts). */
+export type StoppedThreads = Pick<FrozenProcess, 'threads' | 'maps' | 'readMemoryInto'>;
+
 /** A half-open address range [start, end). */
 export interface AddressRange {
   start: bigint;
@@ -72,7 +75,7 @@ function findMapping(sorted: readonly Mapping[], addr: bigint): Mapping | undefi
  * For each frozen thread: is its rip in one of `ranges`, and which words of its stack point into
  * them. Returns every use found (empty: no thread uses any range).
  */
-export function findThreadsUsing(frozen: FrozenProcess, ranges: readonly AddressRange[], options: StackScanOptions = {}): RangeUse[] {
+export function findThreadsUsing(frozen: StoppedThreads, ranges: readonly AddressRange[], options: StackScanOptions = {}): RangeUse[] {
   const uses: RangeUse[] = [];
   if (ranges.length === 0) return uses;
   const n = ranges.length;
