@@ -12,7 +12,7 @@ import { branchesInto, canJmpRel32, decodeFunction, JMP_REL32_SIZE, JMP_SHORT_SI
 import { createSymbolLookup, layoutPatch, linkPatch, type ResolverModule } from '../linker/index.js';
 import type { PatchPlan, TargetIdentity } from '../plan.js';
 import { arenaSizeFor, findArenaSpace, newArena } from './arena.js';
-import { freeze, type Frozen } from './control.js';
+import { freeze, hijack, type Frozen } from './control.js';
 import { faultPoint } from './fault.js';
 import { memoryWriter } from './memory.js';
 import { RECORD_FILE_SIZE, RECORD_MEMFD_NAME, type PatchRecord, type RecordSigning, type RecordArena, type RecordPatch, type RecordSite } from './record.js';
@@ -21,7 +21,6 @@ import { bytesEqual, hexBytes, recordedGeometry, siteGeometry, siteUnsafeRanges,
 import { switchWithRetry, type GuardedRange } from './switch.js';
 import { freeUnusedRetired, retiredRanges, unmapFresh } from './cleanup.js';
 import { registerUnwind, unregisterUnwind } from './unwind.js';
-import { hijack } from './control-stub.js';
 import { encodeGateBlock, gateAddress, gateBlockOffset, gateBlockSize } from './gate.js';
 import { FOLLOWING_BYTES, liveRefusal, setFlag, switchBytes, switchLive } from './live.js';
 import { reclaimRetired } from './cleanup.js';

@@ -2,7 +2,7 @@
  * Freeing patch code that is no longer reachable (retired code) and unmapping what an operation
  * mapped when it fails, so a refused or failed apply leaves no new mapping behind.
  */
-import { hijack, rollingCheck } from './control-stub.js';
+import { hijack, rollingCheck } from './control.js';
 import { JMP_REL32_SIZE } from '../../x86/index.js';
 import { bytesEqual } from './bytes.js';
 import { siteStack } from './stack.js';
@@ -39,8 +39,10 @@ export function retiredRanges(record: { patches: RecordPatch[] }): Array<{ patch
 export async function reclaimRetired(s: Session, timeoutMs: number): Promise<number> {
   const retired = retiredRanges(s.record);
   if (retired.length === 0 || !s.proc.isAlive()) return 0;
-  const check = await rollingCheck(s.pid, retired.map((r) => r.range), timeoutMs);
-  return freeUnusedRetired(s, retired, check.inUse, timeoutMs);
+  const check = rollingCheck(s.pid, retired.map((r) => r.range), timeoutMs);
+  // Threads created faster than they could be checked: nothing is known to be free.
+  const inUse = check.threadsUnchecked > 0 ? retired.map(() => true) : check.inUse;
+  return freeUnusedRetired(s, retired, inUse, timeoutMs);
 }
 
 /**

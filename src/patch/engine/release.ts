@@ -6,8 +6,7 @@
  * retired (a thread was in it) keeps everything mapped; the apply, remove or recover that frees it
  * later releases.
  */
-import type { Frozen } from './control.js';
-import { hijack } from './control-stub.js';
+import { hijack, type Frozen } from './control.js';
 import { emptyRecord, RECORD_FILE_SIZE } from './record.js';
 import type { Session } from './session.js';
 
