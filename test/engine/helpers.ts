@@ -8,6 +8,7 @@ import { basename } from 'node:path';
 import { parseElf } from '../../src/elf/index.js';
 import type { PatchFunction, PatchPlan, Relocation } from '../../src/patch/plan.js';
 import { openProcess } from '../../src/process/index.js';
+import { freeze } from '../../src/patch/engine/control.js';
 import type { Target } from '../helpers/native.js';
 
 export interface HandFunction {
@@ -89,11 +90,14 @@ export function snapshot(pid: number): { maps: string[]; text: string } {
   }
 }
 
-/** nanosleep(300 ms) then return 42: keeps the calling threads inside the new code for a while. */
-export const SLEEP_300MS_42 = [
+/**
+ * nanosleep(2 s) then return 42: keeps the calling threads inside the new code long enough that
+ * they are still there when a remove on a loaded machine checks (a live remove checks after the switch).
+ */
+export const SLEEP_2S_42 = [
   0x48, 0x83, 0xec, 0x18, // sub rsp, 24
-  0x48, 0xc7, 0x04, 0x24, 0x00, 0x00, 0x00, 0x00, // mov qword [rsp], 0
-  0x48, 0xc7, 0x44, 0x24, 0x08, 0x00, 0xa3, 0xe1, 0x11, // mov qword [rsp+8], 300000000
+  0x48, 0xc7, 0x04, 0x24, 0x02, 0x00, 0x00, 0x00, // mov qword [rsp], 2
+  0x48, 0xc7, 0x44, 0x24, 0x08, 0x00, 0x00, 0x00, 0x00, // mov qword [rsp+8], 0
   0x48, 0x89, 0xe7, // mov rdi, rsp
   0x31, 0xf6, // xor esi, esi
   0xb8, 0x23, 0x00, 0x00, 0x00, // mov eax, 35 (nanosleep)
@@ -104,3 +108,15 @@ export const SLEEP_300MS_42 = [
 ];
 /** mov eax, [rip+data] ; ret — pc32 at offset 2 to the patch's own data (local reloc, addend -4). */
 export const LOAD_DATA = [0x8b, 0x05, 0, 0, 0, 0, 0xc3];
+
+/** Waits (bounded) until some thread of `pid` executes inside `range` (a loaded machine may take long). */
+export async function untilInside(pid: number, range: { start: bigint; end: bigint }): Promise<void> {
+  for (let i = 0; i < 400; i++) {
+    const f = freeze(pid);
+    const inside = f.threadsUsing([range]).length > 0;
+    f.thaw();
+    if (inside) return;
+    await new Promise((r) => setTimeout(r, 50));
+  }
+  throw new Error('no thread entered the new code within 20 s');
+}

@@ -15,7 +15,7 @@ import { signPackage, writeKeyFiles } from '../../src/patch/trust/index.js';
 import { applyPackageFile } from '../../src/patch/updater/index.js';
 import { openProcess } from '../../src/process/index.js';
 import { compile, killTargetsAfterAll, startTarget, type Target } from '../helpers/native.js';
-import { handPlan, PADDED_FIX, query, SLEEP_300MS_42 } from '../engine/helpers.js';
+import { handPlan, PADDED_FIX, query, SLEEP_2S_42, untilInside } from '../engine/helpers.js';
 import { findingsOf, pokeMemory, summary } from './helpers.js';
 
 killTargetsAfterAll();
@@ -36,7 +36,7 @@ beforeAll(async () => {
     return path;
   };
   fixPkg = sign(PADDED_FIX, 'fix.hpk');
-  slowPkg = sign(SLEEP_300MS_42, 'slow.hpk');
+  slowPkg = sign(SLEEP_2S_42, 'slow.hpk');
 });
 
 function recordedPatch(pid: number): RecordPatch | undefined {
@@ -95,8 +95,8 @@ describe('verify: patches switched live (10)', () => {
   });
 
   it('removed live while a thread sleeps inside: the retired patch and its padding jump verify clean', async () => {
-    const { t } = await liveApplied(slowPkg);
-    await new Promise((r) => setTimeout(r, 100));
+    const { t, patch } = await liveApplied(slowPkg);
+    await untilInside(t.pid, patch.sites[0]!.newCode);
     const r = await removePatch(t.pid, recordedPatch(t.pid)!.id);
     expect(r).toMatchObject({ protocol: 'live', codeFreed: false });
     const retired = recordedPatch(t.pid)!;
