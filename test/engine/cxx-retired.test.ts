@@ -148,7 +148,9 @@ describe('C++ exceptions out of retired code', () => {
       );
       expect(killed).toBe('SIGKILL');
       expect(patchRecord(t, id)!.state).toBe('removing');
-      await run('node', [CLI, 'recover', '--pid', String(t.pid), '--timeout', '20'], { env });
+      const recovered = await recoverProcess(t.pid, { timeoutMs: TIMEOUT });
+      expect(recovered.actions.map((a) => `${a.patchId} ${a.action}`)).toEqual([`${id} finished`]);
+      expect(recovered.freed).toBe(0);
       const retired = patchRecord(t, id)!;
       expect(retired.state).toBe('removed');
       const unwind = retired.unwind!;
