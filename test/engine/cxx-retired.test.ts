@@ -4,10 +4,11 @@
  * unpatched caller must catch it. The patch's unwind information therefore stays registered until
  * the retired code is freed, by a later operation once no thread is inside it.
  *
- * Control (run against main 3997de2's remove.ts and cleanup.ts, where remove unregistered at once):
- * the woken thread's exception finds no FDE for its frame, std::terminate aborts the process, and
- * the `waitFor('slow caught woke in the new code and threw')` below fails with "exited (SIGABRT)"
- * (the assertion `unwind` still registered after remove fails first).
+ * Control (run with f978249 reverted, i.e. main 3997de2's rule: remove unregistered at once):
+ * `expect(unwind).toBeDefined()` after remove fails; without it, the woken thread's exception finds
+ * no FDE for its frame, std::terminate aborts the process and `waitFor(CAUGHT)` fails with "exited
+ * (SIGABRT)" in both protocols. Likewise the last test with recover.ts unregistering the patches it
+ * finishes at once (as before this branch): the record's `unwind` is gone, then SIGABRT.
  */
 import { execFile } from 'node:child_process';
 import { mkdtempSync, readFileSync, writeFileSync } from 'node:fs';
