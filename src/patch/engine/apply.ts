@@ -449,7 +449,7 @@ async function undoLiveApply(s: Session, entry: RecordPatch, timeoutMs: number):
   } finally {
     mem.close();
   }
-  await unregisterUnwind(s, entry, timeoutMs);
+  // The unwind information stays registered until reclaim frees the code (./cleanup.ts).
   const retired: RecordPatch = { ...entry, state: 'removed', retired: true, sites: entry.sites.map((x) => ({ ...x, state: 'removed' })) };
   s.record = s.store.write({ ...s.record, transaction: null, patches: s.record.patches.map((p) => (p === entry ? retired : p)) });
   await reclaimRetired(s, timeoutMs);

@@ -16,7 +16,6 @@
 import { HotpatchError } from '../../errors.js';
 import { freeUnusedRetired, retiredRanges } from './cleanup.js';
 import { writeSitesAllOrNothing } from './apply.js';
-import { unregisterUnwind } from './unwind.js';
 import type { RecordPatch, RecordSite } from './record.js';
 import { recordedGeometry } from './remove.js';
 import { hex, nowMicros, openSession, siteStack, type Session } from './session.js';
@@ -91,7 +90,6 @@ export async function recoverProcess(pid: number, options: RecoverOptions = {}):
       result.pauseMicros = outcome.pauseMicros;
       inUse = outcome.observedInUse;
     }
-    for (const patch of undo) await unregisterUnwind(s, patch, options.timeoutMs ?? 5000);
     const finished = new Map<RecordPatch, RecordPatch>();
     for (const patch of undo) {
       finished.set(patch, { ...patch, state: 'removed', retired: true, sites: patch.sites.map((x) => ({ ...x, state: 'removed' })) });
@@ -106,7 +104,8 @@ export async function recoverProcess(pid: number, options: RecoverOptions = {}):
       result.status = 'recovered';
     }
     const candidates = [...undo.map((p) => ({ patch: finished.get(p)!, range: p.code })), ...retired];
-    result.freed = await freeUnusedRetired(s, candidates, inUse);
+    // Their unwind information goes with their code (./cleanup.ts): a thread still inside may throw.
+    result.freed = await freeUnusedRetired(s, candidates, inUse, options.timeoutMs ?? 5000);
     return { ...result, totalMicros: nowMicros() - t0 };
   } finally {
     s.close();
