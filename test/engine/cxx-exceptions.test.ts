@@ -12,7 +12,7 @@ import { join } from 'node:path';
 import { promisify } from 'node:util';
 import { beforeAll, describe, expect, it } from 'vitest';
 import { buildPatch } from '../../src/patch/builder/index.js';
-import { applyPatch, readRecordFromMappings, removePatch } from '../../src/patch/engine/index.js';
+import { applyPatch, readRecordFromMappings, recoverProcess, removePatch } from '../../src/patch/engine/index.js';
 import { verifyProcess } from '../../src/guard/index.js';
 import { createPackage, decodePackage, encodePackage } from '../../src/patch/package/index.js';
 import { signPackage, writeKeyFiles } from '../../src/patch/trust/index.js';
@@ -35,6 +35,14 @@ async function cli(args: string[], env: Record<string, string>): Promise<{ code:
   } catch (e) {
     const x = e as { code?: number; signal?: string; stdout: string; stderr: string };
     return { code: typeof x.code === 'number' ? x.code : null, signal: x.signal ?? null, out: x.stdout + x.stderr };
+  }
+}
+
+/** Runs recover (which frees retired code no thread uses) until the record is gone (bounded). */
+async function untilReleased(pid: number): Promise<void> {
+  for (let i = 0; i < 100 && readRecordFromMappings(pid, readMappings(pid)) !== null; i++) {
+    await new Promise((r) => setTimeout(r, 50));
+    await recoverProcess(pid, { timeoutMs: 20_000 });
   }
 }
 
@@ -101,6 +109,8 @@ describe('C++ exceptions through patched code', () => {
 
       const removed = await removePatch(t.pid, id, { timeoutMs: 20_000 });
       expect(removed.status).toBe('removed');
+      // A worker still inside the removed code keeps it (and its registration) until it leaves.
+      await untilReleased(t.pid);
       // The last patch gone, the record itself is unmapped; a record that is left holds no registration.
       expect(readRecordFromMappings(t.pid, readMappings(t.pid))?.patches.every((p) => p.unwind === undefined) ?? true).toBe(true);
       expect(readMappings(t.pid).some((m) => m.start === unwind.object.start)).toBe(false);
@@ -147,6 +157,7 @@ describe('C++ exceptions through patched code', () => {
       const page = pending.unwind!.object.start;
       const recovered = await cli(['recover', '--pid', String(t.pid), '--timeout', '20'], env);
       expect(recovered.code, recovered.out).toBe(0);
+      await untilReleased(t.pid);
       // The last patch gone, the record itself is unmapped; a record that is left holds no registration.
       expect(readRecordFromMappings(t.pid, readMappings(t.pid))?.patches.every((p) => p.unwind === undefined) ?? true).toBe(true);
       expect(readMappings(t.pid).some((m) => m.start === page)).toBe(false);
