@@ -20,7 +20,7 @@
  * of ms whatever the CLI does) and starve the CLI, so each thread loops in 50 µs bursts and
  * sleeps between them, the probe using about half the cores in all; across a sleep the probe
  * counts only the oversleep. `--pace tight` forces tight loops everywhere. `--budget SECONDS`
- * (default 540) cuts the rounds of the later thread counts (at least 3) so a loaded machine
+ * (default 480) cuts the rounds of the later thread counts (at least 3) so a loaded machine
  * still finishes in time; the table gives each n.
  *
  * The package is made by the builder from the probe built without and with -DPROBE_NEW (unsigned,
@@ -28,7 +28,7 @@
  *
  *   npx tsc -p tsconfig.json && node dist/bench/felt-stall.js [--rounds 20] [--first 3]
  *                                              [--threads 1,8,64,256] [--pace auto|tight]
- *                                              [--budget 540] [--json]
+ *                                              [--budget 480] [--json]
  */
 import { execFile, execFileSync, spawn, type ChildProcess } from 'node:child_process';
 import { mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
@@ -44,7 +44,7 @@ const firstSamples = Number(arg('--first', '3'));
 const threadCounts = arg('--threads', '1,8,64,256').split(',').map(Number);
 const json = process.argv.includes('--json');
 const pace = arg('--pace', 'auto');
-const budgetMs = Number(arg('--budget', '540')) * 1000;
+const budgetMs = Number(arg('--budget', '480')) * 1000;
 /** Burst length of a paced probe thread (µs). */
 const BURST_MICROS = 50;
 const BUILD_FLAGS = ['-O2', '-pthread', '-fpatchable-function-entry=7,5', '-ffunction-sections', '-Wl,--emit-relocs'];

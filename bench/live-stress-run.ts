@@ -153,12 +153,15 @@ export async function runLiveStress(build: LiveStressBuild, o: LiveStressOptions
   const timeoutMs = o.timeoutMs ?? 10_000;
   const started = Date.now();
   let done = 0;
+  let step = 'start';
   try {
     await t.line(/^ready/);
     await t.ask('b', /^B \d+/);
     for (; done < o.cycles; done++) {
+      step = 'apply';
       for (const p of parts) count(await applyPatch(t.child.pid!, p.plan, { patchId: p.id, timeoutMs, ...extra }));
       await t.ask('n', /^N \d+/);
+      step = 'remove';
       for (const p of [...parts].reverse()) count(await removePatch(t.child.pid!, p.id, { timeoutMs, ...extra }));
       const last = done + 1 === o.cycles || (o.deadline !== undefined && Date.now() > o.deadline);
       await t.ask(last ? 'e' : 'n', /^[EN] \d+/);
@@ -171,7 +174,7 @@ export async function runLiveStress(build: LiveStressBuild, o: LiveStressOptions
     const stats = parseStats((await t.ask('s', /^stats .*/))[0]);
     return { cycles: done, operations: 2 * done, seconds: (Date.now() - started) / 1000, crashed: null, stats, protocols, output: t.output };
   } catch (e) {
-    if (t.exit === null) throw e;
+    if (t.exit === null) throw new Error(`${step} of cycle ${done + 1}: ${(e as Error).message}`, { cause: e });
     return { cycles: done, operations: 2 * done, seconds: (Date.now() - started) / 1000, crashed: t.exit, stats: null, protocols, output: t.output };
   } finally {
     t.kill();

@@ -32,15 +32,20 @@ async function main(): Promise<number> {
     const build = buildLiveStress(repoRoot(), dir);
     process.stderr.write(`patch of ${build.functions.join(', ')}; ${cycles} cycles, ${workers} workers${freeze ? ', --freeze' : ''}\n`);
     const runs: Array<{ signals: boolean; result: LiveStressResult }> = [];
+    const errors: string[] = [];
     for (const signals of [false, true]) {
       const result = await runLiveStress(build, {
         workers, cycles, signals, freeze, deadline: Date.now() + minutes * 60_000,
         onProgress: (d) => { if (d % 1000 === 0) process.stderr.write(`  ${signals ? 'signals' : 'plain'}: ${d}/${cycles}\n`); },
+      }).catch((e: unknown) => {
+        // An operation the engine refused or failed (the target alive): report it, run the next case.
+        errors.push(`${signals ? 'with signals' : 'plain'}: ${(e as Error).message}`);
+        return undefined;
       });
-      runs.push({ signals, result });
+      if (result) runs.push({ signals, result });
     }
     if (json) {
-      process.stdout.write(`${JSON.stringify({ cycles, workers, freeze, runs: runs.map(({ signals, result: { output: _o, ...r } }) => ({ signals, ...r })), loadavg: loadavg() }, null, 2)}\n`);
+      process.stdout.write(`${JSON.stringify({ cycles, workers, freeze, runs: runs.map(({ signals, result: { output: _o, ...r } }) => ({ signals, ...r })), errors, loadavg: loadavg() }, null, 2)}\n`);
     } else {
       for (const { signals, result: r } of runs) {
         const s = r.stats;
@@ -51,9 +56,10 @@ async function main(): Promise<number> {
               `calls ${3 * s.iterations}, handler runs ${s.sigcalls} of ${s.signals} signals sent` : ''),
         );
       }
+      for (const e of errors) console.log(`error: ${e}`);
       console.log(`load average at the end: ${loadavg().map((x) => x.toFixed(1)).join(' ')}`);
     }
-    return runs.some((r) => bad(r.result)) ? 1 : 0;
+    return errors.length > 0 || runs.some((r) => bad(r.result)) ? 1 : 0;
   } finally {
     rmSync(dir, { recursive: true, force: true });
   }
