@@ -7,6 +7,10 @@
  *
  * Variants, interleaved round by round in one run (the order rotates each round):
  *   baseline  `hotpatch list --pid P`: the same Node start, does not touch the target
+ *   dry-run   `hotpatch apply PKG --pid P --dry-run`: the same CPU work as an apply (ELF parsing,
+ *             reading the target's memory, linking) without stopping or changing anything — on a
+ *             machine with few cores the CLI's own CPU use competes with the probe's threads, so
+ *             live is also compared with this (column "vs dry-run")
  *   live      `hotpatch apply PKG --pid P` / `hotpatch remove ID --pid P` (the default protocol)
  *   freeze    the same with `--freeze` (all threads frozen), when the CLI has that option
  * For each thread count: `--rounds` apply+remove per variant on one process (after one warm-up
@@ -51,7 +55,7 @@ const BUILD_FLAGS = ['-O2', '-pthread', '-fpatchable-function-entry=7,5', '-ffun
 /** A CLI run or a probe answer taking longer than this is a hang, not a measurement. */
 const HANG_MS = 120_000;
 
-type Variant = 'baseline' | 'live' | 'freeze';
+type Variant = 'baseline' | 'dry-run' | 'live' | 'freeze';
 type Op = 'apply' | 'remove';
 
 interface Sample {
@@ -159,6 +163,7 @@ interface Setup {
 
 function cliArgs(s: Setup, variant: Variant, op: Op, pid: number): string[] {
   if (variant === 'baseline') return ['list', '--pid', String(pid)];
+  if (variant === 'dry-run') return ['apply', s.pkgPath, '--pid', String(pid), '--allow-unsigned', '--dry-run'];
   const freeze = variant === 'freeze' ? ['--freeze'] : [];
   return op === 'apply'
     ? ['apply', s.pkgPath, '--pid', String(pid), '--allow-unsigned', ...freeze]
@@ -171,7 +176,7 @@ async function measure(s: Setup, probe: Probe, threads: number, variant: Variant
   const w = await probe.window();
   if (w.wrong !== 0) throw new Error(`probe ${probe.pid} saw ${w.wrong} wrong results`);
   if (variant !== 'baseline') {
-    const want = op === 'apply' ? threads : 0;
+    const want = op === 'apply' && variant !== 'dry-run' ? threads : 0;
     if (w.newThreads !== want) throw new Error(`after ${variant} ${op}: ${w.newThreads}/${threads} probe threads on the new version`);
   }
   return { threads, variant, op, first, gapMicros: w.gapMicros, cliMillis, newThreads: w.newThreads };
@@ -220,14 +225,20 @@ async function firstApplies(s: Setup, variants: Variant[], threads: number, dead
 interface Stats {
   n: number;
   rawMedianMicros: number;
+  /** Over the `list` baseline's median. */
   excessMedianMicros: number;
   excessP90Micros: number;
+  /** Median excess over the dry-run's median (NaN when not measured). */
+  overDryRunMedianMicros: number;
 }
 
-function stats(samples: Sample[], baselineMedian: number): Stats {
+function stats(samples: Sample[], baselineMedian: number, dryRunMedian: number): Stats {
   const raw = samples.map((x) => x.gapMicros).sort((a, b) => a - b);
   const ex = raw.map((g) => g - baselineMedian);
-  return { n: raw.length, rawMedianMicros: percentile(raw, 50), excessMedianMicros: percentile(ex, 50), excessP90Micros: percentile(ex, 90) };
+  return {
+    n: raw.length, rawMedianMicros: percentile(raw, 50), excessMedianMicros: percentile(ex, 50), excessP90Micros: percentile(ex, 90),
+    overDryRunMedianMicros: percentile(raw, 50) - dryRunMedian,
+  };
 }
 
 interface Row {
@@ -248,6 +259,8 @@ function summarize(all: Sample[], variants: Variant[]): Row[] {
     const med = (xs: Sample[]): number => percentile(xs.map((x) => x.gapMicros).sort((a, b) => a - b), 50);
     const base = med(pick('baseline', false));
     const baseFirst = med(pick('baseline', true));
+    const dry = med(pick('dry-run', false));
+    const dryFirst = med(pick('dry-run', true));
     for (const v of variants) {
       const steady = pick(v, false);
       const applies = steady.filter((x) => x.op === 'apply').map((x) => x.cliMillis).sort((a, b) => a - b);
@@ -255,8 +268,8 @@ function summarize(all: Sample[], variants: Variant[]): Row[] {
       rows.push({
         threads: t,
         variant: v,
-        steady: stats(steady, base),
-        first: stats(pick(v, true), baseFirst),
+        steady: stats(steady, base, dry),
+        first: stats(pick(v, true), baseFirst, dryFirst),
         cliApplyMedianMillis: percentile(applies, 50),
         cliApplyP90Millis: percentile(applies, 90),
         cliFirstApplyMedianMillis: percentile(firstCli, 50),
@@ -268,10 +281,10 @@ function summarize(all: Sample[], variants: Variant[]): Row[] {
 
 function printTable(rows: Row[], notes: string[]): void {
   const f = (v: number, d = 0): string => (Number.isFinite(v) ? v.toFixed(d) : '-');
-  const head = ['threads', 'variant', 'n', 'raw med µs', 'excess med µs', 'excess p90 µs', 'first n', 'first raw µs', 'first exc med µs', 'first exc p90 µs', 'cli apply ms', 'cli p90 ms', 'cli first ms'];
+  const head = ['threads', 'variant', 'n', 'raw med µs', 'excess med µs', 'excess p90 µs', 'vs dry-run µs', 'first n', 'first raw µs', 'first exc med µs', 'first exc p90 µs', 'first vs dry-run µs', 'cli apply ms', 'cli p90 ms', 'cli first ms'];
   const lines = rows.map((r) => [
-    String(r.threads), r.variant, String(r.steady.n), f(r.steady.rawMedianMicros), f(r.steady.excessMedianMicros), f(r.steady.excessP90Micros),
-    String(r.first.n), f(r.first.rawMedianMicros), f(r.first.excessMedianMicros), f(r.first.excessP90Micros),
+    String(r.threads), r.variant, String(r.steady.n), f(r.steady.rawMedianMicros), f(r.steady.excessMedianMicros), f(r.steady.excessP90Micros), f(r.steady.overDryRunMedianMicros),
+    String(r.first.n), f(r.first.rawMedianMicros), f(r.first.excessMedianMicros), f(r.first.excessP90Micros), f(r.first.overDryRunMedianMicros),
     f(r.cliApplyMedianMillis), f(r.cliApplyP90Millis), f(r.cliFirstApplyMedianMillis),
   ]);
   const widths = head.map((h, i) => Math.max(h.length, ...lines.map((l) => l[i]!.length)));
@@ -303,7 +316,7 @@ async function main(): Promise<void> {
     const help = (cmd: string): string => execFileSync('node', [cli, cmd, '--help'], { encoding: 'utf8' });
     const hasFreeze = /--freeze\b/.test(help('apply')) && /--freeze\b/.test(help('remove'));
     const notes: string[] = [];
-    const variants: Variant[] = hasFreeze ? ['baseline', 'live', 'freeze'] : ['baseline', 'live'];
+    const variants: Variant[] = hasFreeze ? ['baseline', 'dry-run', 'live', 'freeze'] : ['baseline', 'dry-run', 'live'];
     if (!hasFreeze) notes.push('this CLI has no --freeze: "live" is the default CLI (which may itself freeze), no freeze variant');
     const s: Setup = { cli, exe, pkgPath, patchId: pkg.id, hasFreeze };
 
