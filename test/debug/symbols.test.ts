@@ -56,7 +56,7 @@ async function patched(scenario: string, cxx: boolean, patchId: string): Promise
 
 describe('C target: perf and gdb through the patched crunch', () => {
   let t: Target;
-  let json: { pid: number; patches: number; functions: number; perfMap: { path: string; symbols: number }; gdb: { path: string; symbols: number; ehFrame: boolean; command: string } };
+  let json: { pid: number; patches: number; functions: number; perfMap: { path: string; symbols: number }; gdb: { path: string; symbols: number; ehFrame: boolean; computedFrames: number; command: string } };
   beforeAll(async () => {
     ({ t } = await patched('debug_symbols', false, 'c0ffee01'));
     cleanup.push(perfMapPath(t.pid));
@@ -69,7 +69,7 @@ describe('C target: perf and gdb through the patched crunch', () => {
   });
 
   it('hotpatch symbols --json: the map and the ELF, the gdb command line; the ELF layout passes readelf', async () => {
-    expect(json).toMatchObject({ pid: t.pid, patches: 1, functions: 1, perfMap: { path: `/tmp/perf-${t.pid}.map`, symbols: 1 }, gdb: { path: join(dir, `${t.pid}.elf`), symbols: 1, ehFrame: false } });
+    expect(json).toMatchObject({ pid: t.pid, patches: 1, functions: 1, perfMap: { path: `/tmp/perf-${t.pid}.map`, symbols: 1 }, gdb: { path: join(dir, `${t.pid}.elf`), symbols: 1, ehFrame: false, computedFrames: 1 } });
     expect(json.gdb.command).toBe(`gdb -p ${t.pid} -ex 'add-symbol-file ${json.gdb.path} -o 0'`);
     const info = collectDebugInfo(t.pid);
     const fn = info.patches[0]!.functions[0]!;
@@ -87,6 +87,10 @@ describe('C target: perf and gdb through the patched crunch', () => {
     // The section holds the bytes the target runs.
     const dump = await tool('objdump', ['-d', json.gdb.path]);
     expect(dump).toMatch(/<crunch>:/);
+    // The frame information computed for it reads back: one CIE, one FDE over crunch.
+    const frames = await tool('readelf', ['-W', '--debug-dump=frames', json.gdb.path]);
+    expect(frames).not.toMatch(/warning|error/i);
+    expect(frames).toMatch(new RegExp(`FDE cie=00000000 pc=0*${fn.address.toString(16)}\\.\\.0*${(fn.address + fn.size).toString(16)}`));
   });
 
   it('perf record + perf report name the patched function from the map', async () => {
@@ -121,10 +125,10 @@ describe('C target: perf and gdb through the patched crunch', () => {
     const main = all.find((n) => n.includes('main'))!;
     expect(worker.slice(0, 3), threads.flat().join('\n')).toEqual(['crunch', 'driver', 'worker']);
     expect(worker).toContain('start_thread');
-    // usleep → crunch (patched) → ... → driver → main; see the report for the frame gdb guesses in between.
-    expect(main.indexOf('crunch'), threads.flat().join('\n')).toBeGreaterThan(main.indexOf('usleep'));
-    expect(main.indexOf('driver')).toBeGreaterThan(main.indexOf('crunch'));
-    expect(main.indexOf('main')).toBeGreaterThan(main.indexOf('driver'));
+    // usleep → crunch (patched, frame information computed from its code) → driver → main.
+    const u = main.indexOf('usleep');
+    expect(u, threads.flat().join('\n')).toBeGreaterThanOrEqual(0);
+    expect(main.slice(u, u + 4), threads.flat().join('\n')).toEqual(['usleep', 'crunch', 'driver', 'main']);
     // Control: without the file gdb does not know the patched frame.
     expect(without.map(names).flat()).not.toContain('crunch');
   }, 120_000);

@@ -38,14 +38,14 @@ export function register(program: Command, setExitCode: SetExitCode): void {
           patches: r.patches,
           functions: r.functions,
           perfMap: r.perf ? { path: r.perf.path, symbols: r.perf.symbols } : null,
-          gdb: r.gdb ? { path: r.gdb.path, symbols: r.gdb.symbols, ehFrame: r.gdb.ehFrame, command } : null,
+          gdb: r.gdb ? { path: r.gdb.path, symbols: r.gdb.symbols, ehFrame: r.gdb.ehFrame, computedFrames: r.gdb.computedFrames, command } : null,
         });
         return;
       }
       if (r.patches === 0) say(false, `process ${pid} has no patch code mapped: the files list no symbols`);
       if (r.perf) say(false, `perf map: ${r.perf.path} (${r.perf.symbols} symbols)`);
       if (r.gdb) {
-        say(false, `gdb symbol file: ${r.gdb.path} (${r.gdb.symbols} symbols${r.gdb.ehFrame ? ', unwind information' : ''})`);
+        say(false, `gdb symbol file: ${r.gdb.path} (${r.gdb.symbols} symbols${r.gdb.ehFrame ? ', the patches\' unwind information' : ''}${r.gdb.computedFrames > 0 ? `, frame information computed for ${r.gdb.computedFrames} functions` : ''})`);
         say(false, `attach with: ${command}`);
       }
     });

@@ -10,6 +10,7 @@ export { collectDebugInfo, type DebugFunction, type DebugInfo, type DebugPatch }
 export { DEFAULT_GDB_DIR, gdbCommand, gdbSymbolFile, gdbSymbolPath, writeGdbSymbolFile } from './gdb-elf.js';
 export { perfMapLines, perfMapPath, writePerfMap } from './perf-map.js';
 export { mergeEhFrames, type EhFrameImage } from './eh-frame-merge.js';
+export { functionCfi, synthesizeDebugFrame, type CfiFunction } from './synth-cfi.js';
 export { writeElf, type ElfSection, type ElfSymbol } from './elf-writer.js';
 
 export interface DebugSymbolsOptions {
@@ -25,7 +26,7 @@ export interface DebugSymbolsResult {
   patches: number;
   functions: number;
   perf?: { path: string; symbols: number };
-  gdb?: { path: string; symbols: number; ehFrame: boolean; command: string[] };
+  gdb?: { path: string; symbols: number; ehFrame: boolean; computedFrames: number; command: string[] };
   info: DebugInfo;
 }
 
