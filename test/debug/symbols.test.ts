@@ -41,13 +41,31 @@ async function backtraces(pid: number, symbolFile?: string): Promise<string[][]>
   return out.split(/\nThread \d+ /).slice(1).map((t) => t.split('\n').filter((l) => /^#\d+ /.test(l)));
 }
 
+/**
+ * Backtraces taken while the main thread sleeps in the patched code ("slow": 3 s in usleep); on a
+ * loaded machine gdb may start too late, so it tries again (up to 5 times) until it caught that.
+ */
+async function slowBacktraces(t: Target, symbolFile?: string): Promise<string[][]> {
+  let threads: string[][] = [];
+  for (let attempt = 0; attempt < 5; attempt++) {
+    const before = t.output().length;
+    t.child.stdin!.write('slow\n');
+    await new Promise((r) => setTimeout(r, 200));
+    threads = await backtraces(t.pid, symbolFile);
+    const deadline = Date.now() + 30_000;
+    while (!/slow [^\n]*\n/.test(t.output().slice(before)) && Date.now() < deadline) await new Promise((r) => setTimeout(r, 50));
+    if (threads.some((f) => names(f).includes('usleep'))) break;
+  }
+  return threads;
+}
+
 /** Function names of frames (the word after "in", or the first word when gdb gives none). */
 function names(frames: readonly string[]): string[] {
   return frames.map((f) => /^#\d+\s+(?:0x[0-9a-f]+ in )?([^ (]+)/.exec(f)?.[1] ?? '?');
 }
 
-async function patched(scenario: string, cxx: boolean, patchId: string): Promise<{ t: Target; plan: PatchPlan }> {
-  const pair = await buildPair(scenario, { cxx, flags: [...RECOMMENDED, '-pthread'] });
+async function patched(scenario: string, cxx: boolean, patchId: string, extra: string[] = []): Promise<{ t: Target; plan: PatchPlan }> {
+  const pair = await buildPair(scenario, { cxx, flags: [...RECOMMENDED, '-pthread', ...extra] });
   const built = buildPatch(new Uint8Array(readFileSync(pair.old)), new Uint8Array(readFileSync(pair.new)), { oldName: pair.old });
   const t = await startTarget(pair.old);
   await applyPatch(t.pid, built.plan, { patchId, timeoutMs: 20_000 });
@@ -63,7 +81,7 @@ describe('C target: perf and gdb through the patched crunch', () => {
     expect(await ask(t, '3', /3: .*\n/)).toBe('3: 40\n'); // the fixed build's answer (31 → 37)
     const r = await tool('node', [CLI, 'symbols', '--pid', String(t.pid), '--perf', '--gdb', dir, '--json']);
     json = JSON.parse(r);
-  }, 120_000);
+  }, 300_000);
   afterAll(async () => {
     await t?.kill();
   });
@@ -100,7 +118,7 @@ describe('C target: perf and gdb through the patched crunch', () => {
     expect(report).toMatch(/crunch \[hotpatch c0ffee01\]/);
     const script = await tool('perf', ['script', '-i', data]);
     expect(script).toMatch(/crunch \[hotpatch c0ffee01\]\+0x[0-9a-f]+ \(\/tmp\/perf-\d+\.map\)/);
-  }, 120_000);
+  }, 300_000);
 
   it('control: without the map perf cannot name the samples in the new code', async () => {
     const map = readFileSync(json.perfMap.path);
@@ -113,13 +131,11 @@ describe('C target: perf and gdb through the patched crunch', () => {
     } finally {
       writeFileSync(json.perfMap.path, map, { mode: 0o644 });
     }
-  }, 120_000);
+  }, 300_000);
 
   it('gdb names the patched frame and unwinds past it (a worker spinning in it, main sleeping in it)', async () => {
-    t.child.stdin!.write('slow\n'); // main sleeps 3 s in the new crunch
-    await new Promise((r) => setTimeout(r, 500));
-    const without = await backtraces(t.pid);
-    const threads = await backtraces(t.pid, json.gdb.path);
+    const threads = await slowBacktraces(t, json.gdb.path); // main sleeps 3 s in the new crunch
+    const without = await slowBacktraces(t);
     const all = threads.map(names);
     const worker = all.find((n) => n.includes('worker'))!;
     const main = all.find((n) => n.includes('main'))!;
@@ -131,7 +147,7 @@ describe('C target: perf and gdb through the patched crunch', () => {
     expect(main.slice(u, u + 4), threads.flat().join('\n')).toEqual(['usleep', 'crunch', 'driver', 'main']);
     // Control: without the file gdb does not know the patched frame.
     expect(without.map(names).flat()).not.toContain('crunch');
-  }, 120_000);
+  }, 300_000);
 
   it('a symbolic link planted at /tmp/perf-PID.map or PID.elf is refused, nothing is written through it', () => {
     const info = collectDebugInfo(t.pid);
@@ -166,11 +182,37 @@ describe('C target: perf and gdb through the patched crunch', () => {
   });
 });
 
+describe('C target built with -fno-omit-frame-pointer: perf -g call chains leave the patched code too', () => {
+  let t: Target;
+  beforeAll(async () => {
+    ({ t } = await patched('debug_symbols', false, 'c0ffee03', ['-fno-omit-frame-pointer']));
+    cleanup.push(perfMapPath(t.pid));
+  }, 300_000);
+  afterAll(async () => {
+    await t?.kill();
+  });
+
+  it('perf script: crunch [hotpatch] then worker and start_thread in the same call chain; gdb: usleep → crunch → driver → main', async () => {
+    const r = JSON.parse(await tool('node', [CLI, 'symbols', '--pid', String(t.pid), '--gdb', join(dir, 'fp'), '--perf', '--json'])) as { gdb: { path: string; computedFrames: number } };
+    expect(r.gdb.computedFrames).toBe(1);
+    const data = join(dir, 'perf-fp.data');
+    await tool('perf', ['record', '-e', 'cpu-clock', '-g', '-o', data, '-p', String(t.pid), '--', 'sleep', '1']);
+    const script = await tool('perf', ['script', '-i', data]);
+    // The chain goes on into the program. crunch's loop does not set up a frame (a leaf), so rbp is
+    // still driver's and the frame-pointer walk skips driver, as it would in unpatched code.
+    expect(script).toMatch(/crunch \[hotpatch c0ffee03\][^\n]*\n(?:[^\n]*driver[^\n]*\n)?[^\n]*worker[^\n]*\n[^\n]*start_thread/);
+    const threads = await slowBacktraces(t, r.gdb.path);
+    const main = threads.map(names).find((n) => n.includes('main'))!;
+    const u = main.indexOf('usleep');
+    expect(main.slice(u, u + 4), threads.flat().join('\n')).toEqual(['usleep', 'crunch', 'driver', 'main']);
+  }, 300_000);
+});
+
 describe('C++ target: gdb unwinds through patched frames with the patch\'s .eh_frame', () => {
   let t: Target;
   beforeAll(async () => {
     ({ t } = await patched('cxx_exceptions', true, 'c0ffee02'));
-  }, 120_000);
+  }, 300_000);
   afterAll(async () => {
     await t?.kill();
   });
@@ -181,9 +223,7 @@ describe('C++ target: gdb unwinds through patched frames with the patch\'s .eh_f
     const frames = await tool('readelf', ['-W', '--debug-dump=frames', g.path]);
     expect(frames).not.toMatch(/warning|error/i);
     expect(frames.match(/ FDE /g)?.length).toBeGreaterThanOrEqual(2);
-    t.child.stdin!.write('slow\n');
-    await new Promise((r) => setTimeout(r, 500));
-    const threads = await backtraces(t.pid, g.path);
+    const threads = await slowBacktraces(t, g.path);
     const main = threads.map(names).find((n) => n.includes('main'))!;
     const text = threads.flat().join('\n');
     const at = (name: string) => main.findIndex((n) => n.startsWith(name));
@@ -194,5 +234,5 @@ describe('C++ target: gdb unwinds through patched frames with the patch\'s .eh_f
     expect(at('main'), text).toBeGreaterThan(at('answer'));
     // No unknown frame between them (the system's libstdc++/libgcc_s have no symbols, not our concern).
     expect(main.slice(0, at('main') + 1)).not.toContain('??');
-  }, 120_000);
+  }, 300_000);
 });

@@ -32,63 +32,80 @@ interface FrameState {
   reg: typeof REG_RSP | typeof REG_RBP;
   /** CFA = reg + offset. */
   offset: number;
+  /** CFA - rsp while it is known (always in an rsp-based frame; after `and rsp` in an rbp-based one it is not). */
+  rsp: number | undefined;
   /** DWARF register → its save slot at CFA - n. */
   saved: ReadonlyMap<number, number>;
 }
 
-function same(a: FrameState, b: FrameState): boolean {
+/** The same CFI row (rsp aside: in an rbp-based frame it is not part of the rule). */
+function sameRow(a: FrameState, b: FrameState): boolean {
   if (a.reg !== b.reg || a.offset !== b.offset || a.saved.size !== b.saved.size) return false;
   for (const [r, n] of a.saved) if (b.saved.get(r) !== n) return false;
   return true;
 }
 
+/** The register a `push REG` / `pop REG` names, when it is callee-saved. */
+function calleeSaved(i: Insn): number | undefined {
+  const m = /^(?:push|pop) ([a-z0-9]+)$/.exec(i.text);
+  return m ? CALLEE_SAVED[m[1]!] : undefined;
+}
+
+/** rsp moved by `delta` bytes (positive: towards lower addresses). */
+function moveRsp(s: FrameState, delta: number): FrameState | null {
+  if (s.rsp === undefined) return s.reg === REG_RSP ? null : s;
+  const rsp = s.rsp + delta;
+  return s.reg === REG_RSP ? { ...s, rsp, offset: rsp } : { ...s, rsp };
+}
+
 /** The state after `i`, or null when `i` changes the frame in a way we do not follow. */
 function step(s: FrameState, i: Insn): FrameState | null {
   const dest = i.dest;
-  const rspBased = s.reg === REG_RSP;
-  const with_ = (o: Partial<FrameState>): FrameState => ({ ...s, ...o });
   switch (i.mnemonic) {
     case 'push':
     case 'pushfq': {
-      if (!rspBased) return s;
-      const offset = s.offset + 8;
-      const r = i.mnemonic === 'push' && /^push [a-z0-9]+$/.test(i.text) ? CALLEE_SAVED[i.text.slice(5)] : undefined;
-      if (r !== undefined && !s.saved.has(r)) return with_({ offset, saved: new Map([...s.saved, [r, offset]]) });
-      return with_({ offset });
+      const after = moveRsp(s, 8);
+      const r = i.mnemonic === 'push' ? calleeSaved(i) : undefined;
+      if (after && r !== undefined && !s.saved.has(r) && after.rsp !== undefined) return { ...after, saved: new Map([...s.saved, [r, after.rsp]]) };
+      return after;
     }
     case 'pop':
     case 'popfq': {
-      const r = i.mnemonic === 'pop' && /^pop [a-z0-9]+$/.test(i.text) ? CALLEE_SAVED[i.text.slice(4)] : undefined;
+      const r = i.mnemonic === 'pop' ? calleeSaved(i) : undefined;
       const saved = new Map(s.saved);
       if (r !== undefined) saved.delete(r);
-      if (r === REG_RBP && !rspBased) return null; // rbp popped while it defines the CFA
-      return rspBased ? { reg: s.reg, offset: s.offset - 8, saved } : { ...s, saved };
+      if (r === REG_RBP && s.reg === REG_RBP) {
+        // rbp defined the CFA: from here on it is rsp-based again (only when rsp is known).
+        if (s.rsp === undefined) return null;
+        return { reg: REG_RSP, offset: s.rsp - 8, rsp: s.rsp - 8, saved };
+      }
+      const after = moveRsp(s, -8);
+      return after && { ...after, saved };
     }
     case 'leave': {
-      if (rspBased) return null;
+      // mov rsp, rbp; pop rbp
+      if (s.reg !== REG_RBP) return null;
       const saved = new Map(s.saved);
       saved.delete(REG_RBP);
-      return { reg: REG_RSP, offset: s.offset - 8, saved };
+      return { reg: REG_RSP, offset: s.offset - 8, rsp: s.offset - 8, saved };
     }
     case 'sub':
     case 'add': {
-      if (dest === 'rsp' && rspBased) {
-        const imm = /^(?:sub|add) rsp, (0x[0-9a-f]+|\d+)$/.exec(i.text);
-        if (!imm) return null;
-        const n = Number(imm[1]);
-        return with_({ offset: s.offset + (i.mnemonic === 'sub' ? n : -n) });
-      }
-      break;
+      if (dest !== 'rsp') break;
+      const imm = /^(?:sub|add) rsp, (0x[0-9a-f]+|\d+)$/.exec(i.text);
+      if (!imm) return s.reg === REG_RSP ? null : { ...s, rsp: undefined };
+      const n = Number(imm[1]);
+      return moveRsp(s, i.mnemonic === 'sub' ? n : -n);
     }
     case 'mov':
-      if (i.text === 'mov rbp, rsp' && rspBased) return with_({ reg: REG_RBP });
+      if (i.text === 'mov rbp, rsp' && s.rsp !== undefined) return { ...s, reg: REG_RBP, offset: s.rsp };
       break;
     default:
       break;
   }
-  // Any other write of the CFA register.
-  if (dest === 'rsp' && rspBased) return null;
-  if (dest === 'rbp' && !rspBased) return null;
+  // Any other write of rsp or of the CFA register.
+  if (dest === 'rsp') return s.reg === REG_RSP ? null : { ...s, rsp: undefined };
+  if (dest === 'rbp' && s.reg === REG_RBP) return null;
   return s;
 }
 
@@ -96,13 +113,16 @@ function step(s: FrameState, i: Insn): FrameState | null {
 function analyse(insns: readonly Insn[]): (FrameState | undefined)[] | null {
   const at = new Map<bigint, number>(insns.map((x, n) => [x.address, n]));
   const states: (FrameState | undefined)[] = new Array(insns.length);
-  const work: [number, FrameState][] = [[0, { reg: REG_RSP, offset: 8, saved: new Map() }]];
+  const work: [number, FrameState][] = [[0, { reg: REG_RSP, offset: 8, rsp: 8, saved: new Map() }]];
   while (work.length > 0) {
-    const [n, s] = work.pop()!;
+    const [n, arrived] = work.pop()!;
+    let s = arrived;
     const known = states[n];
     if (known) {
-      if (!same(known, s)) return null;
-      continue;
+      if (!sameRow(known, s)) return null;
+      if (known.rsp === s.rsp || known.rsp === undefined) continue;
+      // An rbp-based frame reached with two rsp depths: rsp is unknown there (propagated again, once).
+      s = { ...known, rsp: undefined };
     }
     states[n] = s;
     const i = insns[n]!;
@@ -150,7 +170,7 @@ export function functionCfi(code: Uint8Array, address: bigint): Uint8Array | und
   const out: number[] = [];
   insns.forEach((i, n) => {
     const s = states[n];
-    if (!s || same(s, row)) return;
+    if (!s || sameRow(s, row)) return;
     if (s.offset < 8 || s.offset % 8 !== 0 || [...s.saved.values()].some((v) => v % 8 !== 0)) return; // not a frame we describe
     const delta = Number(i.address - rowAt);
     out.push(DW_CFA_advance_loc4, delta & 0xff, (delta >>> 8) & 0xff, (delta >>> 16) & 0xff, (delta >>> 24) & 0xff, ...transition(row, s));
