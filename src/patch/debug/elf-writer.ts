@@ -33,7 +33,7 @@ export const STB_GLOBAL = 1;
 export const STT_FUNC = 2;
 
 /** A section the caller provides (the writer adds .symtab, .strtab and .shstrtab). */
-export interface ElfSection {
+export interface WriterSection {
   name: string;
   type: typeof SHT_PROGBITS | typeof SHT_NOBITS;
   flags: number;
@@ -45,7 +45,7 @@ export interface ElfSection {
 }
 
 /** A symbol: `section` is an index into the caller's section list. */
-export interface ElfSymbol {
+export interface WriterSymbol {
   name: string;
   value: bigint;
   size: bigint;
@@ -102,7 +102,7 @@ interface Placed {
 }
 
 /** Writes an ELF64 x86-64 file holding `sections` and a `.symtab` of `symbols`. */
-export function writeElf(sections: readonly ElfSection[], symbols: readonly ElfSymbol[]): Uint8Array {
+export function writeElf(sections: readonly WriterSection[], symbols: readonly WriterSymbol[]): Uint8Array {
   for (const s of symbols) {
     if (!Number.isInteger(s.section) || s.section < 0 || s.section >= sections.length) throw new RangeError(`symbol ${s.name}: section index ${s.section} out of range`);
   }

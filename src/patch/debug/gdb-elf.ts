@@ -12,7 +12,7 @@ import { ensurePrivateDir, writeFileAtomic } from '../../fs/index.js';
 import type { DebugInfo } from './collect.js';
 import { mergeEhFrames } from './eh-frame-merge.js';
 import { synthesizeDebugFrame, type CfiFunction } from './synth-cfi.js';
-import { SHF_ALLOC, SHF_EXECINSTR, SHT_PROGBITS, STT_FUNC, writeElf, type ElfSection, type ElfSymbol } from './elf-writer.js';
+import { SHF_ALLOC, SHF_EXECINSTR, SHT_PROGBITS, STT_FUNC, writeElf, type WriterSection, type WriterSymbol } from './elf-writer.js';
 
 /** Where `hotpatch symbols --gdb` writes by default (root-only, like the rest of /run/hotpatch). */
 export const DEFAULT_GDB_DIR = '/run/hotpatch/debug';
@@ -24,8 +24,8 @@ function codeSection(id: string): string {
 
 /** The symbol file's bytes for `info`. */
 export function gdbSymbolFile(info: DebugInfo): Uint8Array {
-  const sections: ElfSection[] = [];
-  const symbols: ElfSymbol[] = [];
+  const sections: WriterSection[] = [];
+  const symbols: WriterSymbol[] = [];
   for (const p of info.patches) {
     const index = sections.length;
     sections.push({ name: codeSection(p.id), type: SHT_PROGBITS, flags: SHF_ALLOC | SHF_EXECINSTR, addr: p.code.start, bytes: p.bytes, align: 16 });

@@ -11,7 +11,7 @@ export { DEFAULT_GDB_DIR, gdbCommand, gdbSymbolFile, gdbSymbolPath, writeGdbSymb
 export { perfMapLines, perfMapPath, writePerfMap } from './perf-map.js';
 export { mergeEhFrames, type EhFrameImage } from './eh-frame-merge.js';
 export { functionCfi, synthesizeDebugFrame, type CfiFunction } from './synth-cfi.js';
-export { writeElf, type ElfSection, type ElfSymbol } from './elf-writer.js';
+export { writeElf, type WriterSection, type WriterSymbol } from './elf-writer.js';
 
 export interface DebugSymbolsOptions {
   /** Write the perf map: true for /tmp/perf-PID.map, or a path. */
