@@ -7,7 +7,7 @@
  * written through.
  */
 import { execFile } from 'node:child_process';
-import { existsSync, lstatSync, mkdirSync, mkdtempSync, readFileSync, readlinkSync, rmSync, statSync, symlinkSync, writeFileSync } from 'node:fs';
+import { existsSync, linkSync, lstatSync, mkdirSync, mkdtempSync, readFileSync, readlinkSync, rmSync, statSync, symlinkSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { promisify } from 'node:util';
@@ -174,6 +174,14 @@ describe('C target: perf and gdb through the patched crunch', () => {
     expect(() => writeGdbSymbolFile(info, gdbDir)).toThrow(expect.objectContaining({ code: 'PATH_UNSAFE' }));
     expect(readFileSync(victim, 'utf8')).toBe('precious\n');
     expect(existsSync(join(outside, 'created'))).toBe(false);
+    rmSync(real);
+    // A hard link to another file is not read back into the (world-readable) map.
+    const secret = join(outside, 'secret');
+    writeFileSync(secret, 'dead 1 secret_line\n', { mode: 0o600 });
+    linkSync(secret, real);
+    expect(() => writePerfMap(info)).not.toThrow();
+    expect(readFileSync(real, 'utf8')).not.toMatch(/secret_line/);
+    expect(readFileSync(secret, 'utf8')).toBe('dead 1 secret_line\n');
     rmSync(real);
     // A regular file of ours is replaced, keeping a JIT's lines and dropping our stale ones.
     writeFileSync(real, '1000 10 jitted_fn\ndead 1 crunch [hotpatch old]\n');

@@ -6,10 +6,11 @@
  * /tmp is writable by everyone and we run as root: the file is written by writeFileAtomic (a new
  * file created O_CREAT|O_EXCL|O_NOFOLLOW beside it, renamed over it; an existing symbolic link,
  * non-regular file or file of another user is refused, never written through), mode 0644.
- * Lines of another writer (a JIT in the same process) are kept; only our own are replaced.
+ * Lines of another writer (a JIT in the same process) are kept; only our own are replaced — read
+ * back only from a regular file with one link owned by root or us (never another file's contents).
  */
 import { closeSync, constants, fstatSync, openSync, readSync } from 'node:fs';
-import { writeFileAtomic } from '../../fs/index.js';
+import { trustedOwners, writeFileAtomic } from '../../fs/index.js';
 import type { DebugInfo } from './collect.js';
 
 /** The marker that makes a line ours. */
@@ -40,7 +41,9 @@ function foreignLines(path: string): string[] {
   }
   try {
     const st = fstatSync(fd);
-    if (!st.isFile() || st.size > MAX_EXISTING) return [];
+    // Only a file root (or we) wrote alone: a hard link planted to another file must not have its
+    // contents copied into a world-readable map.
+    if (!st.isFile() || st.nlink !== 1 || !trustedOwners().has(st.uid) || st.size > MAX_EXISTING) return [];
     const buf = Buffer.alloc(st.size);
     let off = 0;
     while (off < st.size) {
