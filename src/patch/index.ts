@@ -3,3 +3,4 @@ export * from './trust/index.js';
 export * from './engine/index.js';
 export * from './updater/index.js';
 export * from './builder/index.js';
+export * from './debug/index.js';

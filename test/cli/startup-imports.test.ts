@@ -41,7 +41,7 @@ async function loadedBy(args: string[]): Promise<string[]> {
 const HEAVY = [/\/dist\/src\/elf\/(?!debug\.js)/, /\/dist\/src\/x86\//, /\/dist\/src\/process\//, /\/dist\/src\/patch\/(engine|builder|linker|updater|trust)\//, /\/dist\/src\/patch\/package\/(?!metadata\.js)/, /\/dist\/src\/guard\/(?!finding|defaults|log)/, /iced-x86/, /koffi/, /^node:(crypto|http|zlib)$/];
 
 describe('CLI start-up loads only what the command needs', () => {
-  for (const args of [['--help'], ['--version'], ['build', '--help'], ['guard', '--help'], ['verify', '--help'], ['apply', '--help'], ['inspect', '--help']]) {
+  for (const args of [['--help'], ['--version'], ['build', '--help'], ['guard', '--help'], ['verify', '--help'], ['apply', '--help'], ['inspect', '--help'], ['symbols', '--help']]) {
     it(`hotpatch ${args.join(' ')}`, async () => {
       const loaded = await loadedBy(args);
       expect(loaded.some((u) => u.endsWith('/dist/src/cli/main.js'))).toBe(true); // the hook saw the CLI

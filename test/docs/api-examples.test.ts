@@ -10,6 +10,7 @@ import { tmpdir } from 'node:os';
 import { basename, join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import {
+  writeDebugSymbols,
   applyPackageFile,
   applyPatch,
   buildPatch,
@@ -195,6 +196,12 @@ describe('docs/api.md examples, on a running process', () => {
     for (const p of listPatchedProcesses([pid])) {
       for (const x of p.patches) console.log(`${p.pid} ${x.id} ${x.state} ${x.functions.join(',')} signer: ${x.signer ?? '(unsigned)'}`);
     }
+    // --- docs/api.md: symbols
+    const r = writeDebugSymbols(pid, { perf: true, gdb: dir }); // dir: e.g. /run/hotpatch/debug
+    console.log(r.perf?.path, r.gdb?.path, r.gdb?.command.join(' '));
+    // ---
+    expect(r.functions).toBe(1);
+    rmSync(r.perf!.path);
     // --- docs/api.md: verify
     const v = await verifyProcess(pid, { trustFiles: [publicKeyFile] });
     for (const f of v.findings) console.log(`[${f.code} ${f.structure}] ${f.severity} ${f.detail}`);

@@ -15,6 +15,7 @@ import { register as completionCommand } from './completion.js';
 import { register as storeCommand } from './store.js';
 import { register as agentCommand } from './agent.js';
 import { register as statusCommand } from './status.js';
+import { register as symbolsCommand } from './symbols.js';
 
 /** Sets the process exit code a command decided on (e.g. 5 for verify findings). */
 export type SetExitCode = (code: number) => void;
@@ -35,6 +36,7 @@ export function registerCommands(program: Command, setExitCode: SetExitCode): vo
   storeCommand(program, setExitCode);
   agentCommand(program, setExitCode);
   statusCommand(program, setExitCode);
+  symbolsCommand(program, setExitCode);
   demoCommand(program, setExitCode);
   completionCommand(program, setExitCode);
 }
