@@ -14,42 +14,17 @@
  *
  * Goal (#10): a one-function apply under 200 ms on an idle machine.
  */
-import { execFileSync, spawn, spawnSync } from 'node:child_process';
-import { createHash } from 'node:crypto';
-import { mkdirSync, mkdtempSync, readFileSync, writeFileSync } from 'node:fs';
+import { spawn, spawnSync } from 'node:child_process';
+import { mkdtempSync, readFileSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
-import { dirname, join } from 'node:path';
-import { parseElf } from '../src/elf/index.js';
+import { join } from 'node:path';
 import { createPackage, encodePackage } from '../src/patch/package/index.js';
-import type { PatchPlan } from '../src/patch/plan.js';
 import { signPackage, writeKeyFiles } from '../src/patch/trust/index.js';
-import { arg, percentile, repoRoot } from './common.js';
+import { arg, benchTargetPlan, buildBenchTarget, percentile, repoRoot } from './common.js';
 
 const runs = Number(arg('--runs', '15'));
 const cli = join(repoRoot(), 'dist/src/cli/main.js');
 
-function buildTarget(): string {
-  const out = join(tmpdir(), 'hotpatch-bench', 'bench-target');
-  mkdirSync(dirname(out), { recursive: true });
-  execFileSync('gcc', ['-O2', '-o', out, join(repoRoot(), 'test/fixtures/engine/bench-target.c'), '-lpthread']);
-  return out;
-}
-
-function planFor(exe: string): PatchPlan {
-  const bytes = new Uint8Array(readFileSync(exe));
-  const elf = parseElf(bytes);
-  const sym = elf.getSymbol('bench_value');
-  return {
-    target: { buildId: elf.buildId!, name: 'bench-target', size: bytes.length },
-    functions: [{
-      name: 'bench_value', vaddr: sym.value, size: Number(sym.size),
-      oldHash: createHash('sha256').update(elf.readVaddr(sym.value, Number(sym.size))).digest('hex'),
-      entry: { kind: 'padded', siteVaddr: sym.value - 5n, switchVaddr: sym.value, expected: elf.readVaddr(sym.value - 5n, 7).slice() },
-      code: Uint8Array.of(0x8d, 0x47, 0x02, 0xc3), align: 16, relocations: [],
-    }],
-    data: [],
-  };
-}
 
 function timed(args: string[]): { ms: number; out: string } {
   const t0 = process.hrtime.bigint();
@@ -60,11 +35,11 @@ function timed(args: string[]): { ms: number; out: string } {
 }
 
 async function main(): Promise<void> {
-  const exe = buildTarget();
+  const exe = buildBenchTarget();
   const dir = mkdtempSync(join(tmpdir(), 'hotpatch-bench-wall-'));
   const key = writeKeyFiles(join(dir, 'k.key'), { comment: 'bench' });
   const pkg = join(dir, 'p.hpk');
-  const signed = signPackage(createPackage(planFor(exe)), readFileSync(join(dir, 'k.key'), 'utf8'));
+  const signed = signPackage(createPackage(benchTargetPlan(exe)), readFileSync(join(dir, 'k.key'), 'utf8'));
   writeFileSync(pkg, encodePackage(signed));
   const child = spawn(exe, ['8'], { stdio: ['ignore', 'pipe', 'inherit'] });
   try {

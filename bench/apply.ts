@@ -8,12 +8,8 @@
  * Targets: median pause ≤ 1 ms at 8 threads and ≤ 5 ms at 64 threads (threads that sleep between
  * calls, like a server's workers; --busy makes every thread call the function in a tight loop).
  */
-import { execFileSync, spawn } from 'node:child_process';
-import { mkdirSync, readFileSync } from 'node:fs';
-import { tmpdir } from 'node:os';
-import { dirname, join } from 'node:path';
-import { parseElf } from '../src/elf/index.js';
-import { arg, percentile, repoRoot } from './common.js';
+import { spawn } from 'node:child_process';
+import { arg, benchTargetPlan, buildBenchTarget, percentile } from './common.js';
 import { applyPatch, removePatch } from '../src/patch/index.js';
 import type { PatchPlan } from '../src/patch/plan.js';
 
@@ -24,34 +20,6 @@ const threadCounts = arg('--threads', '1,8,64').split(',').map(Number);
 const busy = process.argv.includes('--busy');
 const json = process.argv.includes('--json');
 
-function buildTarget(): string {
-  const out = join(tmpdir(), 'hotpatch-bench', 'bench-target');
-  mkdirSync(dirname(out), { recursive: true });
-  execFileSync('gcc', ['-O2', '-o', out, join(repoRoot(), 'test/fixtures/engine/bench-target.c'), '-lpthread']);
-  return out;
-}
-
-function planFor(exe: string): PatchPlan {
-  const bytes = new Uint8Array(readFileSync(exe));
-  const elf = parseElf(bytes);
-  const sym = elf.getSymbol('bench_value');
-  return {
-    target: { buildId: elf.buildId!, name: 'bench-target', size: bytes.length },
-    functions: [
-      {
-        name: 'bench_value',
-        vaddr: sym.value,
-        size: Number(sym.size),
-        oldHash: '',
-        entry: { kind: 'padded', siteVaddr: sym.value - 5n, switchVaddr: sym.value, expected: elf.readVaddr(sym.value - 5n, 7).slice() },
-        code: Uint8Array.of(0x8d, 0x47, 0x02, 0xc3), // lea eax, [rdi+2]; ret
-        align: 16,
-        relocations: [],
-      },
-    ],
-    data: [],
-  };
-}
 
 function stats(v: number[]): { median: number; p99: number } {
   const s = [...v].sort((a, b) => a - b);
@@ -97,8 +65,8 @@ async function benchOne(exe: string, plan: PatchPlan, threads: number): Promise<
 }
 
 async function main(): Promise<void> {
-  const exe = buildTarget();
-  const plan = planFor(exe);
+  const exe = buildBenchTarget();
+  const plan = benchTargetPlan(exe);
   const results: Array<Record<string, unknown>> = [];
   for (const n of threadCounts) {
     const r = await benchOne(exe, plan, n);
