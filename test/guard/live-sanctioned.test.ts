@@ -94,18 +94,19 @@ describe('verify: patches switched live (10)', () => {
     await t.kill();
   });
 
-  it('removed live while a thread sleeps inside: the retired patch and its padding jump verify clean', async () => {
+  it.each(['live', 'freeze'] as const)('removed (%s) while a thread sleeps inside: the retired patch (and a padding jump left by a live remove) verifies clean', async (protocol) => {
     const { t, patch } = await liveApplied(slowPkg);
     await untilInside(t.pid, patch.sites[0]!.newCode);
-    const r = await removePatch(t.pid, recordedPatch(t.pid)!.id);
-    expect(r).toMatchObject({ protocol: 'live', codeFreed: false });
+    const r = await removePatch(t.pid, recordedPatch(t.pid)!.id, { freeze: protocol === 'freeze' });
+    expect(r).toMatchObject({ protocol, codeFreed: false });
     const retired = recordedPatch(t.pid)!;
     expect(retired.state).toBe('removed');
     const site = retired.sites[0]!;
     const p = openProcess(t.pid);
     const padding = p.readMemory(site.address, 5);
     p.close();
-    expect(padding).toEqual(site.written.subarray(0, 5));
+    // A live remove leaves the padding's jump to the (flag-cleared) gate; a freeze restores it at once.
+    expect(padding).toEqual(protocol === 'live' ? site.written.subarray(0, 5) : site.original.subarray(0, 5));
     const f = await verify(t.pid);
     expect(f, summary(f)).toEqual([]);
     await t.kill();

@@ -85,7 +85,11 @@ export async function recoverProcess(pid: number, options: RecoverOptions = {}):
       const guarded: GuardedRange[] = toWrite.flatMap((p) => siteUnsafeRanges(p.g, p.writes).map((range) => ({ range, function: p.site.function, what: 'the patched entry bytes' })));
       const outcome = await switchWithRetry({
         pid, guarded, observed, timeoutMs: options.timeoutMs ?? 5000,
-        write: (frozen) => writeSitesAllOrNothing(frozen, toWrite.map((p) => ({ address: p.site.address, writes: p.writes, before: p.actual })), 'remove'),
+        write: (frozen) => {
+          writeSitesAllOrNothing(frozen, toWrite.map((p) => ({ address: p.site.address, writes: p.writes, before: p.actual })), 'remove');
+          // Live patches undone: flags clear, as for a removed patch (their gates are unreachable now).
+          for (const p of undo) if (p.flag !== undefined) frozen.write(p.flag, Uint8Array.of(0));
+        },
       });
       result.pauseMicros = outcome.pauseMicros;
       inUse = outcome.observedInUse;

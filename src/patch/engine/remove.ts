@@ -141,6 +141,9 @@ export async function removePatch(pid: number, patchId: string, options: RemoveO
         write: (frozen) => {
           faultPoint('remove:frozen', pid);
           writeSitesAllOrNothing(frozen, plans.map((p) => ({ address: p.site.address, writes: p.writes, before: p.site.written })), 'remove');
+          // Applied live, removed in a freeze: its gates are unreachable now; clear the flag so the
+          // record and memory agree (the guard expects 0 for a removed patch).
+          if (patch.flag !== undefined) frozen.write(patch.flag, Uint8Array.of(0));
         },
       });
     } catch (e) {
