@@ -9,7 +9,8 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { beforeAll, describe, expect, it } from 'vitest';
 import { VerifierCaches } from '../../src/guard/index.js';
-import { readRecordFromMappings, removePatch, type RecordPatch } from '../../src/patch/engine/index.js';
+import { readRecordFromMappings, recoverProcess, removePatch, type RecordPatch } from '../../src/patch/engine/index.js';
+import { runCli } from '../helpers/cli.js';
 import { createPackage, encodePackage } from '../../src/patch/package/index.js';
 import { signPackage, writeKeyFiles } from '../../src/patch/trust/index.js';
 import { applyPackageFile } from '../../src/patch/updater/index.js';
@@ -107,6 +108,26 @@ describe('verify: patches switched live (10)', () => {
     p.close();
     // A live remove leaves the padding's jump to the (flag-cleared) gate; a freeze restores it at once.
     expect(padding).toEqual(protocol === 'live' ? site.written.subarray(0, 5) : site.original.subarray(0, 5));
+    const f = await verify(t.pid);
+    expect(f, summary(f)).toEqual([]);
+    await t.kill();
+  });
+
+  it('an apply killed after its flag was set is undone by recover: flag cleared, the retired patch verifies clean', async () => {
+    const t = await startTarget(exe, ['4']);
+    const killed = await runCli(['apply', slowPkg, '--pid', String(t.pid), '--trust', pub], { env: { HOTPATCH_FAULT: 'apply:thawed' } });
+    expect(killed.signal).toBe('SIGKILL');
+    const pending = recordedPatch(t.pid)!;
+    expect(pending.state).toBe('pending');
+    await untilInside(t.pid, pending.sites[0]!.newCode);
+    const rec = await recoverProcess(t.pid);
+    expect(rec.actions).toEqual([expect.objectContaining({ action: 'undone' })]);
+    const retired = recordedPatch(t.pid)!;
+    expect(retired.state).toBe('removed');
+    const p = openProcess(t.pid);
+    const flag = p.readMemory(retired.flag!, 1)[0];
+    p.close();
+    expect(flag).toBe(0);
     const f = await verify(t.pid);
     expect(f, summary(f)).toEqual([]);
     await t.kill();
