@@ -4,7 +4,8 @@
  */
 import { readFileSync } from 'node:fs';
 import { decodePackageContent } from '../package/codec.js';
-import { enumerateProcessIds, openProcess } from '../../process/inspect/index.js';
+import { HotpatchError } from '../../errors.js';
+import { enumerateProcessIds, openProcess, type Process } from '../../process/inspect/index.js';
 import { RECORD_MAPS_PATH, type PatchRecord, type RecordArena, type RecordTransaction, type RecordPatch, type SiteState } from './record.js';
 import { readRecordFromMappings } from './record-store.js';
 import { codeDisagreements } from './stack.js';
@@ -54,11 +55,25 @@ export interface ProcessPatches {
 }
 
 /** Lists the patches recorded in process `pid`. */
+/**
+ * The record as it is now. Another hotpatch process may unmap it (the last patch removed) or map a
+ * new one between our reading /proc/PID/maps and opening the mapping: read the maps again then.
+ */
+function readRecordNow(pid: number, proc: Process): PatchRecord | null {
+  for (let attempt = 0; ; attempt++) {
+    try {
+      return readRecordFromMappings(pid, proc.enumerateMappings());
+    } catch (e) {
+      if (attempt >= 4 || !(e instanceof HotpatchError) || e.code !== 'PROCESS_NOT_FOUND' || !proc.isAlive()) throw e;
+    }
+  }
+}
+
 export function listPatches(pid: number): ProcessPatches {
   const proc = openProcess(pid);
   try {
     const exe = proc.getExePath();
-    const record = readRecordFromMappings(pid, proc.enumerateMappings());
+    const record = readRecordNow(pid, proc);
     if (!record) return { pid, exe, patches: [], arenas: [], transaction: null, record: null, disagreements: [] };
     const patches: ListedPatch[] = record.patches.map((p) => ({
       id: p.id,
