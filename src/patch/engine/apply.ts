@@ -159,7 +159,14 @@ function validateSites(s: Session, plan: PatchPlan, module: Module): SitePrep[] 
     } else {
       const overlapping = s.record.patches.some((p) => p.state !== 'removed' && p.sites.some((x) => x.address !== g.address && x.address < g.address + BigInt(g.length) && g.address < x.address + BigInt(x.original.length)));
       if (overlapping) throw new RefusedError('STACK_GEOMETRY', `${label} at ${hex(g.address)} overlaps a site of another patch with a different layout`);
-      if (!bytesEqual(current, fn.entry.expected)) throw mismatch(label, g.address, fn.entry.expected, current, '');
+      if (!bytesEqual(current, fn.entry.expected)) {
+        // The padding jump a live remove left: a thread was still in it when the engine looked.
+        const retired = s.record.patches.find((p) => p.state === 'removed' && p.sites.some((x) => x.address === g.address && x.gate !== undefined && bytesEqual(current.subarray(0, 5), x.written.subarray(0, 5))));
+        if (retired) {
+          throw new RefusedError('TARGET_BUSY', `${label} at ${hex(g.address)}: a thread was still inside the code of the removed patch ${retired.id} when it was checked; nothing was changed: retry in a moment`);
+        }
+        throw mismatch(label, g.address, fn.entry.expected, current, '');
+      }
     }
     if (g.kind === 'plain') checkPlainEntry(s, fn.vaddr + module.loadBias, fn.size, g, label, top ? stack[0]!.site.original : current);
     const prep: SitePrep = { fnIndex, name: fn.name, g, current, stacked: top !== undefined };

@@ -7,9 +7,9 @@ import { JMP_REL32_SIZE } from '../../x86/index.js';
 import { bytesEqual } from './bytes.js';
 import { siteStack } from './stack.js';
 import { unregisterUnwind } from './unwind.js';
-import { memoryWriter } from './memory.js';
+import { memoryWriter, type MemoryWriter } from './memory.js';
 import type { AddressRange } from '../../process/index.js';
-import type { RecordArena, RecordPatch } from './record.js';
+import type { PatchRecord, RecordArena, RecordPatch, RecordSite } from './record.js';
 import { privatizeSharers } from './private-record.js';
 import { releaseIfEmpty, unmapRecord } from './release.js';
 import type { Session } from './session.js';
@@ -21,14 +21,28 @@ const INT3 = 0xcc;
  * removed live, the paddings whose jump still leads to its gates. A patch may give several
  * entries; it is freed when none is in use.
  */
-export function retiredRanges(record: { patches: RecordPatch[] }): Array<{ patch: RecordPatch; range: AddressRange }> {
-  const out: Array<{ patch: RecordPatch; range: AddressRange }> = [];
+export function retiredRanges(record: { patches: RecordPatch[] }): RetiredRange[] {
+  const out: RetiredRange[] = [];
   for (const p of record.patches) {
     if (p.state !== 'removed') continue;
     out.push({ patch: p, range: p.code });
-    for (const site of p.sites) if (site.gate !== undefined) out.push({ patch: p, range: { start: site.address, end: site.address + BigInt(JMP_REL32_SIZE) } });
+    for (const site of p.sites) if (site.gate !== undefined) out.push({ patch: p, range: { start: site.address, end: site.address + BigInt(JMP_REL32_SIZE) }, padding: site });
   }
   return out;
+}
+
+/** A range of a retired patch; `padding`: the site whose padding jump it is. */
+export interface RetiredRange {
+  patch: RecordPatch;
+  range: AddressRange;
+  padding?: RecordSite;
+}
+
+/** Gives a padding that still holds `site`'s jump its original bytes, unless a live patch owns the site. */
+function resetPadding(mem: MemoryWriter, record: PatchRecord, site: RecordSite): void {
+  if (siteStack(record, site.address).length > 0) return;
+  const jump = site.written.subarray(0, JMP_REL32_SIZE);
+  if (bytesEqual(mem.read(site.address, JMP_REL32_SIZE), jump)) mem.writeVerified(site.address, site.original.slice(0, JMP_REL32_SIZE));
 }
 
 /**
@@ -52,7 +66,18 @@ export async function reclaimRetired(s: Session, timeoutMs: number): Promise<num
  * that still share the record get their own copy first (they may still run the dropped code); when
  * one cannot be done, nothing is dropped (a later operation frees it).
  */
-export async function freeUnusedRetired(s: Session, retired: ReadonlyArray<{ patch: RecordPatch; range: AddressRange }>, inUse: readonly boolean[], timeoutMs = 5000): Promise<number> {
+export async function freeUnusedRetired(s: Session, retired: readonly RetiredRange[], inUse: readonly boolean[], timeoutMs = 5000): Promise<number> {
+  // A padding no thread is in is reset even while its patch's code is still in use (or only looks
+  // so to the conservative stack scan): the function can then be patched again at once.
+  const paddings = retired.filter((r, i) => r.padding !== undefined && inUse[i] === false);
+  if (paddings.length > 0 && s.proc.isAlive()) {
+    const mem = memoryWriter(s.pid);
+    try {
+      for (const r of paddings) resetPadding(mem, s.record, r.padding!);
+    } finally {
+      mem.close();
+    }
+  }
   const busy = new Set(retired.filter((_, i) => inUse[i] !== false).map((r) => r.patch));
   const candidates = [...new Set(retired.map((r) => r.patch))].filter((p) => !busy.has(p));
   if (candidates.length === 0 || !s.store || !(await privatizeSharers(s))) return 0;
@@ -71,13 +96,7 @@ export async function freeUnusedRetired(s: Session, retired: ReadonlyArray<{ pat
   const mem = memoryWriter(s.pid);
   try {
     for (const p of free) {
-      // A padding still holding this patch's jump to its gate gets its original bytes back (no
-      // entry leads there: no live patch owns the site).
-      for (const site of p.sites) {
-        if (site.gate === undefined || siteStack(s.record, site.address).length > 0) continue;
-        const jump = site.written.subarray(0, JMP_REL32_SIZE);
-        if (bytesEqual(mem.read(site.address, JMP_REL32_SIZE), jump)) mem.writeVerified(site.address, site.original.slice(0, JMP_REL32_SIZE));
-      }
+      for (const site of p.sites) if (site.gate !== undefined) resetPadding(mem, s.record, site);
       mem.writeVerified(p.code.start, new Uint8Array(Number(p.code.end - p.code.start)).fill(INT3));
       if (p.data) mem.writeVerified(p.data.start, new Uint8Array(Number(p.data.end - p.data.start)));
       if (p.vars) mem.writeVerified(p.vars.start, new Uint8Array(Number(p.vars.end - p.vars.start)));
