@@ -241,7 +241,8 @@ async function playbook(file: string, extra: Record<string, string>): Promise<{ 
 /** The hosts of each batch: the default output prints "PLAY [...]" per batch, then "ok: [hostN]" lines. */
 function batches(out: string): string[][] {
   const plays = out.split(/^PLAY \[/m).slice(1);
-  return plays.map((p) => [...new Set([...p.matchAll(/^(?:ok|changed|fatal): \[(host\d)\]/gm)].map((m) => m[1]!))]);
+  // Sorted: the hosts of one batch run in parallel and report in any order.
+  return plays.map((p) => [...new Set([...p.matchAll(/^(?:ok|changed|fatal): \[(host\d)\]/gm)].map((m) => m[1]!))].sort());
 }
 
 async function teardown(): Promise<void> {
