@@ -19,11 +19,10 @@ import { RECORD_FILE_SIZE, RECORD_MEMFD_NAME, type PatchRecord, type RecordSigni
 import { assertCodeAgrees, assertNoTransaction, hex, nowMicros, openSession, openStoreAt, siteStack, type Session } from './session.js';
 import { bytesEqual, hexBytes, recordedGeometry, siteGeometry, siteUnsafeRanges, siteWrites, siteWrittenBytes, type SiteGeometry, type SiteWrite } from './sites.js';
 import { switchWithRetry, type GuardedRange } from './switch.js';
-import { freeUnusedRetired, retiredRanges, unmapFresh } from './cleanup.js';
+import { freeUnusedRetired, reclaimRetired, retiredRanges, unmapFresh } from './cleanup.js';
 import { registerUnwind, unregisterUnwind } from './unwind.js';
 import { encodeGateBlock, gateAddress, gateBlockOffset, gateBlockSize } from './gate.js';
 import { FOLLOWING_BYTES, liveRefusal, setFlag, switchBytes, switchLive } from './live.js';
-import { reclaimRetired } from './cleanup.js';
 
 /** Options of {@link applyPatch}. */
 export interface ApplyOptions {
@@ -161,7 +160,7 @@ function validateSites(s: Session, plan: PatchPlan, module: Module): SitePrep[] 
       if (overlapping) throw new RefusedError('STACK_GEOMETRY', `${label} at ${hex(g.address)} overlaps a site of another patch with a different layout`);
       if (!bytesEqual(current, fn.entry.expected)) {
         // The padding jump a live remove left: a thread was still in it when the engine looked.
-        const retired = s.record.patches.find((p) => p.state === 'removed' && p.sites.some((x) => x.address === g.address && x.gate !== undefined && bytesEqual(current.subarray(0, 5), x.written.subarray(0, 5))));
+        const retired = s.record.patches.find((p) => p.state === 'removed' && p.sites.some((x) => x.address === g.address && x.gate !== undefined && bytesEqual(current.subarray(0, JMP_REL32_SIZE), x.written.subarray(0, JMP_REL32_SIZE))));
         if (retired) {
           throw new RefusedError('TARGET_BUSY', `${label} at ${hex(g.address)}: a thread was still inside the code of the removed patch ${retired.id} when it was checked; nothing was changed: retry in a moment`);
         }

@@ -96,7 +96,6 @@ export async function freeUnusedRetired(s: Session, retired: readonly RetiredRan
   const mem = memoryWriter(s.pid);
   try {
     for (const p of free) {
-      for (const site of p.sites) if (site.gate !== undefined) resetPadding(mem, s.record, site);
       mem.writeVerified(p.code.start, new Uint8Array(Number(p.code.end - p.code.start)).fill(INT3));
       if (p.data) mem.writeVerified(p.data.start, new Uint8Array(Number(p.data.end - p.data.start)));
       if (p.vars) mem.writeVerified(p.vars.start, new Uint8Array(Number(p.vars.end - p.vars.start)));
