@@ -242,6 +242,39 @@ describe('rollingThreadsUsing', () => {
     await l.t.kill();
   });
 
+  it('threads off their CPU are checked without a stop (the reader is not even woken); running ones are stopped, or left with stopRunning: false', async () => {
+    const l = await launch(2);
+    const pid = l.t.pid;
+    const path = await prog();
+    // `reader` (static) at run time: its link-time distance from sleeper_fn is kept.
+    const nmAddr = (name: string) => BigInt(`0x${execFileSync('nm', ['--defined-only', path], { encoding: 'utf8' }).split('\n').find((x) => x.endsWith(` ${name}`))!.split(' ')[0]}`);
+    const readerFn = range(path, l.sleeper.start - nmAddr('sleeper_fn') + nmAddr('reader'), 'reader');
+    const switches = () => readFileSync(`/proc/${pid}/task/${l.reader}/status`, 'utf8').match(/ctxt_switches:\s*\d+/g)!.join();
+    const before = switches();
+    const stops = new Map<number, number>();
+    const r = rollingThreadsUsing(pid, [readerFn, l.spin, l.other], { onThreadChecked: (tid, us) => stops.set(tid, us) });
+    expect(r.inUse).toEqual([true, true, false]);
+    // The reader, blocked in read() called from reader(): its return address, seen through /proc.
+    expect(r.uses.some((u) => u.tid === l.reader && u.rangeIndex === 0 && u.kind === 'stack')).toBe(true);
+    expect(stops.get(l.reader)).toBe(0);
+    expect(switches()).toBe(before); // a ptrace stop would have woken it
+    // The spinners never leave their CPU (or its run queue): stopped, found by rip.
+    const spinners = new Set(r.uses.filter((u) => u.rangeIndex === 1 && u.kind === 'rip').map((u) => u.tid));
+    expect(spinners.size).toBe(2);
+    for (const tid of spinners) expect(stops.get(tid)).toBeGreaterThan(0);
+    expect(r.threadsNotStopped).toBe([...stops.values()].filter((us) => us === 0).length);
+    expect(r.threadsNotStopped).toBeGreaterThanOrEqual(1);
+    expect(r.threadsChecked).toBe(tasks(pid).length);
+    // A check that stops nothing: the spinners stay unchecked and count as using every range.
+    const passive = rollingThreadsUsing(pid, [readerFn, l.other], { stopRunning: false });
+    expect(passive.threadsRunning).toBeGreaterThanOrEqual(2);
+    expect(passive.longestStopMicros).toBe(0);
+    expect(passive.inUse).toEqual([true, true]);
+    expect(tracers(pid).every((x) => x === 0)).toBe(true);
+    await ask(l.t, 'write after-passive', /got after-passive/);
+    await l.t.kill();
+  });
+
   it('checks threads created during the check', async () => {
     const l = await launch(2);
     const pid = l.t.pid;

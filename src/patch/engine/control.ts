@@ -116,6 +116,10 @@ export interface RollingCheck {
   inUse: boolean[];
   uses: ThreadUse[];
   threadsChecked: number;
+  /** Of those, threads seen at rest through /proc without being stopped (blocked, stopped). */
+  threadsNotStopped: number;
+  /** Running threads left unchecked (stopRunning false); they count as using every range. */
+  threadsRunning: number;
   /** Longest time one thread was stopped, in microseconds (no two threads are stopped together). */
   longestStopMicros: number;
   /** Threads created faster than they could be checked, left unchecked (0 normally; see maxRounds). */
@@ -162,15 +166,18 @@ export function hijack(pid: number, timeoutMs?: number): Frozen {
 }
 
 /**
- * Which threads of `pid` use `ranges`, stopping one thread at a time (rollingThreadsUsing). Sound
- * only after every path into the ranges was removed (see src/process/control/hijack.ts).
+ * Which threads of `pid` use `ranges`, stopping no thread that is off its CPU and the running ones
+ * one at a time (rollingThreadsUsing; `stopRunning: false` stops none and counts them as users).
+ * Sound only after every path into the ranges was removed (see src/process/control/hijack.ts).
  */
-export function rollingCheck(pid: number, ranges: readonly AddressRange[], timeoutMs?: number): RollingCheck {
-  const r = rollingThreadsUsing(pid, ranges, freezeOptions(timeoutMs));
+export function rollingCheck(pid: number, ranges: readonly AddressRange[], timeoutMs?: number, options: { stopRunning?: boolean } = {}): RollingCheck {
+  const r = rollingThreadsUsing(pid, ranges, { ...freezeOptions(timeoutMs), ...options });
   return {
     inUse: r.inUse,
     uses: r.uses.map(toThreadUse),
     threadsChecked: r.threadsChecked,
+    threadsNotStopped: r.threadsNotStopped,
+    threadsRunning: r.threadsRunning,
     longestStopMicros: r.longestStopMicros,
     threadsUnchecked: r.threadsUnchecked,
   };

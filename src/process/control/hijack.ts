@@ -7,8 +7,11 @@
  * not `running`): it was not running anyway, and the kernel restarts its call after the thaw
  * (freeze.ts handles the restart, the frame and the signal mask exactly as in a full freeze).
  *
- * rollingThreadsUsing stops each thread alone (seize, interrupt, registers, stack words, detach),
- * then re-reads the task list and checks the threads that appeared meanwhile, until none is new.
+ * rollingThreadsUsing looks at each thread that is off its CPU without stopping it
+ * (passive-check.ts: blocked in a system call or stopped, seen at rest through /proc), tries the
+ * ones caught running once more, and stops each thread still running alone (seize, interrupt,
+ * registers, stack words, detach); then it re-reads the task list and checks the threads that
+ * appeared meanwhile, until none is new.
  * Why that is sound: the caller runs it only after every code path leading into `ranges` was
  * removed (entries switched away, nothing left that jumps or calls there). A thread found with
  * neither its rip (nor rip - 2 for a pending syscall restart) nor any stack word in a range can
@@ -26,6 +29,8 @@ import { SYS_clock_nanosleep, SYS_nanosleep, SYS_restart_syscall } from '../ptra
 import { PROCESS_EXITED, PROCESS_FREEZE_TIMEOUT, PROCESS_INJECTION_FAILED } from './errors.js';
 import { freezeProcess, type FreezeOptions, type FrozenProcess } from './freeze.js';
 import { listTaskIds, readMappings, readStartTime, readStatusOrUndefined } from './procfs.js';
+import { openProcessMemory, type ProcessMemory } from './memory.js';
+import { checkWithoutStop } from './passive-check.js';
 import { findThreadsUsing, type AddressRange, type RangeUse, type StackScanOptions } from './stack-scan.js';
 
 /** Options of hijackThread. */
@@ -41,8 +46,13 @@ export interface RollingCheckOptions extends Omit<FreezeOptions, 'threads'> {
    * The threads left are counted in `threadsUnchecked`.
    */
   maxRounds?: number;
-  /** Called after each thread was checked and resumed, with its stop in microseconds (tests, logs). */
+  /** Called after each thread was checked, with its stop in microseconds (0: seen at rest, not stopped). */
   onThreadChecked?: (tid: number, stopMicros: number) => void;
+  /**
+   * Stop the threads that are running (default true). false: a running thread is not checked but
+   * counted in `threadsRunning` (a check that stops nothing; the caller treats it as a use).
+   */
+  stopRunning?: boolean;
 }
 
 /** What rollingThreadsUsing found. */
@@ -51,8 +61,12 @@ export interface RollingCheckResult {
   inUse: boolean[];
   /** Every use found (findThreadsUsing's records; `tid` is the thread checked). */
   uses: RangeUse[];
-  /** Threads stopped and checked (threads that exited before their turn are not counted). */
+  /** Threads checked, stopped or not (threads that exited before their turn are not counted). */
   threadsChecked: number;
+  /** Of those, the threads seen at rest without a stop (passive-check.ts). */
+  threadsNotStopped: number;
+  /** Running threads left unchecked because `stopRunning` was false. */
+  threadsRunning: number;
   /** Longest single-thread stop, first PTRACE_SEIZE to PTRACE_DETACH, in microseconds. */
   longestStopMicros: number;
   /** Task-list reads: 1 + the rounds that found threads created meanwhile. */
@@ -157,80 +171,169 @@ export function hijackThread(pid: number, options: HijackOptions = {}): FrozenPr
 
 /**
  * Which threads of `pid` use `ranges` (rip, rip - 2 of a pending restart, or a stack word in a
- * range), stopping the threads one at a time — never two together. Sound only once nothing can
- * enter the ranges any more (see the top of this file). Threads that exit during the check are
- * skipped; PROCESS_EXITED when the process exits, and freezeProcess's errors for a pid that
- * cannot be traced (PROCESS_NOT_FOUND, PROCESS_ZOMBIE, PROCESS_ALREADY_TRACED...).
+ * range), stopping no thread that is off its CPU and the running ones one at a time — never two
+ * together. Sound only once nothing can enter the ranges any more (see the top of this file).
+ * Threads that exit during the check are skipped; PROCESS_EXITED when the process exits, and
+ * freezeProcess's errors for a pid that cannot be traced (PROCESS_NOT_FOUND, PROCESS_ZOMBIE,
+ * PROCESS_ALREADY_TRACED...).
  */
 export function rollingThreadsUsing(pid: number, ranges: readonly AddressRange[], options: RollingCheckOptions = {}): RollingCheckResult {
   for (const [i, r] of ranges.entries()) {
     if (r.end < r.start || r.start < 0n) throw new RangeError(`bad range ${i}: [0x${r.start.toString(16)}, 0x${r.end.toString(16)})`);
   }
-  const { maxStackBytes, maxRounds = 100, onThreadChecked, ...freezeOptions } = options;
-  const scan: StackScanOptions = maxStackBytes === undefined ? {} : { maxStackBytes };
-  const result: RollingCheckResult = { inUse: ranges.map(() => false), uses: [], threadsChecked: 0, longestStopMicros: 0, rounds: 0, threadsUnchecked: 0 };
-  const seen = new Set<number>();
   const startTime = readStartTime(pid);
   // Gone already: freezeProcess throws the precise error (PROCESS_NOT_FOUND...).
-  if (startTime === undefined) freezeProcess(pid, freezeOptions).thaw();
-  const exited = (): ProcessError => new ProcessError(PROCESS_EXITED, `process ${pid} exited during the rolling check`);
-  const mapsNow = (): Mapping[] => {
+  if (startTime === undefined) freezeProcess(pid, options).thaw();
+  const check = new RollingCheck(pid, startTime!, ranges, options);
+  try {
+    return check.run();
+  } finally {
+    check.close();
+  }
+}
+
+/** One run of rollingThreadsUsing. */
+class RollingCheck {
+  readonly #result: RollingCheckResult;
+  readonly #scan: StackScanOptions;
+  readonly #freezeOptions: FreezeOptions;
+  #memory: ProcessMemory | undefined;
+  #memoryFailed = false;
+  #maps: readonly Mapping[] = [];
+
+  constructor(
+    readonly pid: number,
+    readonly startTime: bigint,
+    readonly ranges: readonly AddressRange[],
+    readonly options: RollingCheckOptions,
+  ) {
+    const { maxStackBytes, maxRounds: _rounds, onThreadChecked: _cb, stopRunning: _stop, ...freezeOptions } = options;
+    this.#scan = maxStackBytes === undefined ? {} : { maxStackBytes };
+    this.#freezeOptions = freezeOptions;
+    this.#result = {
+      inUse: ranges.map(() => false),
+      uses: [],
+      threadsChecked: 0,
+      threadsNotStopped: 0,
+      threadsRunning: 0,
+      longestStopMicros: 0,
+      rounds: 0,
+      threadsUnchecked: 0,
+    };
+  }
+
+  run(): RollingCheckResult {
+    const result = this.#result;
+    const seen = new Set<number>();
+    const maxRounds = this.options.maxRounds ?? 100;
+    for (;;) {
+      const tids = listTaskIds(this.pid);
+      result.rounds++;
+      if (tids === undefined) throw this.#exited();
+      const fresh = tids.filter((tid) => !seen.has(tid));
+      if (fresh.length === 0) break;
+      if (result.rounds > maxRounds) {
+        result.threadsUnchecked = fresh.length;
+        break;
+      }
+      for (const tid of fresh) seen.add(tid);
+      // Read after the task list: every listed thread's stack is mapped in this snapshot.
+      this.#maps = this.#mapsNow();
+      // Threads at rest first, without a stop; the ones caught running get a second look (a thread
+      // that sleeps between short bursts is seldom on its CPU twice); the rest is stopped.
+      let running = fresh;
+      for (let look = 0; look < 2 && running.length > 0; look++) running = running.filter((tid) => !this.#checkAtRest(tid));
+      if (this.options.stopRunning === false) result.threadsRunning += running.length;
+      else for (const tid of running) this.#checkStopped(tid);
+    }
+    for (const u of result.uses) {
+      if (u.rangeIndex >= 0) result.inUse[u.rangeIndex] = true;
+      else result.inUse.fill(true);
+    }
+    if (result.threadsRunning > 0) result.inUse.fill(true);
+    return result;
+  }
+
+  close(): void {
+    this.#memory?.close();
+  }
+
+  /** Checks `tid` without stopping it; false when it could not be seen at rest. */
+  #checkAtRest(tid: number): boolean {
+    const memory = this.#openMemory();
+    if (memory === undefined) return false;
+    const view = { maps: () => this.#maps, readMemoryInto: (a: bigint, b: Uint8Array, o: number, l: number) => memory.readInto(a, b, o, l) };
+    let uses = checkWithoutStop(this.pid, tid, this.ranges, view, this.#scan);
+    // A stack the snapshot does not cover (main stack grown, stack switched): read the maps again.
+    if (uses?.some((u) => u.kind === 'unscannable')) {
+      this.#maps = this.#mapsNow();
+      uses = checkWithoutStop(this.pid, tid, this.ranges, view, this.#scan);
+    }
+    if (uses === undefined) return false;
+    this.#result.uses.push(...uses);
+    this.#result.threadsChecked++;
+    this.#result.threadsNotStopped++;
+    this.options.onThreadChecked?.(tid, 0);
+    return true;
+  }
+
+  /** /proc/PID/mem, or undefined when it cannot be opened (zombie...: the stop reports why). */
+  #openMemory(): ProcessMemory | undefined {
+    if (this.#memory === undefined && !this.#memoryFailed) {
+      try {
+        this.#memory = openProcessMemory(this.pid, { writable: false });
+      } catch {
+        this.#memoryFailed = true;
+      }
+    }
+    return this.#memory;
+  }
+
+  /** Stops `tid` alone, checks it, resumes it. */
+  #checkStopped(tid: number): void {
+    const result = this.#result;
+    let fp: FrozenProcess;
     try {
-      return readMappings(pid);
+      fp = freezeProcess(this.pid, { ...this.#freezeOptions, threads: [tid] });
     } catch (e) {
-      if (startTime !== undefined && processAlive(pid, startTime)) throw e;
-      throw exited();
+      const code = codeOf(e);
+      if (code === PROCESS_EXITED && processAlive(this.pid, this.startTime)) return;
+      if (code === PROCESS_EXITED || code === PROCESS_NOT_FOUND || (code === PROCESS_ZOMBIE && result.threadsChecked > 0)) throw this.#exited();
+      throw e;
     }
-  };
-  for (;;) {
-    const tids = listTaskIds(pid);
-    result.rounds++;
-    if (tids === undefined || startTime === undefined) throw exited();
-    const fresh = tids.filter((tid) => !seen.has(tid));
-    if (fresh.length === 0) break;
-    if (result.rounds > maxRounds) {
-      result.threadsUnchecked = fresh.length;
-      break;
+    if (fp.startTime !== this.startTime) {
+      fp.thaw();
+      throw new ProcessError(PROCESS_EXITED, `process ${this.pid} exited during the rolling check (the pid now names another process)`);
     }
-    // Read after the task list: every listed thread's stack is mapped in this snapshot.
-    let maps: readonly Mapping[] = mapsNow();
-    for (const tid of fresh) {
-      seen.add(tid);
-      let fp: FrozenProcess;
-      try {
-        fp = freezeProcess(pid, { ...freezeOptions, threads: [tid] });
-      } catch (e) {
-        if (codeOf(e) === PROCESS_EXITED && processAlive(pid, startTime)) continue;
-        const code = codeOf(e);
-        if (code === PROCESS_EXITED || code === PROCESS_NOT_FOUND || (code === PROCESS_ZOMBIE && result.threadsChecked > 0)) throw exited();
-        throw e;
-      }
-      if (fp.startTime !== startTime) {
-        fp.thaw();
-        throw new ProcessError(PROCESS_EXITED, `process ${pid} exited during the rolling check (the pid now names another process)`);
-      }
-      let checked = false;
-      try {
-        const t = fp.threads[0];
-        if (t === undefined) continue;
-        // A stack the snapshot does not cover (main stack grown, stack switched): read the maps again.
-        const rsp = t.regs.rsp;
-        if (!maps.some((m) => m.start <= rsp && rsp < m.end)) maps = mapsNow();
-        const snapshot = maps;
-        const view = { threads: fp.threads, maps: () => snapshot, readMemoryInto: fp.readMemoryInto.bind(fp) };
-        result.uses.push(...findThreadsUsing(view, ranges, scan));
-        result.threadsChecked++;
-        checked = true;
-      } finally {
-        const stop = fp.thaw();
-        if (stop > result.longestStopMicros) result.longestStopMicros = stop;
-        if (checked) onThreadChecked?.(tid, stop);
-      }
+    let checked = false;
+    try {
+      const t = fp.threads[0];
+      if (t === undefined) return;
+      // A stack the snapshot does not cover (main stack grown, stack switched): read the maps again.
+      const rsp = t.regs.rsp;
+      if (!this.#maps.some((m) => m.start <= rsp && rsp < m.end)) this.#maps = this.#mapsNow();
+      const snapshot = this.#maps;
+      const view = { threads: fp.threads, maps: () => snapshot, readMemoryInto: fp.readMemoryInto.bind(fp) };
+      result.uses.push(...findThreadsUsing(view, this.ranges, this.#scan));
+      result.threadsChecked++;
+      checked = true;
+    } finally {
+      const stop = fp.thaw();
+      if (stop > result.longestStopMicros) result.longestStopMicros = stop;
+      if (checked) this.options.onThreadChecked?.(tid, stop);
     }
   }
-  for (const u of result.uses) {
-    if (u.rangeIndex >= 0) result.inUse[u.rangeIndex] = true;
-    else result.inUse.fill(true);
+
+  #mapsNow(): Mapping[] {
+    try {
+      return readMappings(this.pid);
+    } catch (e) {
+      if (processAlive(this.pid, this.startTime)) throw e;
+      throw this.#exited();
+    }
   }
-  return result;
+
+  #exited(): ProcessError {
+    return new ProcessError(PROCESS_EXITED, `process ${this.pid} exited during the rolling check`);
+  }
 }

@@ -17,7 +17,18 @@ import type { Mapping } from '../inspect/procfs.js';
 import type { FrozenProcess } from './freeze.js';
 
 /** What the scan reads: a FrozenProcess, or a view of one with another source of mappings (hijack.ts). */
-export type StoppedThreads = Pick<FrozenProcess, 'threads' | 'maps' | 'readMemoryInto'>;
+export interface StoppedThreads {
+  threads: readonly ThreadAtRest[];
+  maps: FrozenProcess['maps'];
+  readMemoryInto: FrozenProcess['readMemoryInto'];
+}
+
+/** What the scan needs of a thread that is not running: a FrozenThread, or one seen by passive-check.ts. */
+export interface ThreadAtRest {
+  readonly tid: number;
+  readonly regs: { readonly rip: bigint; readonly rsp: bigint };
+  readonly restartPending: boolean;
+}
 
 /** A half-open address range [start, end). */
 export interface AddressRange {
