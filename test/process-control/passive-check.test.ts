@@ -1,6 +1,6 @@
 /** The parsers of passive-check.ts, on real /proc text shapes and on corrupted or truncated input. */
 import { describe, expect, it } from 'vitest';
-import { parseContextSwitches, parseSyscallFile } from '../../src/process/control/passive-check.js';
+import { parseSchedstat, parseSyscallFile } from '../../src/process/control/passive-check.js';
 
 describe('parseSyscallFile', () => {
   it('a thread in a system call: number, six arguments, sp, pc', () => {
@@ -28,11 +28,9 @@ describe('parseSyscallFile', () => {
   });
 });
 
-describe('parseContextSwitches', () => {
-  it('both counters, or undefined when one is missing', () => {
-    expect(parseContextSwitches('Name:\tx\nvoluntary_ctxt_switches:\t130\nnonvoluntary_ctxt_switches:\t454\n')).toBe('130/454');
-    expect(parseContextSwitches('voluntary_ctxt_switches:\t130\n')).toBeUndefined();
-    expect(parseContextSwitches('')).toBeUndefined();
-    expect(parseContextSwitches('voluntary_ctxt_switches:\tlots\nnonvoluntary_ctxt_switches:\t1\n')).toBeUndefined();
+describe('parseSchedstat', () => {
+  it('three counters, or undefined for anything else', () => {
+    expect(parseSchedstat('360507790 20514393942 6369\n')).toBe('360507790 20514393942 6369');
+    for (const bad of ['', '1 2', '1 2 3 4', 'a b c', '1 -2 3']) expect(parseSchedstat(bad), bad).toBeUndefined();
   });
 });

@@ -6,14 +6,14 @@
  * is off its CPU (blocked in a system call, or stopped), and `running` otherwise; the kernel takes
  * that snapshot with the thread inactive (wait_task_inactive). The thread's stack is then read
  * through /proc/PID/mem and the snapshot read again. The result is trusted only when both
- * snapshots are the same and the thread's context-switch counts (/proc/PID/task/TID/status, read
- * before the first snapshot and after the second) did not change: a thread that ran in between —
- * even if it came back to the same call — was switched in and out again, which the counts show.
+ * snapshots are the same and the thread's scheduler counters (/proc/PID/task/TID/schedstat: time
+ * on a CPU and times run, read before the first snapshot and after the second) did not change: a
+ * thread that ran in between — even if it came back to the same call — shows in them.
  * So the pointers and the stack words belong to one moment at which the thread was not running,
  * exactly what stopping it with ptrace would have shown (rip - 2 counts too: a restart of the
  * interrupted call re-executes the `syscall` instruction).
  */
-import { readFileSync } from 'node:fs';
+import { closeSync, openSync, readSync } from 'node:fs';
 import type { Mapping } from '../inspect/procfs.js';
 import { findThreadsUsing, type AddressRange, type RangeUse, type StackScanOptions } from './stack-scan.js';
 
@@ -47,18 +47,40 @@ function parseHex(s: string): bigint | undefined {
   return /^0x[0-9a-f]+$/.test(s) ? BigInt(s) : undefined;
 }
 
-/** voluntary + nonvoluntary context switches of a thread, or undefined (gone, unreadable). */
-export function parseContextSwitches(status: string): string | undefined {
-  const v = /^voluntary_ctxt_switches:\s*(\d+)$/m.exec(status)?.[1];
-  const n = /^nonvoluntary_ctxt_switches:\s*(\d+)$/m.exec(status)?.[1];
-  return v === undefined || n === undefined ? undefined : `${v}/${n}`;
+/**
+ * The scheduler's counters of a thread (/proc/PID/task/TID/schedstat: time on a CPU, time waiting
+ * for one, times run). A thread that ran in between changes the first and the last.
+ */
+export function parseSchedstat(text: string): string | undefined {
+  const t = text.trim();
+  return /^\d+ \d+ \d+$/.test(t) ? t : undefined;
 }
 
-function readOrUndefined(path: string): string | undefined {
-  try {
-    return readFileSync(path, 'utf8');
-  } catch {
-    return undefined;
+/** A /proc file of one thread, re-read from offset 0 without reopening (the kernel regenerates it). */
+class ProcFile {
+  readonly #fd: number | undefined;
+  static readonly #buf = Buffer.alloc(512);
+
+  constructor(path: string) {
+    try {
+      this.#fd = openSync(path, 'r');
+    } catch {
+      this.#fd = undefined;
+    }
+  }
+
+  read(): string | undefined {
+    if (this.#fd === undefined) return undefined;
+    try {
+      const n = readSync(this.#fd, ProcFile.#buf, 0, ProcFile.#buf.length, 0);
+      return ProcFile.#buf.toString('latin1', 0, n);
+    } catch {
+      return undefined;
+    }
+  }
+
+  close(): void {
+    if (this.#fd !== undefined) closeSync(this.#fd);
   }
 }
 
@@ -75,14 +97,21 @@ export interface PassiveView {
  */
 export function checkWithoutStop(pid: number, tid: number, ranges: readonly AddressRange[], view: PassiveView, scan: StackScanOptions = {}): RangeUse[] | undefined {
   const dir = `/proc/${pid}/task/${tid}`;
-  const switchesBefore = parseContextSwitches(readOrUndefined(`${dir}/status`) ?? '');
-  if (switchesBefore === undefined) return undefined;
-  const before = parseSyscallFile(readOrUndefined(`${dir}/syscall`) ?? '');
-  if (before === undefined) return undefined;
-  const thread = { tid, regs: { rip: before.pc, rsp: before.sp }, restartPending: before.inSyscall };
-  const uses = findThreadsUsing({ threads: [thread], maps: view.maps, readMemoryInto: view.readMemoryInto }, ranges, scan);
-  const after = readOrUndefined(`${dir}/syscall`)?.trim();
-  const switchesAfter = parseContextSwitches(readOrUndefined(`${dir}/status`) ?? '');
-  if (after !== before.text || switchesAfter !== switchesBefore) return undefined;
-  return uses;
+  const sched = new ProcFile(`${dir}/schedstat`);
+  const syscall = new ProcFile(`${dir}/syscall`);
+  try {
+    const ranBefore = parseSchedstat(sched.read() ?? '');
+    if (ranBefore === undefined) return undefined;
+    const before = parseSyscallFile(syscall.read() ?? '');
+    if (before === undefined) return undefined;
+    const thread = { tid, regs: { rip: before.pc, rsp: before.sp }, restartPending: before.inSyscall };
+    const uses = findThreadsUsing({ threads: [thread], maps: view.maps, readMemoryInto: view.readMemoryInto }, ranges, scan);
+    const after = syscall.read()?.trim();
+    const ranAfter = parseSchedstat(sched.read() ?? '');
+    if (after !== before.text || ranAfter !== ranBefore) return undefined;
+    return uses;
+  } finally {
+    sched.close();
+    syscall.close();
+  }
 }
