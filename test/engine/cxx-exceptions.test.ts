@@ -5,8 +5,8 @@
  * registered nothing terminates and the answers equal the fixed build's; after remove the old
  * handlers catch again; without the unwind information (the control) the process terminates.
  */
-import { execFile } from 'node:child_process';
-import { mkdtempSync, readFileSync, writeFileSync } from 'node:fs';
+import { execFile, spawn, type ChildProcess } from 'node:child_process';
+import { mkdtempSync, readdirSync, readFileSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { promisify } from 'node:util';
@@ -120,6 +120,32 @@ describe('C++ exceptions through patched code', () => {
       expect(await workerCalls(t)).toBeGreaterThan(calls1);
       expect(t.child.exitCode).toBeNull();
     } finally {
+      await t.kill();
+    }
+  }, 120_000);
+
+  it('applied live with a worker thread held by another tracer: the registration ran in one hijacked thread, no whole-process freeze', async () => {
+    const t = await startTarget(pair.old);
+    let strace: ChildProcess | undefined;
+    try {
+      const tracerOf = (tid: number) => Number(/TracerPid:\s*(\d+)/.exec(readFileSync(`/proc/${t.pid}/task/${tid}/status`, 'utf8'))![1]);
+      const worker = readdirSync(`/proc/${t.pid}/task`).map(Number).find((tid) => tid !== t.pid)!;
+      // strace seizes this one thread: a freeze of every thread would fail on it (already traced).
+      strace = spawn('strace', ['-q', '-o', '/dev/null', '-p', String(worker)], { stdio: 'ignore' });
+      for (let i = 0; i < 500 && tracerOf(worker) === 0; i++) await new Promise((r) => setTimeout(r, 10));
+      expect(tracerOf(worker)).toBe(strace.pid);
+      const applied = await applyPatch(t.pid, plan, { patchId: id, timeoutMs: 20_000 });
+      expect(applied.status).toBe('patched');
+      expect(applied.protocol).toBe('live');
+      expect(readRecordFromMappings(t.pid, readMappings(t.pid))!.patches[0]!.unwind).toBeDefined();
+      expect(await answers(t)).toEqual(fixed);
+      strace.kill('SIGKILL');
+      for (let i = 0; i < 500 && tracerOf(worker) !== 0; i++) await new Promise((r) => setTimeout(r, 10));
+      expect((await removePatch(t.pid, id, { timeoutMs: 20_000 })).status).toBe('removed');
+      expect(await ask(t, '5', /5: [^\n]*\n/)).toBe('5: bad 1005\n');
+      expect(t.child.exitCode).toBeNull();
+    } finally {
+      strace?.kill('SIGKILL');
       await t.kill();
     }
   }, 120_000);

@@ -59,6 +59,8 @@ export interface Frozen {
    * Throws PROCESS_NOT_FROZEN on a hijacked process (use rollingCheck()).
    */
   threadsUsing(ranges: readonly AddressRange[]): ThreadUse[];
+  /** The same for the threads this view stopped only: every thread for freeze(), the hijacked one for hijack(). */
+  stoppedThreadsUsing(ranges: readonly AddressRange[]): ThreadUse[];
   /** Writes through /proc/PID/mem (works on read-only text). */
   write(address: bigint, bytes: Uint8Array): void;
   read(address: bigint, length: number): Uint8Array;
@@ -145,7 +147,8 @@ export const MIN_FREEZE_TIMEOUT_MS = 500;
  */
 export function freeze(pid: number, timeoutMs?: number): Frozen {
   const fp = freezeProcess(pid, freezeOptions(timeoutMs));
-  return view(pid, fp, () => fp.threads.length, (ranges) => findThreadsUsing(fp, ranges).map(toThreadUse));
+  const using = (ranges: readonly AddressRange[]): ThreadUse[] => findThreadsUsing(fp, ranges).map(toThreadUse);
+  return view(pid, fp, () => fp.threads.length, using, using);
 }
 
 /**
@@ -162,6 +165,7 @@ export function hijack(pid: number, timeoutMs?: number): Frozen {
     () => {
       throw new ProcessError(PROCESS_NOT_FROZEN, `only one thread of process ${pid} is stopped (hijacked): which threads use a range needs rollingCheck()`);
     },
+    (ranges) => findThreadsUsing(fp, ranges).map(toThreadUse),
   );
 }
 
@@ -187,13 +191,14 @@ function freezeOptions(timeoutMs: number | undefined): { timeoutMs?: number } {
   return timeoutMs === undefined ? {} : { timeoutMs: Math.max(MIN_FREEZE_TIMEOUT_MS, timeoutMs) };
 }
 
-function view(pid: number, fp: FrozenProcess, threadCount: () => number, threadsUsing: Frozen['threadsUsing']): Frozen {
+function view(pid: number, fp: FrozenProcess, threadCount: () => number, threadsUsing: Frozen['threadsUsing'], stoppedThreadsUsing: Frozen['stoppedThreadsUsing']): Frozen {
   return {
     pid,
     get threadCount() {
       return threadCount();
     },
     threadsUsing,
+    stoppedThreadsUsing,
     write: (address, bytes) => fp.writeMemory(address, bytes),
     read: (address, length) => fp.readMemory(address, length),
     mapNear(near, size, prot, beforeProtect) {

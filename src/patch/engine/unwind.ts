@@ -19,9 +19,15 @@
  *   first looked the object up): we take that path away first by turning the object back into an
  *   unsorted one (u.single = begin, sorted bit clear), so it only unlinks it; the vector (16 + 8 per
  *   FDE bytes) is leaked, a malloc call in a frozen process is not risked;
- * - `object_mutex` is only ever held inside libgcc's own functions: the call runs only when no
- *   thread's rip or stack (rsp to the end of its mapping) points into libgcc's code, so no thread
- *   holds it, nor is inside the unwinder at all; else thaw, back off and retry until the timeout.
+ * - registration runs in one hijacked thread while the others run (issue #10): the list it changes
+ *   is only touched under `object_mutex`, which the call takes like any caller — a thread holding
+ *   it makes the call wait, not fail. What must not happen is the hijacked thread itself being
+ *   inside libgcc (holding the mutex, or mid-unwind): the call runs only when its rip and stack
+ *   point nowhere into libgcc's code; else another try, and a whole-process freeze as the fallback;
+ * - deregistration rewrites the object's fields without the mutex, so it runs in a freeze, and only
+ *   when no thread's rip or stack (rsp to the end of its mapping) points into libgcc's code: no
+ *   thread holds the mutex or is inside the unwinder at all; else thaw, back off and retry until
+ *   the timeout.
  * Everything is recorded first: `RecordPatch.unwind` is written before the registration call and
  * cleared after the deregistration, and a failed registration unmaps the page it mapped.
  */
@@ -29,7 +35,7 @@ import { HotpatchError } from '../../errors.js';
 import type { AddressRange, Module } from '../../process/index.js';
 import type { SymbolLookup } from '../linker/index.js';
 import type { PatchPlan } from '../plan.js';
-import { freeze, type Frozen } from './control.js';
+import { freeze, hijack, type Frozen } from './control.js';
 import type { RecordPatch, RecordUnwind } from './record.js';
 import type { Session } from './session.js';
 
@@ -69,17 +75,25 @@ function sleep(ms: number): Promise<void> {
 }
 
 /**
- * Freezes the target when no thread is inside the unwinder and runs `work`; retries until
- * `timeoutMs`. Returns the sum of the pauses (µs).
+ * Stops the target — one hijacked thread (`stop: 'one'`) or every thread — when no stopped thread
+ * is inside the unwinder and runs `work`; retries until `timeoutMs`, a hijack 3 times before it
+ * falls back to freezing every thread. Returns the sum of the pauses (µs).
  */
-async function whileUnwinderIdle(pid: number, u: Unwinder, what: 'register' | 'unregister', timeoutMs: number, work: (f: Frozen) => void): Promise<number> {
+async function whileUnwinderIdle(
+  pid: number,
+  u: Unwinder,
+  what: 'register' | 'unregister',
+  timeoutMs: number,
+  stop: 'one' | 'all',
+  work: (f: Frozen) => void,
+): Promise<number> {
   const deadline = Date.now() + timeoutMs;
   let paused = 0;
-  for (let delay = 1; ; delay = Math.min(delay * 2, 50)) {
-    const frozen = freeze(pid, timeoutMs);
+  for (let delay = 1, attempt = 0; ; delay = Math.min(delay * 2, 50), attempt++) {
+    const frozen = stop === 'one' && attempt < 3 ? hijack(pid, timeoutMs) : freeze(pid, timeoutMs);
     let busy: string | undefined;
     try {
-      const use = frozen.threadsUsing(u.text)[0];
+      const use = frozen.stoppedThreadsUsing(u.text)[0];
       if (use === undefined) work(frozen);
       else busy = `thread ${use.tid} is inside ${u.path} (${use.how} 0x${use.address.toString(16)})`;
     } finally {
@@ -113,7 +127,7 @@ export async function registerUnwind(
   if (!u) return 0;
   const store = s.store;
   const ehFrame = dataAddresses[plan.unwind.ehFrame]!;
-  return whileUnwinderIdle(s.pid, u, 'register', env.timeoutMs, (frozen) => {
+  return whileUnwinderIdle(s.pid, u, 'register', env.timeoutMs, 'one', (frozen) => {
     const page = frozen.mapWritable(OBJECT_PAGE);
     const unwind: RecordUnwind = { ehFrame, object: { start: page, end: page + BigInt(OBJECT_PAGE) }, deregister: u.deregister };
     try {
@@ -144,7 +158,7 @@ export async function unregisterUnwind(s: Session, patch: RecordPatch, timeoutMs
   const store = s.store;
   const u = unwinderAt(s.proc.enumerateModules(), unwind.deregister, unwind.deregister);
   if (!u) throw new HotpatchError('UNWIND_MISSING', `process ${s.pid} no longer has the unwinder its patch registered with (__deregister_frame_info); nothing was changed`);
-  await whileUnwinderIdle(s.pid, u, 'unregister', timeoutMs, (frozen) => {
+  await whileUnwinderIdle(s.pid, u, 'unregister', timeoutMs, 'all', (frozen) => {
     // Not registered when a crash came before the call: then there is nothing to unlink (and libgcc
     // aborts the process when asked to deregister an object it does not know).
     if (registered(frozen, unwind.object.start)) {
