@@ -8,7 +8,10 @@
  * (like ./proc-connector.ts; the engine's bindings are in src/process/ptrace/ffi.ts). Every
  * call is synchronous and allocation-free after the first.
  */
-import koffi from 'koffi';
+import { createRequire } from 'node:module';
+
+// `require`, not `import`: an ESM import of CommonJS scans its source for export names first.
+const koffi = createRequire(import.meta.url)('koffi') as typeof import('koffi');
 
 const AF_UNIX = 1;
 const SOCK_DGRAM = 2;

@@ -12,8 +12,11 @@
  * namespace (elsewhere the protocol does not exist), and with CAP_NET_ADMIN (else EPERM).
  * `openProcConnector` fails with PROC_CONNECTOR_UNAVAILABLE in all those cases and the agent polls.
  */
-import koffi from 'koffi';
+import { createRequire } from 'node:module';
 import { HotpatchError } from '../errors.js';
+
+// `require`, not `import`: an ESM import of CommonJS scans its source for export names first.
+const koffi = createRequire(import.meta.url)('koffi') as typeof import('koffi');
 
 const AF_NETLINK = 16;
 const SOCK_DGRAM = 2;

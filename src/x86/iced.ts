@@ -2,12 +2,15 @@
  * The only module of hotpatch that imports iced-x86 (CommonJS + WebAssembly). Everything else in
  * src/x86 goes through here, and nothing outside src/x86 sees an iced type.
  *
- * iced-x86 is a CommonJS package: from ESM under NodeNext the default import is its
- * `module.exports`, which works the same in tsc output and under vitest. Types come from a
- * type-only import, which verbatimModuleSyntax erases.
+ * iced-x86 is a CommonJS package. It is loaded with `require`, not `import`: an ESM import of
+ * CommonJS makes Node scan the 900 KB source for export names first (cjs-module-lexer), which
+ * costs a one-function `apply` ~60 ms of start-up. Types come from type-only imports, which
+ * verbatimModuleSyntax erases.
  */
-import iced from 'iced-x86';
+import { createRequire } from 'node:module';
 import type { Formatter as IcedFormatter, Instruction as IcedInstruction } from 'iced-x86';
+
+const iced = createRequire(import.meta.url)('iced-x86') as typeof import('iced-x86');
 
 export type { IcedInstruction };
 export const { BlockEncoder, Decoder, Formatter, FormatterSyntax, Instruction, Code, OpKind, Register, Mnemonic } = iced;

@@ -29,13 +29,14 @@ describe('deploy/kubernetes/hotpatch-agent.daemonset.json', () => {
     expect(spec.containers).toHaveLength(1);
   });
 
-  it('runs the agent unprivileged with exactly the capabilities patching needs', () => {
+  it("runs the agent unprivileged with the agent unit's capabilities (each shown needed in test/packaging/agent-unit.test.ts)", () => {
     expect(c.command.slice(0, 2)).toEqual(['hotpatch', 'agent']);
     expect(c.securityContext.privileged).toBe(false);
     expect(c.securityContext.allowPrivilegeEscalation).toBe(false);
     expect(c.securityContext.readOnlyRootFilesystem).toBe(true);
     expect(c.securityContext.capabilities.drop).toEqual(['ALL']);
-    expect([...c.securityContext.capabilities.add].sort()).toEqual(['CHECKPOINT_RESTORE', 'DAC_READ_SEARCH', 'SYS_NICE', 'SYS_PTRACE']);
+    const unitCaps = /^CapabilityBoundingSet=(.*)$/m.exec(readFileSync(join(REPO_ROOT, 'deploy/hotpatch-agent.service'), 'utf8'))![1]!.split(/\s+/).map((x) => x.replace(/^CAP_/, ''));
+    expect([...c.securityContext.capabilities.add].sort()).toEqual(unitCaps.sort());
   });
 
   it('reads the store and the keys from read-only volumes', () => {

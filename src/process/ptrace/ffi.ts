@@ -11,7 +11,10 @@
  * Hot paths avoid allocation: results are returned as numbers (negative = -errno) and the wait
  * status / siginfo are written into module-level typed arrays that callers read right away.
  */
-import koffi from 'koffi';
+import { createRequire } from 'node:module';
+
+// `require`, not `import`: an ESM import of CommonJS scans its source for export names first.
+const koffi = createRequire(import.meta.url)('koffi') as typeof import('koffi');
 
 const libc = koffi.load('libc.so.6');
 
