@@ -180,9 +180,12 @@ describe('hotpatch agent', () => {
     const crash = startAgent(agentArgs(), { HOTPATCH_FAULT: 'apply:first-site-switched' });
     await new Promise<void>((res) => crash.child.once('exit', () => res()));
     expect(crash.child.signalCode).toBe('SIGKILL');
-    const t = targets[0]!;
-    const mid = listPatches(t.pid);
-    expect(mid.transaction ?? mid.patches.find((p) => p.state === 'pending')).toBeTruthy();
+    // Killed in whichever target reached the step first; others may be mid-apply too (concurrency).
+    const unfinished = targets.filter((x) => {
+      const mid = listPatches(x.pid);
+      return mid.transaction ?? mid.patches.find((p) => p.state === 'pending');
+    });
+    expect(unfinished.length).toBeGreaterThanOrEqual(1);
     const agent = startAgent(agentArgs());
     try {
       await agent.waitLog((e) => e.event === 'recover');

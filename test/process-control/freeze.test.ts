@@ -53,6 +53,8 @@ describe('freezeProcess / thaw', () => {
         if (Number((await ask(t, 'since', /since (\d+)/))[1]) === n - 1) break;
       }
       for (let round = 0; round < 3; round++) {
+        // The main thread may still be finishing its answer's write(): wait until it is back in read().
+        for (let i = 0; i < 500 && !readFileSync(`/proc/${t.pid}/syscall`, 'utf8').startsWith('0 '); i++) await new Promise((r) => setTimeout(r, 10));
         const f = freezeProcess(t.pid);
         try {
           expect(f.isFrozen).toBe(true);

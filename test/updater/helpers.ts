@@ -11,6 +11,7 @@ import { join } from 'node:path';
 import { promisify } from 'node:util';
 import { parseElf } from '../../src/elf/index.js';
 import { buildPatch } from '../../src/patch/builder/index.js';
+import { listPatches, recoverProcess } from '../../src/patch/engine/index.js';
 import { createPackage, encodePackage, makeColdPayload } from '../../src/patch/package/index.js';
 import { signPackage, writeKeyFiles } from '../../src/patch/trust/index.js';
 import { openProcess } from '../../src/process/index.js';
@@ -138,6 +139,15 @@ export async function value(t: Target): Promise<number> {
 }
 
 /** SHA-256 over the bytes of every file-backed executable mapping: equal = byte-identical code. */
+/**
+ * textHash once what a live remove left retired (its threads were running, so it was not checked)
+ * is freed: recover checks every thread in a freeze and frees it.
+ */
+export async function settledTextHash(pid: number): Promise<string> {
+  for (let i = 0; i < 100 && listPatches(pid).patches.some((p) => p.state === 'retired'); i++) await recoverProcess(pid);
+  return textHash(pid);
+}
+
 export function textHash(pid: number): string {
   const p = openProcess(pid);
   try {

@@ -13,7 +13,7 @@ import { listPatches } from '../../src/patch/engine/index.js';
 import { readPackageFile } from '../../src/patch/package/index.js';
 import { openProcess } from '../../src/process/index.js';
 import { killTargetsAfterAll, REPO_ROOT, startTarget, type Target } from '../helpers/native.js';
-import { cli, copyLib, makeFixture, spawnCli, textHash, value, type Fixture } from './helpers.js';
+import { cli, copyLib, makeFixture, settledTextHash, spawnCli, textHash, value, type Fixture } from './helpers.js';
 
 killTargetsAfterAll();
 
@@ -141,7 +141,7 @@ describe('hotpatch apply / remove --all', () => {
     const results = ours(JSON.parse(r.stdout).results as Result[]);
     expect(results.map((x) => x.pid).sort()).toEqual(patched().map((t) => t.pid).sort());
     for (const x of results) expect(x.status).toBe('removed');
-    for (const t of [...patched(), other]) expect(textHash(t.pid)).toBe(baseline.get(t.pid));
+    for (const t of [...patched(), other]) expect(await settledTextHash(t.pid)).toBe(baseline.get(t.pid));
     await expectValues(11);
     const none = await cli(['remove', f.patchId, '--all', '--json']);
     expect(none.code).toBe(0);
@@ -180,7 +180,7 @@ describe('one process failing never leaves another half-done', () => {
       writeSync(fd, orig, 0, 1, Number(site));
       closeSync(fd);
     }
-    for (const t of [...patched(), other]) expect(textHash(t.pid)).toBe(baseline.get(t.pid));
+    for (const t of [...patched(), other]) expect(await settledTextHash(t.pid)).toBe(baseline.get(t.pid));
   });
 });
 
@@ -242,7 +242,7 @@ describe('hotpatch apply --cold', () => {
     expect(statSync(f.lib).mode & 0o7777).toBe(0o751);
     expect(existsSync(join(f.app, `.libfix.so.hotpatch-${f.patchId}.orig`))).toBe(false);
     expect(existsSync(join(f.app, `.libfix.so.hotpatch-${f.patchId}.json`))).toBe(false);
-    for (const t of [...patched(), other]) expect(textHash(t.pid)).toBe(baseline.get(t.pid));
+    for (const t of [...patched(), other]) expect(await settledTextHash(t.pid)).toBe(baseline.get(t.pid));
     const fresh = await startTarget(f.alpha, ['1'], { env: { ...process.env, LD_LIBRARY_PATH: f.app } });
     try {
       expect(await value(fresh)).toBe(11);
@@ -275,7 +275,7 @@ describe('hotpatch recover', () => {
     expect(ok.code).toBe(0);
     expect(await value(t)).toBe(12);
     expect((await cli(['remove', f.patchId, '--pid', String(t.pid)])).code).toBe(0);
-    expect(textHash(t.pid)).toBe(baseline.get(t.pid));
+    expect(await settledTextHash(t.pid)).toBe(baseline.get(t.pid));
   });
 });
 
@@ -320,7 +320,7 @@ describe('one hotpatch command per process at a time', () => {
     ]);
     const statuses = [JSON.parse(a.stdout).results[0], JSON.parse(b.stdout).results[0]].map((r: Result) => `${r.status}:${r.code ?? ''}`).sort();
     expect(statuses).toEqual(['failed:PATCH_NOT_APPLIED', 'removed:']);
-    expect(textHash(t.pid)).toBe(baseline.get(t.pid));
+    expect(await settledTextHash(t.pid)).toBe(baseline.get(t.pid));
     expect(await value(t)).toBe(11);
   });
 });

@@ -8,7 +8,7 @@ import { createHash } from 'node:crypto';
 import { HotpatchError, RefusedError } from '../../errors.js';
 import { parseElf, type ElfFile } from '../../elf/index.js';
 import type { Module } from '../../process/index.js';
-import { branchesInto, canJmpRel32, decodeFunction, JMP_REL32_SIZE, JMP_SHORT_SIZE } from '../../x86/index.js';
+import { branchesInto, canJmpRel32, decodeFunction, JMP_REL32_SIZE } from '../../x86/index.js';
 import { createSymbolLookup, layoutPatch, linkPatch, type ResolverModule } from '../linker/index.js';
 import type { PatchPlan, TargetIdentity } from '../plan.js';
 import { arenaSizeFor, findArenaSpace, newArena } from './arena.js';
@@ -17,12 +17,13 @@ import { faultPoint } from './fault.js';
 import { memoryWriter } from './memory.js';
 import { RECORD_FILE_SIZE, RECORD_MEMFD_NAME, type PatchRecord, type RecordSigning, type RecordArena, type RecordPatch, type RecordSite } from './record.js';
 import { assertCodeAgrees, assertNoTransaction, hex, nowMicros, openSession, openStoreAt, siteStack, type Session } from './session.js';
-import { bytesEqual, hexBytes, recordedGeometry, siteGeometry, siteUnsafeRanges, siteWrites, siteWrittenBytes, type SiteGeometry, type SiteWrite } from './sites.js';
+import { bytesEqual, hexBytes, siteGeometry, siteUnsafeRanges, siteWrites, siteWrittenBytes, type SiteGeometry, type SiteWrite } from './sites.js';
 import { switchWithRetry, type GuardedRange } from './switch.js';
-import { freeUnusedRetired, reclaimRetired, retiredRanges, unmapFresh } from './cleanup.js';
+import { freeUnusedRetired, reclaimRetired, retiredRanges, undoLiveApply, unmapFresh } from './cleanup.js';
+import { reviveRetired } from './revive.js';
 import { registerUnwind, unregisterUnwind } from './unwind.js';
 import { encodeGateBlock, gateAddress, gateBlockOffset, gateBlockSize } from './gate.js';
-import { FOLLOWING_BYTES, liveRefusal, setFlag, switchBytes, switchLive } from './live.js';
+import { FOLLOWING_BYTES, liveRefusal, switchAllLive } from './live.js';
 
 /** Options of {@link applyPatch}. */
 export interface ApplyOptions {
@@ -69,6 +70,8 @@ export interface ApplyResult {
   totalMicros: number;
   /** Live protocol: time from the first padding write to the flag write (µs), while threads ran. */
   switchMicros?: number;
+  /** The same patch, removed live and still retired, was switched on again (./revive.ts). */
+  revived?: boolean;
   functions: Array<{ name: string; address: bigint; kind: 'padded' | 'plain'; newCode: bigint; stacked: boolean }>;
 }
 
@@ -211,10 +214,34 @@ export async function applyPatch(pid: number, plan: PatchPlan, options: ApplyOpt
     if (s.record.patches.some((p) => p.id === options.patchId && p.state === 'applied')) {
       return { ...base, status: 'already-patched', protocol: 'freeze', totalMicros: nowMicros() - t0 };
     }
-    // Entries a live remove left leading to retired gates are reset first (no thread stops together).
-    if (!options.dryRun) await reclaimRetired(s, timeoutMs);
-    const modules = s.proc.enumerateModules();
-    const module = findTargetModule(modules, plan.target, pid);
+    let modules = s.proc.enumerateModules();
+    let module = findTargetModule(modules, plan.target, pid);
+    if (!options.dryRun) {
+      // The same patch removed live and still retired: switched on again by its entries and flag.
+      if (!options.freeze) {
+        const lookup = createSymbolLookup(resolverModule(module), modules.filter((m) => m !== module && m.kind !== 'vdso').map(resolverModule));
+        const revived = await reviveRetired(s, plan, {
+          patchId: options.patchId, packageHash: options.packageHash ?? '', signer: options.signer ?? null, module, lookup, timeoutMs,
+          ...(options.signing !== undefined ? { signing: options.signing } : {}), ...(options.content !== undefined ? { content: options.content } : {}),
+        });
+        if (revived) {
+          await reclaimRetired(s, timeoutMs, 'lazy');
+          return {
+            ...base, status: 'patched', protocol: 'live', revived: true, attempts: 1, threads: s.proc.enumerateThreads().length, totalMicros: nowMicros() - t0,
+            switchMicros: revived.switchMicros,
+            functions: revived.patch.sites.map((x) => ({ name: x.function, address: x.address, kind: x.kind, newCode: x.newCode.start, stacked: false })),
+          };
+        }
+      }
+      // Retired code is freed first; a padding of this plan that still leads to a retired gate must
+      // be reset before the function can be patched, which needs the running threads checked too.
+      const siteAddresses = new Set(plan.functions.map((fn) => fn.entry.siteVaddr + module.loadBias));
+      const blocked = retiredRanges(s.record).some((r) => r.padding !== undefined && siteAddresses.has(r.padding.address));
+      if ((await reclaimRetired(s, timeoutMs, blocked ? 'stop' : 'lazy')) > 0) {
+        modules = s.proc.enumerateModules();
+        module = findTargetModule(modules, plan.target, pid);
+      }
+    }
     const sites = validateSites(s, plan, module);
     const layout = layoutPatch(plan);
     const following = sites.map((x) => s.proc.readMemory(x.g.switchAddress + 2n, FOLLOWING_BYTES));
@@ -412,53 +439,6 @@ export async function applyPatch(pid: number, plan: PatchPlan, options: ApplyOpt
   } finally {
     s.close();
   }
-}
-
-/**
- * The live switch (./live.ts): paddings (nothing executes them yet), then every entry one byte at
- * a time (each gate still leads to the old body: the flag is clear), then the flag — the one write
- * at which the whole patch changes.
- */
-function switchAllLive(pid: number, sites: ReadonlyArray<{ g: SiteGeometry; record: RecordSite; following: Uint8Array }>, flag: bigint): void {
-  const mem = memoryWriter(pid);
-  try {
-    faultPoint('apply:frozen', pid);
-    for (const x of sites) mem.writeVerified(x.record.address, x.record.written.slice(0, JMP_REL32_SIZE));
-    faultPoint('apply:padding-written', pid);
-    sites.forEach((x, i) => {
-      switchLive(mem, x.g.switchAddress, switchBytes(x.g, x.record.original), switchBytes(x.g, x.record.written), x.following);
-      if (i === 0) faultPoint('apply:first-site-switched', pid);
-    });
-    faultPoint('apply:sites-written', pid);
-    setFlag(mem, flag, 1);
-    faultPoint('apply:thawed', pid);
-  } finally {
-    mem.close();
-  }
-}
-
-/**
- * Undoes a live switch that failed half-way: flag clear first (every gate back to the old body),
- * entries back byte by byte, then the patch is retired and reclaimed like a removed one (its
- * paddings are reset once no thread can be in them).
- */
-async function undoLiveApply(s: Session, entry: RecordPatch, timeoutMs: number): Promise<void> {
-  if (!s.proc.isAlive() || !s.store || entry.flag === undefined) return;
-  const mem = memoryWriter(s.pid);
-  try {
-    setFlag(mem, entry.flag, 0);
-    for (const site of entry.sites) {
-      const g = recordedGeometry(site);
-      const now = mem.read(site.switchAddress, JMP_SHORT_SIZE);
-      switchLive(mem, site.switchAddress, now, switchBytes(g, site.original), mem.read(site.switchAddress + 2n, FOLLOWING_BYTES));
-    }
-  } finally {
-    mem.close();
-  }
-  // The unwind information stays registered until reclaim frees the code (./cleanup.ts).
-  const retired: RecordPatch = { ...entry, state: 'removed', retired: true, sites: entry.sites.map((x) => ({ ...x, state: 'removed' })) };
-  s.record = s.store.write({ ...s.record, transaction: null, patches: s.record.patches.map((p) => (p === entry ? retired : p)) });
-  await reclaimRetired(s, timeoutMs);
 }
 
 /**

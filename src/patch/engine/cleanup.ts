@@ -3,10 +3,12 @@
  * mapped when it fails, so a refused or failed apply leaves no new mapping behind.
  */
 import { hijack, rollingCheck } from './control.js';
-import { JMP_REL32_SIZE } from '../../x86/index.js';
+import { JMP_REL32_SIZE, JMP_SHORT_SIZE } from '../../x86/index.js';
 import { bytesEqual } from './bytes.js';
+import { recordedGeometry } from './sites.js';
 import { siteStack } from './stack.js';
 import { unregisterUnwind } from './unwind.js';
+import { FOLLOWING_BYTES, setFlag, switchBytes, switchLive } from './live.js';
 import { memoryWriter, type MemoryWriter } from './memory.js';
 import type { AddressRange } from '../../process/index.js';
 import type { PatchRecord, RecordArena, RecordPatch, RecordSite } from './record.js';
@@ -46,14 +48,29 @@ function resetPadding(mem: MemoryWriter, record: PatchRecord, site: RecordSite):
 }
 
 /**
+ * Retired patches a `lazy` reclaim leaves for a later check rather than stop a running thread to
+ * free them now: they cost only arena space, and a re-apply of the same patch revives them
+ * (./revive.ts) without any stop.
+ */
+export const RETIRED_PATCHES_KEPT = 4;
+
+/**
+ * How a reclaim treats threads on their CPU (threads off it are checked through /proc, never
+ * stopped): `stop` stops them one at a time; `lazy` leaves them unchecked, so that anything they
+ * might use stays retired, as long as at most RETIRED_PATCHES_KEPT patches are retired (more: `stop`).
+ */
+export type ReclaimMode = 'stop' | 'lazy';
+
+/**
  * Frees the retired patches no thread can use any more, checking the threads one at a time
  * (./control.ts rollingCheck: nothing leads into retired code, so a thread found outside it stays
  * outside). Returns how many were freed.
  */
-export async function reclaimRetired(s: Session, timeoutMs: number): Promise<number> {
+export async function reclaimRetired(s: Session, timeoutMs: number, mode: ReclaimMode = 'stop'): Promise<number> {
   const retired = retiredRanges(s.record);
   if (retired.length === 0 || !s.proc.isAlive()) return 0;
-  const check = rollingCheck(s.pid, retired.map((r) => r.range), timeoutMs);
+  const lazy = mode === 'lazy' && new Set(retired.map((r) => r.patch)).size <= RETIRED_PATCHES_KEPT;
+  const check = rollingCheck(s.pid, retired.map((r) => r.range), timeoutMs, { stopRunning: !lazy });
   // Threads created faster than they could be checked: nothing is known to be free.
   const inUse = check.threadsUnchecked > 0 ? retired.map(() => true) : check.inUse;
   return freeUnusedRetired(s, retired, inUse, timeoutMs);
@@ -127,4 +144,28 @@ export async function unmapFresh(s: Session, fresh: { record: boolean; arenas: R
   } finally {
     frozen.thaw();
   }
+}
+
+/**
+ * Undoes a live switch that failed half-way: flag clear first (every gate back to the old body),
+ * entries back byte by byte, then the patch is retired and reclaimed like a removed one (its
+ * paddings are reset once no thread can be in them).
+ */
+export async function undoLiveApply(s: Session, entry: RecordPatch, timeoutMs: number): Promise<void> {
+  if (!s.proc.isAlive() || !s.store || entry.flag === undefined) return;
+  const mem = memoryWriter(s.pid);
+  try {
+    setFlag(mem, entry.flag, 0);
+    for (const site of entry.sites) {
+      const g = recordedGeometry(site);
+      const now = mem.read(site.switchAddress, JMP_SHORT_SIZE);
+      switchLive(mem, site.switchAddress, now, switchBytes(g, site.original), mem.read(site.switchAddress + 2n, FOLLOWING_BYTES));
+    }
+  } finally {
+    mem.close();
+  }
+  // The unwind information stays registered until reclaim frees the code (./cleanup.ts).
+  const retired: RecordPatch = { ...entry, state: 'removed', retired: true, sites: entry.sites.map((x) => ({ ...x, state: 'removed' })) };
+  s.record = s.store.write({ ...s.record, transaction: null, patches: s.record.patches.map((p) => (p === entry ? retired : p)) });
+  await reclaimRetired(s, timeoutMs, 'lazy');
 }

@@ -8,9 +8,11 @@
  * Everything else takes the freeze (./switch.ts).
  */
 import { HotpatchError } from '../../errors.js';
-import { encodeJmpShort, JMP_SHORT_SIZE, planLiveSwitch, switchSkippable } from '../../x86/index.js';
+import { encodeJmpShort, JMP_REL32_SIZE, JMP_SHORT_SIZE, planLiveSwitch, switchSkippable } from '../../x86/index.js';
 import { bytesEqual, hexBytes } from './bytes.js';
-import type { MemoryWriter } from './memory.js';
+import { faultPoint } from './fault.js';
+import { memoryWriter, type MemoryWriter } from './memory.js';
+import type { RecordSite } from './record.js';
 import type { SiteGeometry } from './sites.js';
 
 /** Bytes after the switch the decoder may need to see (longest x86 instruction). */
@@ -69,4 +71,27 @@ export function setFlag(mem: MemoryWriter, flag: bigint, value: 0 | 1): void {
 /** The switch bytes of a site, from a whole-site byte array. */
 export function switchBytes(g: SiteGeometry, site: Uint8Array): Uint8Array {
   return switchPart(g, site).slice();
+}
+
+/**
+ * The live switch (./live.ts): paddings (nothing executes them yet), then every entry one byte at
+ * a time (each gate still leads to the old body: the flag is clear), then the flag — the one write
+ * at which the whole patch changes.
+ */
+export function switchAllLive(pid: number, sites: ReadonlyArray<{ g: SiteGeometry; record: RecordSite; following: Uint8Array }>, flag: bigint): void {
+  const mem = memoryWriter(pid);
+  try {
+    faultPoint('apply:frozen', pid);
+    for (const x of sites) mem.writeVerified(x.record.address, x.record.written.slice(0, JMP_REL32_SIZE));
+    faultPoint('apply:padding-written', pid);
+    sites.forEach((x, i) => {
+      switchLive(mem, x.g.switchAddress, switchBytes(x.g, x.record.original), switchBytes(x.g, x.record.written), x.following);
+      if (i === 0) faultPoint('apply:first-site-switched', pid);
+    });
+    faultPoint('apply:sites-written', pid);
+    setFlag(mem, flag, 1);
+    faultPoint('apply:thawed', pid);
+  } finally {
+    mem.close();
+  }
 }

@@ -120,8 +120,9 @@ export async function removePatch(pid: number, patchId: string, options: RemoveO
       const work = nowMicros() - w0;
       s.proc.assertAlive();
       const removed = await commit();
-      // Its code, gates and paddings are reset once no thread can be in them (threads checked one by one).
-      await reclaimRetired(s, timeoutMs);
+      // Its code, gates and paddings are reset once no thread can be in them: threads off their CPU
+      // are checked now without a stop; while one runs the patch stays retired (./cleanup.ts, lazy).
+      await reclaimRetired(s, timeoutMs, 'lazy');
       return {
         pid, patchId, status: 'removed', protocol: 'live', pauseMicros: 0, frozenWorkMicros: 0, totalPauseMicros: 0, attempts: 1,
         threads: s.proc.enumerateThreads().length, totalMicros: nowMicros() - t0, codeFreed: !s.record.patches.includes(removed), switchMicros: work,
