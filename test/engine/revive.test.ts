@@ -48,6 +48,14 @@ describe('live remove with running threads, and revive', () => {
       expect([r.protocol, r.codeFreed]).toEqual(['live', false]); // spinning workers: not checked, kept
       expect(listPatches(t.pid).patches.map((p) => [p.id, p.state])).toEqual([['fix', 'retired']]);
       expect((await query(t)).padded).toBe(11);
+      if (cycle === 0) {
+        // A dry run says what the apply will do, and changes nothing.
+        const text = snapshot(t.pid).text;
+        const d = await applyPatch(t.pid, plan, { patchId: 'fix', dryRun: true });
+        expect([d.status, d.protocol, d.revived]).toEqual(['dry-run', 'live', true]);
+        expect(snapshot(t.pid).text).toBe(text);
+        expect(listPatches(t.pid).patches.map((p) => [p.id, p.state])).toEqual([['fix', 'retired']]);
+      }
       const a = await applyPatch(t.pid, plan, { patchId: 'fix' });
       expect([a.status, a.protocol, a.revived, a.pauseMicros, a.setupPauseMicros]).toEqual(['patched', 'live', true, 0, 0]);
       expect(a.functions[0]!.newCode).toBe(first.functions[0]!.newCode); // the same code, switched on again
@@ -66,7 +74,12 @@ describe('live remove with running threads, and revive', () => {
     const t = await startTarget(exe, ['4']);
     await applyPatch(t.pid, handPlan(exe, [{ name: 'padded_value', kind: 'padded', code: PADDED_FIX }]), { patchId: 'A' });
     expect((await removePatch(t.pid, 'A')).codeFreed).toBe(false);
-    const b = await applyPatch(t.pid, handPlan(exe, [{ name: 'padded_value', kind: 'padded', code: RETURN_42 }]), { patchId: 'B' });
+    const planB = handPlan(exe, [{ name: 'padded_value', kind: 'padded', code: RETURN_42 }]);
+    // The dry run takes the retired padding as reset (the apply resets it first).
+    const d = await applyPatch(t.pid, planB, { patchId: 'B', dryRun: true });
+    expect([d.status, d.protocol, d.revived]).toEqual(['dry-run', 'live', undefined]);
+    expect(listPatches(t.pid).patches.map((p) => [p.id, p.state])).toEqual([['A', 'retired']]);
+    const b = await applyPatch(t.pid, planB, { patchId: 'B' });
     expect([b.status, b.protocol, b.revived]).toEqual(['patched', 'live', undefined]);
     expect((await query(t)).padded).toBe(42);
     expect(listPatches(t.pid).patches.map((p) => p.id)).toEqual(['B']); // A was freed on the way

@@ -20,7 +20,7 @@ import { assertCodeAgrees, assertNoTransaction, hex, nowMicros, openSession, ope
 import { bytesEqual, hexBytes, siteGeometry, siteUnsafeRanges, siteWrites, siteWrittenBytes, type SiteGeometry, type SiteWrite } from './sites.js';
 import { switchWithRetry, type GuardedRange } from './switch.js';
 import { freeUnusedRetired, reclaimRetired, retiredRanges, undoLiveApply, unmapFresh } from './cleanup.js';
-import { reviveRetired } from './revive.js';
+import { findRevivable, reviveRetired, type ReviveRequest } from './revive.js';
 import { registerUnwind, unregisterUnwind } from './unwind.js';
 import { encodeGateBlock, gateAddress, gateBlockOffset, gateBlockSize } from './gate.js';
 import { FOLLOWING_BYTES, liveRefusal, switchAllLive } from './live.js';
@@ -136,8 +136,11 @@ function resolverModule(m: Module): ResolverModule {
   return { name: m.name, path: m.path, loadBias: m.loadBias, elf: elfLoader(m) };
 }
 
-/** Validates every site against memory (and the record for stacked patches). Writes nothing. */
-function validateSites(s: Session, plan: PatchPlan, module: Module): SitePrep[] {
+/**
+ * Validates every site against memory (and the record for stacked patches). Writes nothing. A dry
+ * run takes a padding that still leads to a retired gate as reset (the apply resets it first).
+ */
+function validateSites(s: Session, plan: PatchPlan, module: Module, dryRun: boolean): SitePrep[] {
   const out: SitePrep[] = [];
   plan.functions.forEach((fn, fnIndex) => {
     const label = fnLabel(fn.name, fn.file);
@@ -145,7 +148,7 @@ function validateSites(s: Session, plan: PatchPlan, module: Module): SitePrep[] 
     if (out.some((o) => g.address < o.g.address + BigInt(o.g.length) && o.g.address < g.address + BigInt(g.length))) {
       throw new RefusedError('PLAN_OVERLAP', `two functions of the plan patch overlapping bytes at ${hex(g.address)}: rebuild the package`);
     }
-    const current = s.proc.readMemory(g.address, g.length);
+    let current = s.proc.readMemory(g.address, g.length);
     const stack = siteStack(s.record, g.address);
     const top = stack[stack.length - 1];
     if (top) {
@@ -164,10 +167,15 @@ function validateSites(s: Session, plan: PatchPlan, module: Module): SitePrep[] 
       if (!bytesEqual(current, fn.entry.expected)) {
         // The padding jump a live remove left: a thread was still in it when the engine looked.
         const retired = s.record.patches.find((p) => p.state === 'removed' && p.sites.some((x) => x.address === g.address && x.gate !== undefined && bytesEqual(current.subarray(0, JMP_REL32_SIZE), x.written.subarray(0, JMP_REL32_SIZE))));
-        if (retired) {
+        const asReset = new Uint8Array(current);
+        asReset.set(fn.entry.expected.subarray(0, JMP_REL32_SIZE), 0);
+        if (retired && dryRun && bytesEqual(asReset, fn.entry.expected)) {
+          current = asReset;
+        } else if (retired) {
           throw new RefusedError('TARGET_BUSY', `${label} at ${hex(g.address)}: a thread was still inside the code of the removed patch ${retired.id} when it was checked; nothing was changed: retry in a moment`);
+        } else {
+          throw mismatch(label, g.address, fn.entry.expected, current, '');
         }
-        throw mismatch(label, g.address, fn.entry.expected, current, '');
       }
     }
     if (g.kind === 'plain') checkPlainEntry(s, fn.vaddr + module.loadBias, fn.size, g, label, top ? stack[0]!.site.original : current);
@@ -216,23 +224,24 @@ export async function applyPatch(pid: number, plan: PatchPlan, options: ApplyOpt
     }
     let modules = s.proc.enumerateModules();
     let module = findTargetModule(modules, plan.target, pid);
-    if (!options.dryRun) {
-      // The same patch removed live and still retired: switched on again by its entries and flag.
-      if (!options.freeze) {
-        const lookup = createSymbolLookup(resolverModule(module), modules.filter((m) => m !== module && m.kind !== 'vdso').map(resolverModule));
-        const revived = await reviveRetired(s, plan, {
-          patchId: options.patchId, packageHash: options.packageHash ?? '', signer: options.signer ?? null, module, lookup, timeoutMs,
-          ...(options.signing !== undefined ? { signing: options.signing } : {}), ...(options.content !== undefined ? { content: options.content } : {}),
-        });
-        if (revived) {
-          await reclaimRetired(s, timeoutMs, 'lazy');
-          return {
-            ...base, status: 'patched', protocol: 'live', revived: true, attempts: 1, threads: s.proc.enumerateThreads().length, totalMicros: nowMicros() - t0,
-            switchMicros: revived.switchMicros,
-            functions: revived.patch.sites.map((x) => ({ name: x.function, address: x.address, kind: x.kind, newCode: x.newCode.start, stacked: false })),
-          };
-        }
+    // The same patch removed live and still retired: switched on again by its entries and flag.
+    if (!options.freeze && s.store) {
+      const lookup = createSymbolLookup(resolverModule(module), modules.filter((m) => m !== module && m.kind !== 'vdso').map(resolverModule));
+      const request: ReviveRequest = {
+        patchId: options.patchId, packageHash: options.packageHash ?? '', signer: options.signer ?? null, module, lookup, timeoutMs,
+        ...(options.signing !== undefined ? { signing: options.signing } : {}), ...(options.content !== undefined ? { content: options.content } : {}),
+      };
+      const revived = options.dryRun ? findRevivable(s, plan, request) : (await reviveRetired(s, plan, request))?.patch;
+      if (revived) {
+        if (!options.dryRun) await reclaimRetired(s, timeoutMs, 'lazy');
+        return {
+          ...base, status: options.dryRun ? 'dry-run' : 'patched', protocol: 'live', revived: true, attempts: options.dryRun ? 0 : 1,
+          threads: s.proc.enumerateThreads().length, totalMicros: nowMicros() - t0,
+          functions: revived.sites.map((x) => ({ name: x.function, address: x.address, kind: x.kind, newCode: x.newCode.start, stacked: false })),
+        };
       }
+    }
+    if (!options.dryRun) {
       // Retired code is freed first; a padding of this plan that still leads to a retired gate must
       // be reset before the function can be patched, which needs the running threads checked too.
       const siteAddresses = new Set(plan.functions.map((fn) => fn.entry.siteVaddr + module.loadBias));
@@ -242,7 +251,7 @@ export async function applyPatch(pid: number, plan: PatchPlan, options: ApplyOpt
         module = findTargetModule(modules, plan.target, pid);
       }
     }
-    const sites = validateSites(s, plan, module);
+    const sites = validateSites(s, plan, module, options.dryRun === true);
     const layout = layoutPatch(plan);
     const following = sites.map((x) => s.proc.readMemory(x.g.switchAddress + 2n, FOLLOWING_BYTES));
     const whyFreeze = options.freeze

@@ -34,8 +34,8 @@ export interface ReviveRequest {
   timeoutMs: number;
 }
 
-/** The retired patch `req` can revive in `s`, or undefined (then it is applied afresh). */
-function revivable(s: Session, plan: PatchPlan, req: ReviveRequest): RecordPatch | undefined {
+/** The retired patch `req` can revive in `s`, or undefined (then it is applied afresh). Reads only. */
+export function findRevivable(s: Session, plan: PatchPlan, req: ReviveRequest): RecordPatch | undefined {
   const p = s.record.patches.find((x) => x.id === req.patchId && x.state === 'removed' && x.flag !== undefined);
   if (!p || p.vars !== undefined || p.sites.length !== plan.functions.length) return undefined;
   if (p.module.buildId !== (req.module.buildId ?? '') || p.module.loadBias !== req.module.loadBias) return undefined;
@@ -75,7 +75,7 @@ function revivable(s: Session, plan: PatchPlan, req: ReviveRequest): RecordPatch
  * Recorded like an apply (pending, then applied): a patcher killed in between is undone by recover.
  */
 export async function reviveRetired(s: Session, plan: PatchPlan, req: ReviveRequest): Promise<{ switchMicros: number; patch: RecordPatch } | undefined> {
-  const old = s.store ? revivable(s, plan, req) : undefined;
+  const old = s.store ? findRevivable(s, plan, req) : undefined;
   if (!old || !s.store) return undefined;
   const store = s.store;
   const { retired: _retired, ...rest } = old;
