@@ -64,6 +64,11 @@ export interface LiveStressOptions {
    * (removed in reverse), so the functions do NOT switch together; the check must catch it.
    */
   splitPerFunction?: boolean;
+  /**
+   * Give every other cycle's patch another id (same plan), so that no apply can revive the patch
+   * the previous remove left retired: each one is linked and written afresh.
+   */
+  alternateIds?: boolean;
   onProgress?: (done: number) => void;
 }
 
@@ -145,7 +150,8 @@ export async function runLiveStress(build: LiveStressBuild, o: LiveStressOptions
     : [{ id: 'live-stress', plan: build.plan }];
   const protocols: Record<string, number> = {};
   const count = (r: object): void => {
-    const p = (r as { protocol?: string }).protocol ?? 'freeze';
+    const x = r as { protocol?: string; revived?: boolean };
+    const p = `${x.protocol ?? 'freeze'}${x.revived === true ? ' (revived)' : ''}`;
     protocols[p] = (protocols[p] ?? 0) + 1;
   };
   // Spread, not a literal field: `freeze` is unknown to the engine before the zero-stall protocol.
@@ -159,10 +165,11 @@ export async function runLiveStress(build: LiveStressBuild, o: LiveStressOptions
     await t.ask('b', /^B \d+/);
     for (; done < o.cycles; done++) {
       step = 'apply';
-      for (const p of parts) count(await applyPatch(t.child.pid!, p.plan, { patchId: p.id, timeoutMs, ...extra }));
+      const id = (p: { id: string }): string => (o.alternateIds && done % 2 === 1 ? `${p.id}-b` : p.id);
+      for (const p of parts) count(await applyPatch(t.child.pid!, p.plan, { patchId: id(p), timeoutMs, ...extra }));
       await t.ask('n', /^N \d+/);
       step = 'remove';
-      for (const p of [...parts].reverse()) count(await removePatch(t.child.pid!, p.id, { timeoutMs, ...extra }));
+      for (const p of [...parts].reverse()) count(await removePatch(t.child.pid!, id(p), { timeoutMs, ...extra }));
       const last = done + 1 === o.cycles || (o.deadline !== undefined && Date.now() > o.deadline);
       await t.ask(last ? 'e' : 'n', /^[EN] \d+/);
       if (last) {

@@ -5,8 +5,10 @@
  * results, mixes (and those beyond the one-per-flip rule) and operations per second.
  *
  *   npx tsc -p tsconfig.json && node dist/bench/live-stress.js [--cycles 10000] [--workers 8]
- *                                               [--freeze] [--minutes 30] [--json]
- * --freeze asks the engine for the freeze protocol; --minutes bounds each of the two runs.
+ *                                               [--freeze] [--alternate] [--minutes 30] [--json]
+ * --freeze asks the engine for the freeze protocol; --alternate gives every other cycle's patch
+ * another id, so that no apply revives the patch the last remove left retired (each is linked and
+ * written afresh, the retired one reclaimed first); --minutes bounds each of the two runs.
  * Exit status 1 when anything was wrong.
  */
 import { mkdtempSync, rmSync } from 'node:fs';
@@ -19,6 +21,7 @@ const cycles = Number(arg('--cycles', '10000'));
 const workers = Number(arg('--workers', '8'));
 const minutes = Number(arg('--minutes', '30'));
 const freeze = process.argv.includes('--freeze');
+const alternateIds = process.argv.includes('--alternate');
 const json = process.argv.includes('--json');
 
 function bad(r: LiveStressResult): boolean {
@@ -35,7 +38,7 @@ async function main(): Promise<number> {
     const errors: string[] = [];
     for (const signals of [false, true]) {
       const result = await runLiveStress(build, {
-        workers, cycles, signals, freeze, deadline: Date.now() + minutes * 60_000,
+        workers, cycles, signals, freeze, alternateIds, deadline: Date.now() + minutes * 60_000,
         onProgress: (d) => { if (d % 1000 === 0) process.stderr.write(`  ${signals ? 'signals' : 'plain'}: ${d}/${cycles}\n`); },
       }).catch((e: unknown) => {
         // An operation the engine refused or failed (the target alive): report it, run the next case.
