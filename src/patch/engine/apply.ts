@@ -222,22 +222,26 @@ export async function applyPatch(pid: number, plan: PatchPlan, options: ApplyOpt
     if (s.record.patches.some((p) => p.id === options.patchId && p.state === 'applied')) {
       return { ...base, status: 'already-patched', protocol: 'freeze', totalMicros: nowMicros() - t0 };
     }
-    let modules = s.proc.enumerateModules();
-    let module = findTargetModule(modules, plan.target, pid);
+    const modules = s.proc.enumerateModules();
+    const module = findTargetModule(modules, plan.target, pid);
+    const lookup = createSymbolLookup(resolverModule(module), modules.filter((m) => m !== module && m.kind !== 'vdso').map(resolverModule));
     // The same patch removed live and still retired: switched on again by its entries and flag.
     if (!options.freeze && s.store) {
-      const lookup = createSymbolLookup(resolverModule(module), modules.filter((m) => m !== module && m.kind !== 'vdso').map(resolverModule));
       const request: ReviveRequest = {
         patchId: options.patchId, packageHash: options.packageHash ?? '', signer: options.signer ?? null, module, lookup, timeoutMs,
         ...(options.signing !== undefined ? { signing: options.signing } : {}), ...(options.content !== undefined ? { content: options.content } : {}),
       };
-      const revived = options.dryRun ? findRevivable(s, plan, request) : (await reviveRetired(s, plan, request))?.patch;
+      let revived: { patch: RecordPatch; switchMicros?: number } | undefined;
+      if (options.dryRun) {
+        const patch = findRevivable(s, plan, request);
+        if (patch) revived = { patch };
+      } else revived = await reviveRetired(s, plan, request);
       if (revived) {
         if (!options.dryRun) await reclaimRetired(s, timeoutMs, 'lazy');
         return {
           ...base, status: options.dryRun ? 'dry-run' : 'patched', protocol: 'live', revived: true, attempts: options.dryRun ? 0 : 1,
-          threads: s.proc.enumerateThreads().length, totalMicros: nowMicros() - t0,
-          functions: revived.sites.map((x) => ({ name: x.function, address: x.address, kind: x.kind, newCode: x.newCode.start, stacked: false })),
+          threads: s.proc.enumerateThreads().length, totalMicros: nowMicros() - t0, ...(revived.switchMicros !== undefined ? { switchMicros: revived.switchMicros } : {}),
+          functions: revived.patch.sites.map((x) => ({ name: x.function, address: x.address, kind: x.kind, newCode: x.newCode.start, stacked: false })),
         };
       }
     }
@@ -246,10 +250,7 @@ export async function applyPatch(pid: number, plan: PatchPlan, options: ApplyOpt
       // be reset before the function can be patched, which needs the running threads checked too.
       const siteAddresses = new Set(plan.functions.map((fn) => fn.entry.siteVaddr + module.loadBias));
       const blocked = retiredRanges(s.record).some((r) => r.padding !== undefined && siteAddresses.has(r.padding.address));
-      if ((await reclaimRetired(s, timeoutMs, blocked ? 'stop' : 'lazy')) > 0) {
-        modules = s.proc.enumerateModules();
-        module = findTargetModule(modules, plan.target, pid);
-      }
+      await reclaimRetired(s, timeoutMs, blocked ? 'stop' : 'lazy');
     }
     const sites = validateSites(s, plan, module, options.dryRun === true);
     const layout = layoutPatch(plan);
@@ -261,7 +262,6 @@ export async function applyPatch(pid: number, plan: PatchPlan, options: ApplyOpt
     const protocol = live ? ('live' as const) : ('freeze' as const);
     // Live: the gate block follows the code in the patch's code range.
     const codeSize = live ? gateBlockOffset(layout.codeSize) + gateBlockSize(sites.length) : layout.codeSize;
-    const lookup = createSymbolLookup(resolverModule(module), modules.filter((m) => m !== module && m.kind !== 'vdso').map(resolverModule));
 
     const reachCode = (a: bigint, b: bigint): boolean => sites.every((x) => canJmpRel32(x.g.address, a) && canJmpRel32(x.g.address, b));
     const reachData = (a: bigint, b: bigint): boolean => canJmpRel32(module.base, a) && canJmpRel32(module.end, b);
