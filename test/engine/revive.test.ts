@@ -10,7 +10,7 @@ import { describe, expect, it } from 'vitest';
 import { applyPatch, listPatches, recoverProcess, removePatch } from '../../src/patch/index.js';
 import { openProcessMemory } from '../../src/process/index.js';
 import { compile, killTargetsAfterAll, startTarget } from '../helpers/native.js';
-import { handPlan, PADDED_FIX, query, RETURN_42, snapshot } from './helpers.js';
+import { handPlan, PADDED_FIX, query, RETURN_42, SLEEP_2S_42, snapshot, untilInside } from './helpers.js';
 
 killTargetsAfterAll();
 
@@ -28,7 +28,10 @@ function workerSwitches(pid: number): Map<number, number> {
 
 /** Frees what the removes left retired (recover checks in a freeze) until the record is gone. */
 async function reclaimAll(pid: number): Promise<void> {
-  for (let i = 0; i < 100 && listPatches(pid).record !== null; i++) await recoverProcess(pid);
+  for (let i = 0; i < 200 && listPatches(pid).record !== null; i++) {
+    await recoverProcess(pid);
+    if (listPatches(pid).record !== null) await new Promise((r) => setTimeout(r, 50)); // a thread may sleep inside
+  }
   expect(listPatches(pid).record).toBeNull();
 }
 
@@ -83,6 +86,21 @@ describe('live remove with running threads, and revive', () => {
     expect([b.status, b.protocol, b.revived]).toEqual(['patched', 'live', undefined]);
     expect((await query(t)).padded).toBe(42);
     expect(listPatches(t.pid).patches.map((p) => p.id)).toEqual(['B']); // A was freed on the way
+    await removePatch(t.pid, 'B');
+    await reclaimAll(t.pid);
+    expect((await query(t)).padded).toBe(11);
+  });
+
+  it('a different patch waits (within --timeout) for the threads still inside the retired code to leave', async () => {
+    const exe = await build();
+    const t = await startTarget(exe, ['4']);
+    const a = await applyPatch(t.pid, handPlan(exe, [{ name: 'padded_value', kind: 'padded', code: SLEEP_2S_42 }]), { patchId: 'slow' });
+    await untilInside(t.pid, { start: a.functions[0]!.newCode, end: a.functions[0]!.newCode + BigInt(SLEEP_2S_42.length) });
+    expect((await removePatch(t.pid, 'slow')).codeFreed).toBe(false);
+    // Threads sleep up to 2 s inside the retired code: the apply checks again until they are out.
+    const b = await applyPatch(t.pid, handPlan(exe, [{ name: 'padded_value', kind: 'padded', code: RETURN_42 }]), { patchId: 'B', timeoutMs: 20_000 });
+    expect([b.status, b.protocol]).toEqual(['patched', 'live']);
+    expect((await query(t)).padded).toBe(42);
     await removePatch(t.pid, 'B');
     await reclaimAll(t.pid);
     expect((await query(t)).padded).toBe(11);

@@ -248,9 +248,16 @@ export async function applyPatch(pid: number, plan: PatchPlan, options: ApplyOpt
     if (!options.dryRun) {
       // Retired code is freed first; a padding of this plan that still leads to a retired gate must
       // be reset before the function can be patched, which needs the running threads checked too.
+      // A thread still inside leaves soon (nothing leads in any more): checked again until --timeout.
       const siteAddresses = new Set(plan.functions.map((fn) => fn.entry.siteVaddr + module.loadBias));
-      const blocked = retiredRanges(s.record).some((r) => r.padding !== undefined && siteAddresses.has(r.padding.address));
-      await reclaimRetired(s, timeoutMs, blocked ? 'stop' : 'lazy');
+      const blocked = (): boolean => retiredRanges(s.record).some((r) => r.padding !== undefined && siteAddresses.has(r.padding.address) &&
+        bytesEqual(s.proc.readMemory(r.padding.address, JMP_REL32_SIZE), r.padding.written.subarray(0, JMP_REL32_SIZE)));
+      await reclaimRetired(s, timeoutMs, blocked() ? 'stop' : 'lazy');
+      const deadline = Date.now() + timeoutMs;
+      for (let backoffMs = 1; blocked() && Date.now() < deadline; backoffMs = Math.min(50, backoffMs * 2)) {
+        await new Promise((r) => setTimeout(r, backoffMs));
+        await reclaimRetired(s, timeoutMs, 'stop');
+      }
     }
     const sites = validateSites(s, plan, module, options.dryRun === true);
     const layout = layoutPatch(plan);
