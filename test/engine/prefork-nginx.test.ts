@@ -23,7 +23,7 @@ import { promisify } from 'node:util';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { VerifierCaches } from '../../src/guard/index.js';
 import { buildPatch } from '../../src/patch/builder/index.js';
-import { listPatches } from '../../src/patch/engine/index.js';
+import { listPatches, recoverProcess } from '../../src/patch/engine/index.js';
 import { createPackage, encodePackage } from '../../src/patch/package/index.js';
 import { signPackage, writeKeyFiles } from '../../src/patch/trust/index.js';
 import { applyPackageFile, removeFromProcesses } from '../../src/patch/updater/index.js';
@@ -218,9 +218,13 @@ describe.skipIf(reason !== undefined)(`pre-fork nginx under load${reason ? ` (sk
     expect(r.results.map((x) => [x.pid, x.status]).sort(), JSON.stringify(r.results)).toEqual([master, ...newWorkers].map((p) => [p, 'removed']).sort());
     for (let i = 0; i < 5; i++) expect(await header()).toBe(`200 ${OLD_HEADER}`);
     for (const pid of [master, ...newWorkers]) {
+      // A worker busy with a request when the remove looked keeps the patch retired (the live
+      // remove stops no thread): it verifies clean, and recover (a freeze) frees it.
+      expect(listPatches(pid).patches.filter((p) => p.state !== 'retired'), `process ${pid}`).toEqual([]);
+      await verifyClean(pid);
+      for (let i = 0; i < 100 && listPatches(pid).record !== null; i++) await recoverProcess(pid);
       expect(listPatches(pid).patches, `process ${pid}`).toEqual([]);
       expect(hotpatchMappings(pid), `process ${pid}`).toEqual([]);
-      await verifyClean(pid);
     }
 
     writeFileSync(stop, '');

@@ -56,10 +56,14 @@ export const RETIRED_PATCHES_KEPT = 4;
 
 /**
  * How a reclaim treats threads on their CPU (threads off it are checked through /proc, never
- * stopped): `stop` stops them one at a time; `lazy` leaves them unchecked, so that anything they
- * might use stays retired, as long as at most RETIRED_PATCHES_KEPT patches are retired (more: `stop`).
+ * stopped): `stop` stops them one at a time; `lazy` looks again for LAZY_PATIENCE_MS and leaves
+ * those still running unchecked, so that anything they might use stays retired, as long as at most
+ * RETIRED_PATCHES_KEPT patches are retired (more: `stop`).
  */
 export type ReclaimMode = 'stop' | 'lazy';
+
+/** How long a `lazy` reclaim keeps looking at running threads for a moment at rest (ms). */
+export const LAZY_PATIENCE_MS = 20;
 
 /**
  * Frees the retired patches no thread can use any more, checking the threads one at a time
@@ -70,7 +74,7 @@ export async function reclaimRetired(s: Session, timeoutMs: number, mode: Reclai
   const retired = retiredRanges(s.record);
   if (retired.length === 0 || !s.proc.isAlive()) return 0;
   const lazy = mode === 'lazy' && new Set(retired.map((r) => r.patch)).size <= RETIRED_PATCHES_KEPT;
-  const check = rollingCheck(s.pid, retired.map((r) => r.range), timeoutMs, { stopRunning: !lazy });
+  const check = rollingCheck(s.pid, retired.map((r) => r.range), timeoutMs, lazy ? { stopRunning: false, patienceMs: LAZY_PATIENCE_MS } : {});
   // Threads created faster than they could be checked: nothing is known to be free.
   const inUse = check.threadsUnchecked > 0 ? retired.map(() => true) : check.inUse;
   return freeUnusedRetired(s, retired, inUse, timeoutMs);

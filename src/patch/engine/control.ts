@@ -174,7 +174,7 @@ export function hijack(pid: number, timeoutMs?: number): Frozen {
  * one at a time (rollingThreadsUsing; `stopRunning: false` stops none and counts them as users).
  * Sound only after every path into the ranges was removed (see src/process/control/hijack.ts).
  */
-export function rollingCheck(pid: number, ranges: readonly AddressRange[], timeoutMs?: number, options: { stopRunning?: boolean } = {}): RollingCheck {
+export function rollingCheck(pid: number, ranges: readonly AddressRange[], timeoutMs?: number, options: { stopRunning?: boolean; patienceMs?: number } = {}): RollingCheck {
   const r = rollingThreadsUsing(pid, ranges, { ...freezeOptions(timeoutMs), ...options });
   return {
     inUse: r.inUse,

@@ -19,7 +19,8 @@ import { writeSitesAllOrNothing } from './apply.js';
 import type { RecordPatch, RecordSite } from './record.js';
 import { recordedGeometry } from './remove.js';
 import { hex, nowMicros, openSession, siteStack, type Session } from './session.js';
-import { classifySiteBytes, hexBytes, siteUnsafeRanges, siteWrites, type SiteGeometry, type SiteWrite } from './sites.js';
+import { bytesEqual, classifySiteBytes, hexBytes, siteUnsafeRanges, siteWrites, type SiteGeometry, type SiteWrite } from './sites.js';
+import { switchBytes } from './live.js';
 import { switchWithRetry, type GuardedRange } from './switch.js';
 
 export interface RecoverOptions {
@@ -161,6 +162,9 @@ function staleJumps(s: Session): Array<{ patch: RecordPatch; site: RecordSite; g
       if (siteStack(s.record, site.address).length > 0) continue;
       const g = recordedGeometry(site);
       const actual = s.proc.readMemory(site.address, g.length);
+      // Removed live, entry back, padding still leading to its gate: the normal retired state
+      // (the padding is reset with the code, when no thread is in it), not a disagreement.
+      if (site.gate !== undefined && bytesEqual(switchBytes(g, actual), switchBytes(g, site.original))) continue;
       const cls = classifySiteBytes(g, actual, site.original, site.written, site.gate !== undefined);
       if (cls === 'written' || cls === 'mixed') out.push({ patch, site, g, actual, writes: siteWrites(g, actual, site.original, 'restore') });
     }

@@ -26,6 +26,7 @@ import { ProcessError } from '../../errors.js';
 import { PROCESS_NOT_FOUND, PROCESS_ZOMBIE } from '../inspect/errors.js';
 import type { Mapping } from '../inspect/procfs.js';
 import { SYS_clock_nanosleep, SYS_nanosleep, SYS_restart_syscall } from '../ptrace/constants.js';
+import { sleepMicros } from '../ptrace/tracee.js';
 import { PROCESS_EXITED, PROCESS_FREEZE_TIMEOUT, PROCESS_INJECTION_FAILED } from './errors.js';
 import { freezeProcess, type FreezeOptions, type FrozenProcess } from './freeze.js';
 import { listTaskIds, readMappings, readStartTime, readStatusOrUndefined } from './procfs.js';
@@ -53,6 +54,12 @@ export interface RollingCheckOptions extends Omit<FreezeOptions, 'threads'> {
    * counted in `threadsRunning` (a check that stops nothing; the caller treats it as a use).
    */
   stopRunning?: boolean;
+  /**
+   * With `stopRunning` false: how long (ms) threads found running keep being looked at again,
+   * about every half millisecond, before they are left unchecked (default 0: two looks). A thread
+   * that blocks now and then (a server between requests) is seen at rest within it.
+   */
+  patienceMs?: number;
 }
 
 /** What rollingThreadsUsing found. */
@@ -207,7 +214,7 @@ class RollingCheck {
     readonly ranges: readonly AddressRange[],
     readonly options: RollingCheckOptions,
   ) {
-    const { maxStackBytes, maxRounds: _rounds, onThreadChecked: _cb, stopRunning: _stop, ...freezeOptions } = options;
+    const { maxStackBytes, maxRounds: _rounds, onThreadChecked: _cb, stopRunning: _stop, patienceMs: _patience, ...freezeOptions } = options;
     this.#scan = maxStackBytes === undefined ? {} : { maxStackBytes };
     this.#freezeOptions = freezeOptions;
     this.#result = {
@@ -243,8 +250,14 @@ class RollingCheck {
       // that sleeps between short bursts is seldom on its CPU twice); the rest is stopped.
       let running = fresh;
       for (let look = 0; look < 2 && running.length > 0; look++) running = running.filter((tid) => !this.#checkAtRest(tid));
-      if (this.options.stopRunning === false) result.threadsRunning += running.length;
-      else for (const tid of running) this.#checkStopped(tid);
+      if (this.options.stopRunning === false) {
+        const until = process.hrtime.bigint() + BigInt(Math.round((this.options.patienceMs ?? 0) * 1e6));
+        while (running.length > 0 && process.hrtime.bigint() < until) {
+          sleepMicros(500);
+          running = running.filter((tid) => !this.#checkAtRest(tid));
+        }
+        result.threadsRunning += running.length;
+      } else for (const tid of running) this.#checkStopped(tid);
     }
     for (const u of result.uses) {
       if (u.rangeIndex >= 0) result.inUse[u.rangeIndex] = true;
