@@ -168,7 +168,7 @@ export async function undoLiveApply(s: Session, entry: RecordPatch, timeoutMs: n
   } finally {
     mem.close();
   }
-  // The unwind information stays registered until reclaim frees the code (./cleanup.ts).
+  // The unwind information stays registered until the reclaim frees the code (freeUnusedRetired).
   const retired: RecordPatch = { ...entry, state: 'removed', retired: true, sites: entry.sites.map((x) => ({ ...x, state: 'removed' })) };
   s.record = s.store.write({ ...s.record, transaction: null, patches: s.record.patches.map((p) => (p === entry ? retired : p)) });
   await reclaimRetired(s, timeoutMs, 'lazy');

@@ -74,7 +74,7 @@ export function switchBytes(g: SiteGeometry, site: Uint8Array): Uint8Array {
 }
 
 /**
- * The live switch (./live.ts): paddings (nothing executes them yet), then every entry one byte at
+ * The live switch of a patch's sites: paddings (nothing executes them yet), then every entry one byte at
  * a time (each gate still leads to the old body: the flag is clear), then the flag — the one write
  * at which the whole patch changes.
  */
