@@ -109,12 +109,17 @@ async function consistent(context: string): Promise<boolean> {
 
 describe('SIGKILL of the patcher at a random instant (issue #14)', () => {
   it(`leaves the target alive and recoverable in ${RUNS} kills during apply and remove`, async () => {
-    // The time an apply and a remove take here (node start-up included) bounds the kill instants.
-    const a = await cli(['apply', pkgPath, '--pid', String(t.pid), '--allow-unsigned']);
-    expect(a.code, a.out).toBe(0);
-    const r = await cli(['remove', patchId, '--pid', String(t.pid)]);
-    expect(r.code, r.out).toBe(0);
-    const span = Math.max(a.micros, r.micros) / 1000;
+    // The time an apply and a remove take here (node start-up included) bounds the kill instants:
+    // measured on the second cycle, as the runs below go (the first maps the arena; later applies
+    // may revive the patch the remove left retired, which is quicker).
+    let span = 0;
+    for (let cycle = 0; cycle < 2; cycle++) {
+      const a = await cli(['apply', pkgPath, '--pid', String(t.pid), '--allow-unsigned']);
+      expect(a.code, a.out).toBe(0);
+      const r = await cli(['remove', patchId, '--pid', String(t.pid)]);
+      expect(r.code, r.out).toBe(0);
+      span = Math.max(a.micros, r.micros) / 1000;
+    }
     const rnd = prng(0x5eed14);
     let applied = await consistent('before the kills');
     let killedInside = 0;
