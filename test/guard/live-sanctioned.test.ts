@@ -106,9 +106,12 @@ describe('verify: patches switched live (10)', () => {
     const p = openProcess(t.pid);
     const padding = p.readMemory(site.address, 5);
     p.close();
-    // No thread is in the padding itself: it has its original bytes back at once (the function can
-    // be patched again), while the code stays until the sleeping thread has left.
-    expect(padding).toEqual(site.original.subarray(0, 5));
+    // No thread is in the padding itself: it has its original bytes back at once, unless a thread
+    // was running when the live remove looked (it stops none: then the padding keeps the retired
+    // jump until a later check). The code stays until the sleeping thread has left; either way the
+    // retired patch is sanctioned.
+    if (protocol === 'freeze') expect(padding).toEqual(site.original.subarray(0, 5));
+    else expect([site.original.subarray(0, 5), site.written.subarray(0, 5)]).toContainEqual(padding);
     const f = await verify(t.pid);
     expect(f, summary(f)).toEqual([]);
     await t.kill();
