@@ -29,7 +29,9 @@ function has(cmd: string): boolean {
 
 beforeAll(async () => {
   dir = mkdtempSync(join(tmpdir(), 'hotpatch-pkg-'));
-  const { stdout } = await run('npm', ['pack', '--silent', '--pack-destination', dir], { cwd: REPO_ROOT, maxBuffer: 64 << 20 });
+  // --ignore-scripts: `prepare` would rebuild dist/ while other test files run the CLI from it
+  // (`npm test` has built it already).
+  const { stdout } = await run('npm', ['pack', '--silent', '--ignore-scripts', '--pack-destination', dir], { cwd: REPO_ROOT, maxBuffer: 64 << 20 });
   tarball = join(dir, stdout.trim().split('\n').pop()!);
 }, 300_000);
 
