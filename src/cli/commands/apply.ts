@@ -9,6 +9,7 @@ import { parsePidOption, parseTimeoutOption, parseConcurrencyOption, collect } f
 import { EXIT_ERROR, EXIT_OK, EXIT_PARTIAL, EXIT_REFUSED } from '../exit-codes.js';
 import { printJson, progress, say } from '../output.js';
 import type { SetExitCode } from './index.js';
+import { yieldTimeSlices } from '../priority.js';
 
 /** JSON result entry (cli.md: `{"pid","status","patchId","pauseMicros","reason"?}` plus extra fields). */
 export function resultJson(pid: number, patchId: string, status: string, pauseMicros: number, extra: Record<string, unknown> = {}, reason?: string): Record<string, unknown> {
@@ -110,6 +111,7 @@ Examples:
     }) => {
       const json = opts.json ?? false;
       const { applyPackageFile } = await import('../../patch/updater/index.js');
+      await yieldTimeSlices();
       const report = await runCommand(json, async () => {
         const pids = opts.pid.map(parsePidOption);
         if (opts.file.length > 0 && !opts.cold) throw new UsageError('USAGE', '--file only makes sense with --cold');

@@ -7,6 +7,7 @@ import { exitCodeOf, printResults, runCommand } from './apply.js';
 import { collect, parseConcurrencyOption, parsePidOption, parseTimeoutOption } from '../options.js';
 import { progress } from '../output.js';
 import type { SetExitCode } from './index.js';
+import { yieldTimeSlices } from '../priority.js';
 
 export function register(program: Command, setExitCode: SetExitCode): void {
   program
@@ -35,6 +36,7 @@ Examples:
     .action(async (opts: { pid: string[]; all?: boolean; timeout: string; lockWait: string; concurrency: string; json?: boolean }) => {
       const json = opts.json ?? false;
       const { recoverProcesses } = await import('../../patch/updater/index.js');
+      await yieldTimeSlices();
       const report = await runCommand(json, () =>
         recoverProcesses({
           pids: opts.pid.map(parsePidOption), all: opts.all === true,

@@ -8,6 +8,7 @@ import { exitCodeOf, printResults, runCommand } from './apply.js';
 import { collect, parseConcurrencyOption, parsePidOption, parseTimeoutOption } from '../options.js';
 import { progress, say } from '../output.js';
 import type { SetExitCode } from './index.js';
+import { yieldTimeSlices } from '../priority.js';
 
 export function register(program: Command, setExitCode: SetExitCode): void {
   program
@@ -46,6 +47,7 @@ Examples:
     }) => {
       const json = opts.json ?? false;
       const { removeFromProcesses } = await import('../../patch/updater/index.js');
+      await yieldTimeSlices();
       const { readPackageFile } = await import('../../patch/package/index.js');
       const report = await runCommand(json, async () => {
         if ((opts.file.length > 0 || opts.package !== undefined) && !opts.cold) throw new UsageError('USAGE', '--file and --package only make sense with --cold');

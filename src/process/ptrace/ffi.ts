@@ -63,6 +63,14 @@ const schedSetschedulerFn = libc.func('sched_setscheduler', 'int', ['int', 'int'
   param: Int32Array,
 ) => number;
 const schedGetschedulerFn = libc.func('sched_getscheduler', 'int', ['int']) as (pid: number) => number;
+// sched_getattr/sched_setattr through the raw system call (Debian 12's glibc has no wrapper).
+const schedAttrCall = libc.func('syscall', 'long', ['long', 'long', 'void *', 'long', 'long']) as (
+  nr: number,
+  tid: number,
+  attr: ArrayBufferView,
+  sizeOrFlags: number,
+  flags: number,
+) => number;
 const getpriorityFn = libc.func('getpriority', 'int', ['int', 'int']) as (which: number, who: number) => number;
 const setpriorityFn = libc.func('setpriority', 'int', ['int', 'int', 'int']) as (which: number, who: number, prio: number) => number;
 
@@ -157,14 +165,54 @@ export function flock(fd: number, op: number): number {
 }
 
 const PRIO_PROCESS = 0;
-const SCHED_OTHER = 0;
+export const SCHED_OTHER = 0;
 const SCHED_FIFO = 1;
+const SCHED_BATCH = 3;
+export const SCHED_IDLE = 5;
+const SYS_SCHED_SETATTR = 314;
+const SYS_SCHED_GETATTR = 315;
+/** struct sched_attr up to sched_period (SCHED_ATTR_SIZE_VER0). */
+const SCHED_ATTR_SIZE = 48;
 let selfTid = 0;
 const schedParam = new Int32Array(1);
+const schedAttrBytes = new Uint8Array(SCHED_ATTR_SIZE);
+const schedAttrBuf = new DataView(schedAttrBytes.buffer);
+
+/** A thread's scheduling as sched_getattr(2) reports it (the fields hotpatch changes). */
+export interface SchedulingAttributes {
+  policy: number;
+  nice: number;
+  /** SCHED_FIFO/RR priority. */
+  priority: number;
+  /** For SCHED_OTHER on kernel >= 6.12: the requested time slice (0 = the default); ns. */
+  runtimeNs: bigint;
+}
+
+/** sched_getattr(2) of thread `tid` (0 = the calling thread); undefined if the kernel refuses. */
+export function getSchedulingAttributes(tid: number): SchedulingAttributes | undefined {
+  if (schedAttrCall(SYS_SCHED_GETATTR, tid, schedAttrBytes, SCHED_ATTR_SIZE, 0) !== 0) return undefined;
+  return {
+    policy: schedAttrBuf.getUint32(4, true),
+    nice: schedAttrBuf.getInt32(16, true),
+    priority: schedAttrBuf.getUint32(20, true),
+    runtimeNs: schedAttrBuf.getBigUint64(24, true),
+  };
+}
+
+/** sched_setattr(2) of thread `tid`; false if the kernel refuses (the thread keeps its scheduling). */
+export function setSchedulingAttributes(tid: number, attr: SchedulingAttributes): boolean {
+  schedAttrBytes.fill(0);
+  schedAttrBuf.setUint32(0, SCHED_ATTR_SIZE, true);
+  schedAttrBuf.setUint32(4, attr.policy, true);
+  schedAttrBuf.setInt32(16, attr.nice, true);
+  schedAttrBuf.setUint32(20, attr.priority, true);
+  schedAttrBuf.setBigUint64(24, attr.runtimeNs, true);
+  return schedAttrCall(SYS_SCHED_SETATTR, tid, schedAttrBytes, 0, 0) === 0;
+}
 
 /** How the calling thread was scheduled before boostThread(), to undo it. */
 export interface SchedulingState {
-  policy: number;
+  saved: SchedulingAttributes | undefined;
   nice: number;
   boosted: 'fifo' | 'nice' | 'none';
 }
@@ -175,16 +223,18 @@ export interface SchedulingState {
  * Why: while the target is frozen the tracer must not queue behind every runnable thread of the
  * machine (including the target's own threads as they resume) between two ptrace requests; on a
  * loaded 2-core machine that alone multiplies the pause by 10-100. The kernel's RT throttling
- * still leaves other tasks 5% of the CPU even if the window overran.
+ * still leaves other tasks 5% of the CPU even if the window overran. A CLI that runs as SCHED_IDLE
+ * or with a short time slice (src/cli/priority.ts) is raised too, and gets exactly that back.
  */
 export function boostThread(mode: 'fifo' | 'nice'): SchedulingState {
   if (selfTid === 0) selfTid = gettidFn();
-  const policy = schedGetschedulerFn(selfTid);
+  const saved = getSchedulingAttributes(selfTid);
+  const policy = saved?.policy ?? schedGetschedulerFn(selfTid);
   koffi.errno(0);
   let nice = getpriorityFn(PRIO_PROCESS, selfTid);
   if (nice === -1 && lastErrno() !== 0) nice = 0;
-  const state: SchedulingState = { policy, nice, boosted: 'none' };
-  if (policy !== SCHED_OTHER) return state; // already real-time (or batch/idle by choice): leave it
+  const state: SchedulingState = { saved, nice, boosted: 'none' };
+  if (policy !== SCHED_OTHER && policy !== SCHED_BATCH && policy !== SCHED_IDLE) return state; // real-time already
   if (mode === 'fifo') {
     schedParam[0] = 1;
     if (schedSetschedulerFn(selfTid, SCHED_FIFO, schedParam) === 0) {
@@ -192,16 +242,18 @@ export function boostThread(mode: 'fifo' | 'nice'): SchedulingState {
       return state;
     }
   }
-  if (setpriorityFn(PRIO_PROCESS, selfTid, -20) === 0) state.boosted = 'nice';
+  if (policy !== SCHED_IDLE && setpriorityFn(PRIO_PROCESS, selfTid, -20) === 0) state.boosted = 'nice';
   return state;
 }
 
 /** Undoes boostThread(). */
 export function restoreThread(state: SchedulingState): void {
+  if (state.boosted === 'none') return;
+  if (state.saved !== undefined && setSchedulingAttributes(selfTid, state.saved)) return;
   if (state.boosted === 'fifo') {
     schedParam[0] = 0;
     schedSetschedulerFn(selfTid, SCHED_OTHER, schedParam);
-  } else if (state.boosted === 'nice') setpriorityFn(PRIO_PROCESS, selfTid, state.nice);
+  } else setpriorityFn(PRIO_PROCESS, selfTid, state.nice);
 }
 
 /** NT_X86_XSTATE (include/uapi/linux/elf.h): the thread's XSAVE image, standard (non-compacted) format. */
